@@ -1,0 +1,310 @@
+//! Merges the workers' per-second snapshots into one row per second of the
+//! run and into running totals per phase and for the whole run. Histograms
+//! are merged with `add`, never percentiles averaged.
+//!
+//! A second becomes a row once every live worker has reported it (or, for a
+//! straggler, after a grace period). A snapshot that arrives after its row
+//! was written still counts in the totals, so the summary loses nothing.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
+use stampede_proto::fleet::{Counters, Gauges, Snapshot};
+use stampede_proto::results::{MetricsRow, Percentiles};
+use stampede_worker::recorder::new_histogram;
+
+use crate::plan::Plan;
+
+/// Seconds a row waits for a late worker before it is written without it.
+pub const GRACE_S: u64 = 3;
+
+/// Running totals of a phase or of the whole run.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    /// Summed counters.
+    pub counters: Counters,
+    /// Merged round-trip histogram, us.
+    pub latency: Histogram<u64>,
+    /// Merged connect-time histogram, us.
+    pub connect: Histogram<u64>,
+    /// Errors by cause.
+    pub errors: BTreeMap<String, u64>,
+    /// Most connections open at once, from the rows.
+    pub peak_active: u64,
+    /// Most connections planned at once, from the rows.
+    pub peak_target: u64,
+    /// Peak worker RSS summed over workers, bytes.
+    pub peak_rss: u64,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            counters: Counters::default(),
+            latency: new_histogram(),
+            connect: new_histogram(),
+            errors: BTreeMap::new(),
+            peak_active: 0,
+            peak_target: 0,
+            peak_rss: 0,
+        }
+    }
+}
+
+/// Adds `b` into `a` field by field.
+pub fn add_counters(a: &mut Counters, b: &Counters) {
+    a.connections_attempted += b.connections_attempted;
+    a.connections_opened += b.connections_opened;
+    a.connections_failed += b.connections_failed;
+    a.connections_closed_by_server += b.connections_closed_by_server;
+    a.connections_closed_by_client += b.connections_closed_by_client;
+    a.connections_dropped += b.connections_dropped;
+    a.messages_sent += b.messages_sent;
+    a.messages_received += b.messages_received;
+    a.messages_lost += b.messages_lost;
+    a.messages_out_of_order += b.messages_out_of_order;
+    a.messages_unmatched += b.messages_unmatched;
+    a.bytes_sent += b.bytes_sent;
+    a.bytes_received += b.bytes_received;
+    a.sends_late += b.sends_late;
+}
+
+/// Errors of every cause in a set of counters.
+pub fn error_count(c: &Counters) -> u64 {
+    c.connections_failed + c.connections_closed_by_server + c.connections_dropped + c.messages_lost
+}
+
+/// Merges `from` into `into`; both share stampede's bounds, so this cannot
+/// fail for histograms we made, and a foreign one that does not fit is
+/// reported.
+pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) -> Result<(), AggregateError> {
+    into.add(from).map_err(|e| AggregateError::Histogram(format!("{e:?}")))
+}
+
+/// Percentiles of a microsecond histogram, in milliseconds.
+pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Percentiles {
+        count: h.len(),
+        p50: ms(h.value_at_quantile(0.50)),
+        p90: ms(h.value_at_quantile(0.90)),
+        p95: ms(h.value_at_quantile(0.95)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+        mean: h.mean() / 1000.0,
+    }
+}
+
+/// A snapshot the aggregator cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    /// Undecodable or out-of-range histogram.
+    #[error("bad histogram in snapshot: {0}")]
+    Histogram(String),
+}
+
+/// A second still waiting for reports.
+struct Pending {
+    counters: Counters,
+    cpu_us: u64,
+    latency: Histogram<u64>,
+    connect: Histogram<u64>,
+    gauges: BTreeMap<usize, Gauges>,
+    reporters: u32,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            counters: Counters::default(),
+            cpu_us: 0,
+            latency: new_histogram(),
+            connect: new_histogram(),
+            gauges: BTreeMap::new(),
+            reporters: 0,
+        }
+    }
+}
+
+/// What the aggregator knows of one worker.
+#[derive(Debug, Default, Clone)]
+struct WorkerState {
+    applied_seq: u64,
+    reported_up_to: Option<u64>,
+    gauges: Gauges,
+    live: bool,
+}
+
+/// A finished row with the histograms it was computed from (for the log).
+pub struct Row {
+    /// The CSV/JSON row.
+    pub metrics: MetricsRow,
+    /// The second's merged round trips.
+    pub latency: Histogram<u64>,
+    /// The second's merged connect times.
+    pub connect: Histogram<u64>,
+}
+
+/// The controller's one aggregator.
+pub struct Aggregator {
+    plan: Plan,
+    run_start_unix_s: f64,
+    workers: Vec<WorkerState>,
+    pending: BTreeMap<u64, Pending>,
+    next_row: u64,
+    /// Whole run.
+    pub run: Totals,
+    /// Per phase, in plan order.
+    pub phases: Vec<Totals>,
+    /// Snapshots received.
+    pub snapshots: Vec<u64>,
+    decoder: Deserializer,
+}
+
+impl Aggregator {
+    /// An aggregator for `workers` workers of a run started at
+    /// `run_start_unix_s` (seconds since the epoch).
+    pub fn new(plan: &Plan, workers: usize, run_start_unix_s: f64) -> Self {
+        Aggregator {
+            plan: plan.clone(),
+            run_start_unix_s,
+            workers: vec![WorkerState { live: true, ..Default::default() }; workers],
+            pending: BTreeMap::new(),
+            next_row: 0,
+            run: Totals::default(),
+            phases: vec![Totals::default(); plan.phases.len()],
+            snapshots: vec![0; workers],
+            decoder: Deserializer::new(),
+        }
+    }
+
+    /// Marks a worker gone (rows stop waiting for it) or back.
+    pub fn set_live(&mut self, worker: usize, live: bool) {
+        self.workers[worker].live = live;
+    }
+
+    /// Takes one snapshot; `Ok(false)` for a duplicate (already applied).
+    pub fn add(&mut self, worker: usize, snap: &Snapshot) -> Result<bool, AggregateError> {
+        let state = &mut self.workers[worker];
+        if snap.seq <= state.applied_seq {
+            return Ok(false);
+        }
+        let latency = self.decode(&snap.latency_histogram)?;
+        let connect = self.decode(&snap.connect_histogram)?;
+        let state = &mut self.workers[worker];
+        state.applied_seq = snap.seq;
+        state.reported_up_to = Some(state.reported_up_to.map_or(snap.second, |r| r.max(snap.second)));
+        self.snapshots[worker] += 1;
+        let counters = snap.counters.unwrap_or_default();
+        let gauges = snap.gauges.unwrap_or_default();
+
+        let phase = self.plan.phase_at(std::time::Duration::from_secs(snap.second));
+        for totals in [&mut self.run, &mut self.phases[phase]] {
+            add_counters(&mut totals.counters, &counters);
+            merge(&mut totals.latency, &latency)?;
+            merge(&mut totals.connect, &connect)?;
+            for (cause, n) in &snap.errors {
+                *totals.errors.entry(cause.clone()).or_default() += n;
+            }
+        }
+        if snap.second >= self.next_row {
+            let p = self.pending.entry(snap.second).or_default();
+            add_counters(&mut p.counters, &counters);
+            p.cpu_us += gauges.cpu_us;
+            merge(&mut p.latency, &latency)?;
+            merge(&mut p.connect, &connect)?;
+            p.gauges.insert(worker, gauges);
+            p.reporters += 1;
+        } else {
+            tracing::debug!("late snapshot for second {} from worker {worker}", snap.second);
+        }
+        Ok(true)
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Result<Histogram<u64>, AggregateError> {
+        if bytes.is_empty() {
+            return Ok(new_histogram());
+        }
+        let h: Histogram<u64> = self
+            .decoder
+            .deserialize(&mut &bytes[..])
+            .map_err(|e| AggregateError::Histogram(format!("{e:?}")))?;
+        let mut ours = new_histogram();
+        merge(&mut ours, &h)?;
+        Ok(ours)
+    }
+
+    /// Rows that are complete: every live worker reported them, or they are
+    /// older than the grace period at `elapsed_s` seconds into the run. With
+    /// `flush`, every second that has a report.
+    pub fn ready_rows(&mut self, elapsed_s: f64, flush: bool) -> Vec<Row> {
+        let mut rows = Vec::new();
+        loop {
+            let s = self.next_row;
+            let mut live = self.workers.iter().filter(|w| w.live).peekable();
+            let all_reported =
+                live.peek().is_some() && live.all(|w| w.reported_up_to.is_some_and(|r| r >= s));
+            let data_ahead = self.pending.range(s..).next().is_some();
+            let overdue = elapsed_s >= (s + 1 + GRACE_S) as f64;
+            if !(all_reported || (data_ahead && (overdue || flush))) {
+                return rows;
+            }
+            rows.push(self.finish_row(s));
+            self.next_row += 1;
+        }
+    }
+
+    fn finish_row(&mut self, s: u64) -> Row {
+        let p = self.pending.remove(&s).unwrap_or_default();
+        for (worker, g) in &p.gauges {
+            self.workers[*worker].gauges = *g;
+        }
+        let (mut active, mut rss) = (0, 0);
+        for w in &self.workers {
+            if w.live {
+                active += w.gauges.connections_active;
+                rss += w.gauges.rss_bytes;
+            }
+        }
+        let t = std::time::Duration::from_secs(s);
+        let phase = self.plan.phase_at(t);
+        let target = self.plan.level_at(t + std::time::Duration::from_secs(1));
+        for totals in [&mut self.run, &mut self.phases[phase]] {
+            totals.peak_active = totals.peak_active.max(active);
+            totals.peak_target = totals.peak_target.max(target);
+            totals.peak_rss = totals.peak_rss.max(rss);
+        }
+        let lat = percentiles(&p.latency);
+        let conn = percentiles(&p.connect);
+        let or_nan = |count: u64, v: f64| if count > 0 { v } else { f64::NAN };
+        let c = &p.counters;
+        let metrics = MetricsRow {
+            elapsed_s: s,
+            timestamp: crate::results::iso8601(self.run_start_unix_s + s as f64),
+            phase: self.plan.phases[phase].name.to_string(),
+            connections_target: target,
+            connections_active: active,
+            connections_opened: c.connections_opened,
+            connections_failed: c.connections_failed,
+            connections_closed_by_server: c.connections_closed_by_server + c.connections_dropped,
+            messages_sent: c.messages_sent,
+            messages_received: c.messages_received,
+            messages_lost: c.messages_lost,
+            latency_p50_ms: or_nan(lat.count, lat.p50),
+            latency_p95_ms: or_nan(lat.count, lat.p95),
+            latency_p99_ms: or_nan(lat.count, lat.p99),
+            latency_max_ms: or_nan(lat.count, lat.max),
+            connect_p95_ms: or_nan(conn.count, conn.p95),
+            errors: error_count(c),
+            worker_rss_mb: rss as f64 / 1e6,
+            worker_cpu_pct: p.cpu_us as f64 / 1e6 * 100.0,
+            workers_reporting: p.reporters,
+        };
+        Row { metrics, latency: p.latency, connect: p.connect }
+    }
+}

@@ -1,0 +1,28 @@
+//! The stampede controller: reads a scenario, runs it across a fleet of
+//! workers joined over gRPC, merges their measurements and writes a results
+//! folder with a PASS/FAIL verdict.
+//!
+//! `main.rs` parses flags and calls [`cli::main`]; tests call [`run::run`].
+
+pub mod aggregate;
+pub mod cli;
+pub mod fleet;
+pub mod local_fleet;
+pub mod plan;
+pub mod progress;
+pub mod results;
+pub mod run;
+pub mod scenario;
+pub mod summary;
+pub mod threshold;
+
+/// Exit code of a run whose verdict is PASS.
+pub const EXIT_PASS: i32 = 0;
+/// Exit code of a run that went wrong before it could start.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code of a bad scenario or bad flags.
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code of a run whose verdict is FAIL (as k6 does for thresholds).
+pub const EXIT_FAIL: i32 = 99;
+/// Exit code of a run ended by Ctrl-C (results are still written).
+pub const EXIT_INTERRUPTED: i32 = 130;

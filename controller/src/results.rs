@@ -1,0 +1,246 @@
+//! The results folder. Rows, histogram intervals and events are written as
+//! they come, by a thread of their own (file I/O and compression stay off the
+//! async runtime), and flushed each second, so a crash or Ctrl-C loses at
+//! most the last second. The summary files follow at the end of the run.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use stampede_proto::results::{METRICS_COLUMNS, MetricsRow, Summary, files, hlog_tags};
+use tokio::sync::mpsc;
+
+/// Writing results failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct ResultsError {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// Why.
+    pub source: io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> ResultsError + '_ {
+    move |source| ResultsError { path: path.to_path_buf(), source }
+}
+
+/// Formats seconds since the epoch as ISO 8601 UTC with milliseconds.
+pub fn iso8601(unix_s: f64) -> String {
+    let ms_total = (unix_s * 1000.0).round() as i64;
+    let (secs, ms) = (ms_total.div_euclid(1000), ms_total.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+/// Gregorian date of a day count since 1970-01-01 (the era-based method
+/// described by Howard Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Seconds since the epoch.
+pub fn unix_s(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// What the writer thread is handed.
+enum Record {
+    Row(Box<MetricsRow>, Box<Histogram<u64>>, Box<Histogram<u64>>),
+    Log(String),
+}
+
+/// An open results folder.
+pub struct ResultsWriter {
+    dir: PathBuf,
+    tx: mpsc::Sender<Record>,
+    thread: std::thread::JoinHandle<Result<(), ResultsError>>,
+}
+
+impl ResultsWriter {
+    /// Creates `<parent>/<name>-<UTC timestamp>/`, saves the scenario as run
+    /// and opens the streamed files.
+    pub fn create(
+        parent: &Path,
+        name: &str,
+        started: SystemTime,
+        scenario_toml: &str,
+    ) -> Result<ResultsWriter, ResultsError> {
+        fs::create_dir_all(parent).map_err(at(parent))?;
+        let stamp: String =
+            iso8601(unix_s(started))[..19].chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect();
+        let mut dir = parent.join(format!("{name}-{stamp}Z"));
+        let mut n = 2;
+        while dir.exists() {
+            dir = parent.join(format!("{name}-{stamp}Z-{n}"));
+            n += 1;
+        }
+        fs::create_dir(&dir).map_err(at(&dir))?;
+        let scenario_path = dir.join(files::SCENARIO);
+        fs::write(&scenario_path, scenario_toml).map_err(at(&scenario_path))?;
+
+        let open = |file: &str| -> Result<BufWriter<File>, ResultsError> {
+            let path = dir.join(file);
+            File::create(&path).map(BufWriter::new).map_err(at(&path))
+        };
+        let mut csv = open(files::METRICS_CSV)?;
+        writeln!(csv, "{}", METRICS_COLUMNS.join(",")).map_err(at(&dir.join(files::METRICS_CSV)))?;
+        let files =
+            Streams { dir: dir.clone(), csv, hlog: open(files::LATENCY_HLOG)?, log: open(files::TEST_LOG)? };
+        let (tx, rx) = mpsc::channel(256);
+        let thread = std::thread::Builder::new()
+            .name("results".into())
+            .spawn(move || files.run(rx, started))
+            .map_err(at(&dir))?;
+        Ok(ResultsWriter { dir, tx, thread })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends a row to metrics.csv and its histograms to latency.hlog.
+    pub async fn row(&self, row: crate::aggregate::Row) {
+        let record = Record::Row(Box::new(row.metrics), Box::new(row.latency), Box::new(row.connect));
+        let _ = self.tx.send(record).await;
+    }
+
+    /// Appends a line to test.log.
+    pub async fn log(&self, line: String) {
+        let _ = self.tx.send(Record::Log(line)).await;
+    }
+
+    /// Closes the streams and writes summary.json, metrics.json and the
+    /// summary part of test.log.
+    pub async fn finish(
+        self,
+        summary: &Summary,
+        rows: &[MetricsRow],
+        human: String,
+    ) -> Result<PathBuf, ResultsError> {
+        let ResultsWriter { dir, tx, thread } = self;
+        tx.send(Record::Log(human)).await.ok();
+        drop(tx);
+        let dir2 = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            thread.join().unwrap_or_else(|_| {
+                Err(ResultsError { path: dir2, source: io::Error::other("results writer panicked") })
+            })
+        })
+        .await
+        .map_err(|e| ResultsError { path: dir.clone(), source: io::Error::other(e) })??;
+        let write_json = |file: &str, value: &dyn erased::Json| -> Result<(), ResultsError> {
+            let path = dir.join(file);
+            let tmp = dir.join(format!(".{file}.tmp"));
+            fs::write(&tmp, value.to_json()).map_err(at(&tmp))?;
+            fs::rename(&tmp, &path).map_err(at(&path))
+        };
+        write_json(files::METRICS_JSON, &rows)?;
+        write_json(files::SUMMARY, summary)?;
+        Ok(dir)
+    }
+}
+
+mod erased {
+    /// Object-safe pretty JSON.
+    pub trait Json {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string_pretty(self).expect("results are plain data") + "\n"
+        }
+    }
+}
+
+struct Streams {
+    dir: PathBuf,
+    csv: BufWriter<File>,
+    hlog: BufWriter<File>,
+    log: BufWriter<File>,
+}
+
+impl Streams {
+    fn run(mut self, mut rx: mpsc::Receiver<Record>, started: SystemTime) -> Result<(), ResultsError> {
+        let hlog_path = self.dir.join(files::LATENCY_HLOG);
+        let mut serializer = V2DeflateSerializer::new();
+        let mut builder = IntervalLogWriterBuilder::new();
+        builder
+            .add_comment("stampede: per-second histograms; values in microseconds, max column in ms")
+            .add_comment("tags: latency = message round trip from intended send time; connect = TCP connect + WebSocket upgrade")
+            .with_start_time(started)
+            .with_base_time(started)
+            .with_max_value_divisor(1000.0);
+        let mut hlog = builder.begin_log_with(&mut self.hlog, &mut serializer).map_err(at(&hlog_path))?;
+        let csv_path = self.dir.join(files::METRICS_CSV);
+        let log_path = self.dir.join(files::TEST_LOG);
+        while let Some(record) = rx.blocking_recv() {
+            match record {
+                Record::Row(row, latency, connect) => {
+                    let cells = row.csv_cells();
+                    let line: Vec<String> =
+                        cells.iter().map(|c| if c == "NaN" { String::new() } else { csv_cell(c) }).collect();
+                    writeln!(self.csv, "{}", line.join(",")).map_err(at(&csv_path))?;
+                    self.csv.flush().map_err(at(&csv_path))?;
+                    let start = Duration::from_secs(row.elapsed_s);
+                    for (h, tag) in [(&latency, hlog_tags::LATENCY), (&connect, hlog_tags::CONNECT)] {
+                        hlog.write_histogram(h, start, Duration::from_secs(1), Tag::new(tag)).map_err(
+                            |e| ResultsError {
+                                path: hlog_path.clone(),
+                                source: io::Error::other(format!("{e:?}")),
+                            },
+                        )?;
+                    }
+                }
+                Record::Log(line) => {
+                    writeln!(self.log, "{line}").map_err(at(&log_path))?;
+                    self.log.flush().map_err(at(&log_path))?;
+                }
+            }
+        }
+        drop(hlog);
+        self.hlog.flush().map_err(at(&hlog_path))?;
+        Ok(())
+    }
+}
+
+/// Quotes a cell that holds a comma, quote or newline (RFC 4180).
+fn csv_cell(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_timestamps() {
+        assert_eq!(iso8601(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_400.5), "2000-02-29T00:00:00.500Z");
+        assert_eq!(iso8601(1_795_406_400.0), "2026-11-23T04:00:00.000Z");
+    }
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        assert_eq!(csv_cell("sustained"), "sustained");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

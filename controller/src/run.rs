@@ -1,0 +1,518 @@
+//! One run, start to end: start the target and the fleet, wait for the
+//! workers, hand out the plan, send each phase on schedule, merge snapshots
+//! as they come, and write the results, also when the run is interrupted or
+//! aborted. All run state lives in this one task; the fleet server feeds it
+//! events over a bounded channel.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use stampede_proto::fleet::{
+    Assign, ControllerMessage, Hello, PhaseStart, SnapshotAck, Stop, controller_message::Body as Cmd,
+    worker_message::Body,
+};
+use stampede_proto::results::{MetricsRow, Summary, WorkerInfo};
+use stampede_relay::{Relay, RelayConfig, RelayError};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::Aggregator;
+use crate::fleet::{self, FleetEvent, Link};
+use crate::local_fleet::{LocalFleet, WorkerProgram};
+use crate::plan::{Overrides, Plan, TargetPlan, split};
+use crate::progress::Progress;
+use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
+use crate::scenario::{Scenario, ScenarioError};
+use crate::summary::{self, RunFacts};
+
+/// Time for workers to close their connections after Stop.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Attempts without a single success after which the target is declared
+/// unreachable (or the planned peak, if smaller).
+const UNREACHABLE_AFTER: u64 = 10;
+
+/// What `controller run` was asked.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The scenario file.
+    pub scenario: PathBuf,
+    /// Command-line overrides.
+    pub overrides: Overrides,
+    /// How to start local workers (default: this executable's `worker`).
+    pub worker_program: Option<WorkerProgram>,
+    /// No progress lines and no summary on stderr.
+    pub quiet: bool,
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// What summary.json holds.
+    pub summary: Summary,
+    /// The results folder.
+    pub dir: PathBuf,
+    /// Ended by Ctrl-C.
+    pub interrupted: bool,
+}
+
+/// Why a run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad scenario.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// Results could not be written.
+    #[error("cannot write results: {0}")]
+    Results(#[from] ResultsError),
+    /// The bundled relay would not start.
+    #[error("cannot start the bundled relay: {0}")]
+    Relay(#[from] RelayError),
+    /// The fleet server would not start.
+    #[error("cannot listen for workers on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Local workers would not start.
+    #[error("cannot start local workers ({program}): {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The fleet is not fit for the run.
+    #[error("{0}")]
+    Fleet(String),
+    /// Interrupted before the run began.
+    #[error("interrupted before the run started")]
+    Interrupted,
+}
+
+/// A worker of this run.
+struct Member {
+    hello: Hello,
+    link: Option<Link>,
+    offset_us: i64,
+    finished: bool,
+}
+
+impl Member {
+    fn send(&self, body: Cmd) {
+        if let Some(link) = &self.link {
+            // Commands are few and the channel is bounded; a full channel
+            // means the worker stopped reading, which its Left event reports.
+            let _ = link.try_send(Ok(ControllerMessage { body: Some(body) }));
+        }
+    }
+
+    fn max_connections(&self) -> u64 {
+        self.hello.capacity.map_or(0, |c| c.max_connections)
+    }
+}
+
+/// Runs a scenario. Errors before the run starts are returned; once it has
+/// started, every ending (schedule done, aborted, Ctrl-C) writes results.
+pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOutcome, RunError> {
+    let (mut scenario, source) = Scenario::load(&opts.scenario)?;
+    opts.overrides.apply(&mut scenario);
+    let plan = Plan::new(&scenario, &opts.scenario, &source)?;
+    let scenario_toml = toml::to_string_pretty(&scenario).unwrap_or_else(|_| source.clone());
+    let services = CancellationToken::new();
+    let _stop_services = services.clone().drop_guard();
+
+    let relay = match &plan.target {
+        TargetPlan::Bundled { delay } => {
+            let config = RelayConfig { delay: *delay, ..RelayConfig::default() };
+            Some(Relay::start(config, services.clone()).await?)
+        }
+        TargetPlan::Url(_) => None,
+    };
+    let target_url = match (&plan.target, &relay) {
+        (TargetPlan::Url(url), _) => url.clone(),
+        (_, Some(relay)) => relay.ws_url(),
+        _ => unreachable!("a bundled target has a relay"),
+    };
+
+    let (events_tx, mut events) = mpsc::channel(1024);
+    let listen = plan.fleet.listen;
+    let addr = fleet::serve(listen, events_tx, services.clone())
+        .await
+        .map_err(|source| RunError::Listen { addr: listen, source })?;
+    let mut local = match plan.fleet.local {
+        Some(n) => {
+            let program = match opts.worker_program.clone() {
+                Some(p) => p,
+                None => WorkerProgram::this_executable()
+                    .map_err(|source| RunError::Spawn { program: "controller".into(), source })?,
+            };
+            let url = format!("http://{addr}");
+            Some(
+                LocalFleet::spawn(&program, n, &url)
+                    .map_err(|source| RunError::Spawn { program: program.program.clone(), source })?,
+            )
+        }
+        None => {
+            eprintln!("waiting for {} workers to join at http://{addr} ...", plan.fleet.workers);
+            None
+        }
+    };
+    let progress = Progress::new(opts.quiet);
+    progress.line(format!(
+        "stampede: {} -> {target_url}: {} connections, {:.0} s, {} worker(s)",
+        plan.name,
+        plan.peak(),
+        plan.duration().as_secs_f64(),
+        plan.fleet.workers
+    ));
+
+    let members = wait_for_workers(&plan, &mut events, &mut local, &shutdown).await?;
+    let capacities: Vec<u64> = members.iter().map(Member::max_connections).collect();
+    if split(plan.peak(), &capacities).is_none() {
+        return Err(RunError::Fleet(format!(
+            "the fleet can hold {} connections, the scenario needs {}: add workers (--workers or [fleet] workers)",
+            capacities.iter().sum::<u64>(),
+            plan.peak()
+        )));
+    }
+
+    let run_start = Instant::now() + Duration::from_millis(200);
+    let run_start_wall = SystemTime::now() + Duration::from_millis(200);
+    let run_start_us = (unix_s(run_start_wall) * 1e6) as i64;
+    let writer = ResultsWriter::create(&plan.output_dir, &plan.name, run_start_wall, &scenario_toml)?;
+    let run_id = format!("{}-{}", plan.name, run_start_us);
+    let sources = local_sources(&plan, &target_url, members.len());
+    for (i, m) in members.iter().enumerate() {
+        m.send(Cmd::Assign(Assign {
+            run_id: run_id.clone(),
+            target_url: target_url.clone(),
+            message_interval_us: plan.message_interval.map_or(0, |d| d.as_micros() as u64),
+            payload_bytes: plan.payload_bytes,
+            connect_timeout_us: plan.connect_timeout.as_micros() as u64,
+            run_start_unix_us: run_start_us,
+            clock_offset_us: m.offset_us,
+            source_addresses: sources.get(i).cloned().into_iter().collect(),
+            reconnect: plan.reconnect,
+            buffer_bytes: plan.buffer_bytes,
+        }));
+    }
+    let mut run = Running {
+        plan: &plan,
+        members,
+        agg: Aggregator::new(&plan, capacities.len(), unix_s(run_start_wall)),
+        writer,
+        rows: Vec::new(),
+        run_start,
+        run_id,
+        next_phase: 0,
+        stopping: None,
+        aborted: None,
+        progress,
+    };
+    run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
+    let interrupted = run.drive(&mut events, &mut local, &shutdown).await;
+
+    for m in &mut run.members {
+        m.link = None; // ends the streams: workers see the run is over
+    }
+    if let Some(local) = local {
+        local.finish(Duration::from_secs(5)).await;
+    }
+    services.cancel();
+    let duration_s = run.run_start.elapsed().as_secs_f64();
+    let facts = RunFacts {
+        target: target_url,
+        started_at: iso8601(unix_s(run_start_wall)),
+        duration_s,
+        workers: run
+            .members
+            .iter()
+            .zip(&run.agg.snapshots)
+            .map(|(m, n)| WorkerInfo {
+                id: m.hello.worker_id.clone(),
+                hostname: m.hello.hostname.clone(),
+                max_connections: m.max_connections(),
+                snapshots: *n,
+            })
+            .collect(),
+        aborted: run.aborted.clone(),
+    };
+    let summary = summary::build(&plan, &run.agg, facts);
+    let human = summary::render(&summary, run.writer.dir());
+    let dir = run.writer.finish(&summary, &run.rows, human.clone()).await?;
+    if !opts.quiet {
+        eprintln!("\n{human}");
+    }
+    if let Some(relay) = relay {
+        relay.wait().await;
+    }
+    Ok(RunOutcome { summary, dir, interrupted })
+}
+
+/// Source addresses for local workers against a loopback target: one
+/// 127.0.0.x each, so every worker has its own ~28,000 ephemeral ports.
+fn local_sources(plan: &Plan, target_url: &str, workers: usize) -> Vec<String> {
+    let loopback_target = stampede_worker::target::Target::parse(target_url)
+        .is_ok_and(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()));
+    if plan.fleet.local.is_none() || !loopback_target {
+        return Vec::new();
+    }
+    (0..workers).map(|i| format!("127.0.{}.{}", i / 250, i % 250 + 1)).collect()
+}
+
+async fn wait_for_workers(
+    plan: &Plan,
+    events: &mut mpsc::Receiver<FleetEvent>,
+    local: &mut Option<LocalFleet>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Member>, RunError> {
+    let deadline = Instant::now() + plan.fleet.join_timeout;
+    let mut members: Vec<Member> = Vec::new();
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    while members.len() < plan.fleet.workers as usize {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(RunError::Interrupted),
+            _ = sleep_until(deadline) => {
+                return Err(RunError::Fleet(format!(
+                    "only {} of {} workers joined within {:.0} s",
+                    members.len(), plan.fleet.workers, plan.fleet.join_timeout.as_secs_f64()
+                )));
+            }
+            _ = check.tick() => {
+                if let Some(why) = local.as_mut().and_then(LocalFleet::exited) {
+                    return Err(RunError::Fleet(format!("{why} before the run started")));
+                }
+            }
+            event = events.recv() => match event {
+                Some(FleetEvent::Joined { hello, link, offset_us }) => {
+                    if members.iter().any(|m| m.hello.worker_id == hello.worker_id) {
+                        tracing::warn!("a second worker calls itself {:?}; refused", hello.worker_id);
+                        continue;
+                    }
+                    tracing::info!("worker {} joined", hello.worker_id);
+                    members.push(Member { hello, link: Some(link), offset_us, finished: false });
+                }
+                Some(FleetEvent::Left { worker, reason }) => {
+                    members.retain(|m| m.hello.worker_id != worker);
+                    tracing::warn!("worker {worker} left before the run: {reason}");
+                }
+                Some(FleetEvent::Message { .. }) => {}
+                None => return Err(RunError::Fleet("the fleet server stopped".into())),
+            }
+        }
+    }
+    Ok(members)
+}
+
+/// The state of a run in progress.
+struct Running<'a> {
+    plan: &'a Plan,
+    members: Vec<Member>,
+    agg: Aggregator,
+    writer: ResultsWriter,
+    rows: Vec<MetricsRow>,
+    run_start: Instant,
+    run_id: String,
+    next_phase: usize,
+    stopping: Option<Instant>,
+    aborted: Option<String>,
+    progress: Progress,
+}
+
+impl Running<'_> {
+    fn elapsed_s(&self) -> f64 {
+        Instant::now().saturating_duration_since(self.run_start).as_secs_f64()
+    }
+
+    async fn log(&self, what: String) {
+        let line = format!("[{:>8.1} s] {what}", self.elapsed_s());
+        tracing::info!("{what}");
+        self.writer.log(line).await;
+    }
+
+    /// Runs the schedule to its end; returns whether Ctrl-C ended it.
+    async fn drive(
+        &mut self,
+        events: &mut mpsc::Receiver<FleetEvent>,
+        local: &mut Option<LocalFleet>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut interrupted = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let end = self.run_start + self.plan.duration();
+        loop {
+            let next_phase_at =
+                self.plan.phases.get(self.next_phase).map_or(end, |p| self.run_start + p.start);
+            tokio::select! {
+                _ = shutdown.cancelled(), if self.stopping.is_none() => {
+                    interrupted = true;
+                    self.abort("interrupted (Ctrl-C)".into()).await;
+                }
+                _ = sleep_until(next_phase_at), if self.stopping.is_none() => {
+                    if self.next_phase < self.plan.phases.len() {
+                        self.start_phase(self.next_phase, Duration::ZERO).await;
+                        self.next_phase += 1;
+                    } else {
+                        self.log("schedule complete: stopping workers".into()).await;
+                        self.stop("schedule complete");
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.write_rows(false).await;
+                    self.check_health(local).await;
+                    if self.stopping.is_some_and(|deadline| Instant::now() >= deadline) {
+                        self.log("stop grace over: workers still running are left behind".into()).await;
+                        break;
+                    }
+                }
+            }
+            if self.stopping.is_some() && self.members.iter().all(|m| m.finished || m.link.is_none()) {
+                break;
+            }
+        }
+        self.write_rows(true).await;
+        interrupted
+    }
+
+    async fn start_phase(&mut self, index: usize, elapsed_in_phase: Duration) {
+        let phase = &self.plan.phases[index];
+        let capacities: Vec<u64> = self.members.iter().map(Member::max_connections).collect();
+        let shares = split(phase.to, &capacities).unwrap_or_else(|| capacities.clone());
+        for (m, share) in self.members.iter().zip(shares) {
+            m.send(Cmd::PhaseStart(PhaseStart {
+                index: index as u32,
+                name: phase.name.to_string(),
+                connections: share,
+                ramp_us: phase.ramp.saturating_sub(elapsed_in_phase).as_micros() as u64,
+                duration_us: phase.duration.as_micros() as u64,
+            }));
+        }
+        self.log(format!(
+            "phase {} started: {} -> {} connections over {:.1} s, lasts {:.1} s",
+            phase.name,
+            phase.from,
+            phase.to,
+            phase.ramp.as_secs_f64(),
+            phase.duration.as_secs_f64()
+        ))
+        .await;
+    }
+
+    fn stop(&mut self, reason: &str) {
+        for m in &self.members {
+            m.send(Cmd::Stop(Stop { reason: reason.to_string() }));
+        }
+        self.stopping = Some(Instant::now() + STOP_GRACE);
+    }
+
+    async fn abort(&mut self, why: String) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.log(format!("aborting: {why}")).await;
+        self.progress.line(format!("aborting: {why}"));
+        self.aborted = Some(why.clone());
+        self.stop(&why);
+    }
+
+    fn member(&self, id: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.hello.worker_id == id)
+    }
+
+    async fn on_event(&mut self, event: FleetEvent) {
+        match event {
+            FleetEvent::Message { worker, body } => {
+                let Some(i) = self.member(&worker) else { return };
+                match body {
+                    Body::Snapshot(snap) => match self.agg.add(i, &snap) {
+                        Ok(_) => self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq })),
+                        Err(err) => {
+                            self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq)).await
+                        }
+                    },
+                    Body::Finished(_) => {
+                        self.members[i].finished = true;
+                        self.log(format!("worker {worker} finished")).await;
+                    }
+                    Body::Error(err) if err.fatal => {
+                        self.abort(format!("worker {worker}: {}", err.message)).await;
+                    }
+                    Body::Error(err) => self.log(format!("worker {worker}: {}", err.message)).await,
+                    Body::PhaseAck(_) | Body::Hello(_) => {}
+                }
+            }
+            FleetEvent::Left { worker, reason } => {
+                let Some(i) = self.member(&worker) else { return };
+                self.members[i].link = None;
+                if !self.members[i].finished {
+                    self.agg.set_live(i, false);
+                    self.log(format!("worker {worker} lost: {reason}")).await;
+                }
+            }
+            FleetEvent::Joined { hello, link, offset_us } => {
+                let known = self.member(&hello.worker_id);
+                match known {
+                    Some(i) if hello.resume_run_id == self.run_id && self.stopping.is_none() => {
+                        self.log(format!("worker {} rejoined", hello.worker_id)).await;
+                        let m = &mut self.members[i];
+                        m.link = Some(link);
+                        m.offset_us = offset_us;
+                        self.agg.set_live(i, true);
+                        // Its engine kept the last phase it heard of; repeat
+                        // the current one in case it missed a change.
+                        if let Some(current) = self.next_phase.checked_sub(1) {
+                            let into =
+                                self.run_start.elapsed().saturating_sub(self.plan.phases[current].start);
+                            self.start_phase(current, into).await;
+                        }
+                    }
+                    _ => {
+                        // Dropping `link` ends its stream.
+                        self.log(format!("worker {} refused: a run is in progress", hello.worker_id)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_rows(&mut self, flush: bool) {
+        let elapsed = self.elapsed_s();
+        for row in self.agg.ready_rows(elapsed, flush) {
+            self.progress.row(&row.metrics, self.plan, elapsed, &self.agg.run);
+            self.rows.push(row.metrics.clone());
+            self.writer.row(row).await;
+        }
+    }
+
+    /// Aborts on what makes going on pointless.
+    async fn check_health(&mut self, local: &mut Option<LocalFleet>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let c = &self.agg.run.counters;
+        let need = UNREACHABLE_AFTER.min(self.plan.peak()).max(1);
+        if c.connections_opened == 0 && c.connections_failed >= need {
+            let causes: Vec<String> = self.agg.run.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let why = format!(
+                "target unreachable: {} connection attempts, none succeeded ({})",
+                c.connections_failed,
+                causes.join(", ")
+            );
+            self.abort(why).await;
+            return;
+        }
+        if self.members.iter().all(|m| m.link.is_none()) {
+            self.abort("every worker was lost".into()).await;
+            return;
+        }
+        let _ = local;
+    }
+}

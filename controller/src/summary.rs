@@ -1,0 +1,176 @@
+//! Turns the aggregator's totals into the `summary.json` document, applies
+//! the thresholds, and renders the human summary printed at the end and
+//! saved in test.log.
+
+use std::fmt::Write;
+
+use stampede_proto::results::{
+    ConnectionFigures, MessageFigures, PhaseSummary, SUMMARY_SCHEMA_VERSION, Summary, WorkerInfo,
+};
+
+use crate::aggregate::{Aggregator, Totals, error_count, percentiles};
+use crate::plan::Plan;
+use crate::threshold::evaluate;
+
+/// What the run was, besides its measurements.
+pub struct RunFacts {
+    /// Target URL.
+    pub target: String,
+    /// Run start, ISO 8601.
+    pub started_at: String,
+    /// Length of the run, s.
+    pub duration_s: f64,
+    /// The workers.
+    pub workers: Vec<WorkerInfo>,
+    /// Why the run ended early.
+    pub aborted: Option<String>,
+}
+
+fn connections(t: &Totals) -> ConnectionFigures {
+    let c = &t.counters;
+    ConnectionFigures {
+        target: t.peak_target,
+        peak: t.peak_active,
+        attempted: c.connections_attempted,
+        opened: c.connections_opened,
+        failed: c.connections_failed,
+        closed_by_server: c.connections_closed_by_server + c.connections_dropped,
+        closed_by_client: c.connections_closed_by_client,
+    }
+}
+
+fn messages(t: &Totals) -> MessageFigures {
+    let c = &t.counters;
+    MessageFigures {
+        sent: c.messages_sent,
+        received: c.messages_received,
+        lost: c.messages_lost,
+        out_of_order: c.messages_out_of_order,
+        unmatched: c.messages_unmatched,
+        late_sends: c.sends_late,
+        bytes_sent: c.bytes_sent,
+        bytes_received: c.bytes_received,
+    }
+}
+
+fn per_second(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 { count as f64 / seconds } else { 0.0 }
+}
+
+/// Builds the summary and decides the verdict.
+pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
+    let run = &agg.run;
+    let phases = plan
+        .phases
+        .iter()
+        .zip(&agg.phases)
+        .map(|(p, t)| PhaseSummary {
+            name: p.name.to_string(),
+            start_s: p.start.as_secs_f64(),
+            duration_s: p.duration.as_secs_f64(),
+            connections: connections(t),
+            messages: messages(t),
+            latency_ms: percentiles(&t.latency),
+            connect_ms: percentiles(&t.connect),
+            errors: t.errors.clone(),
+            throughput_msg_per_s: per_second(t.counters.messages_received, p.duration.as_secs_f64()),
+        })
+        .collect();
+    let c = &run.counters;
+    let mut summary = Summary {
+        schema_version: SUMMARY_SCHEMA_VERSION,
+        verdict: String::new(),
+        aborted: facts.aborted,
+        scenario: plan.name.clone(),
+        target: facts.target,
+        started_at: facts.started_at,
+        duration_s: facts.duration_s,
+        workers: facts.workers.len() as u32,
+        worker_details: facts.workers,
+        connections: connections(run),
+        messages: messages(run),
+        latency_ms: percentiles(&run.latency),
+        connect_ms: percentiles(&run.connect),
+        errors: run.errors.clone(),
+        error_rate: {
+            let den = c.connections_attempted + c.messages_sent;
+            if den > 0 { error_count(c) as f64 / den as f64 } else { 0.0 }
+        },
+        throughput_msg_per_s: per_second(c.messages_received, facts.duration_s),
+        worker_rss_peak_mb: run.peak_rss as f64 / 1e6,
+        phases,
+        thresholds: Vec::new(),
+    };
+    summary.thresholds = plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &summary)).collect();
+    let pass = summary.aborted.is_none() && summary.thresholds.iter().all(|t| t.pass);
+    summary.verdict = if pass { "PASS" } else { "FAIL" }.to_string();
+    summary
+}
+
+/// The human summary, in the spirit of a "TEST SUMMARY" block.
+pub fn render(s: &Summary, dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let line = "=".repeat(72);
+    let l = &s.latency_ms;
+    let c = &s.connect_ms;
+    let _ = writeln!(out, "{line}\nTEST SUMMARY: {} -> {}\n{line}", s.scenario, s.target);
+    let _ = writeln!(out, "Started:             {}", s.started_at);
+    let _ = writeln!(out, "Duration:            {:.1} s", s.duration_s);
+    let _ = writeln!(out, "Workers:             {}", s.workers);
+    let k = &s.connections;
+    let _ = writeln!(
+        out,
+        "Connections:         target {}, peak {}, opened {} of {} attempted, failed {}, closed by server {}",
+        k.target, k.peak, k.opened, k.attempted, k.failed, k.closed_by_server
+    );
+    let m = &s.messages;
+    let _ = writeln!(
+        out,
+        "Messages:            sent {}, received {}, lost {}, out of order {}, late sends {}",
+        m.sent, m.received, m.lost, m.out_of_order, m.late_sends
+    );
+    let _ = writeln!(out, "Throughput:          {:.1} msg/s", s.throughput_msg_per_s);
+    let _ = writeln!(
+        out,
+        "Latency (ms):        p50 {:.3}  p90 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}  (n={})",
+        l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.mean, l.count
+    );
+    let _ = writeln!(
+        out,
+        "Connect time (ms):   p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  (n={})",
+        c.p50, c.p95, c.p99, c.max, c.count
+    );
+    let _ = writeln!(out, "Error rate:          {:.4}%", s.error_rate * 100.0);
+    if !s.errors.is_empty() {
+        let causes: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(out, "Errors by cause:     {}", causes.join(", "));
+    }
+    let _ = writeln!(out, "Worker RSS peak:     {:.1} MB", s.worker_rss_peak_mb);
+    let _ = writeln!(out, "\nPhases:");
+    for p in &s.phases {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>6.1} s  peak {:>6} conns  sent {:>9}  recv {:>9}  p95 {:>9.3} ms  errors {}",
+            p.name,
+            p.duration_s,
+            p.connections.peak,
+            p.messages.sent,
+            p.messages.received,
+            p.latency_ms.p95,
+            p.errors.values().sum::<u64>()
+        );
+    }
+    if !s.thresholds.is_empty() {
+        let _ = writeln!(out, "\nThresholds:");
+        for t in &s.thresholds {
+            let value = t.value.map_or("no data".to_string(), |v| format!("{v:.4}"));
+            let mark = if t.pass { "pass" } else { "FAIL" };
+            let _ = writeln!(out, "  [{mark}] {:<32} measured {value}", t.expression);
+        }
+    }
+    if let Some(why) = &s.aborted {
+        let _ = writeln!(out, "\nAborted: {why}");
+    }
+    let _ = writeln!(out, "{line}\nResults: {}\nVerdict: {}\n{line}", dir.display(), s.verdict);
+    out
+}

@@ -1,0 +1,291 @@
+//! The results folder's schema: file names, the `metrics.csv` columns and
+//! the `summary.json` document. One definition here keeps writer and readers
+//! in step; bump [`SUMMARY_SCHEMA_VERSION`] on any incompatible change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Schema version written into `summary.json`.
+pub const SUMMARY_SCHEMA_VERSION: u32 = 1;
+
+/// Names of the files in a results folder.
+pub mod files {
+    /// The run's verdict and figures.
+    pub const SUMMARY: &str = "summary.json";
+    /// One row per second.
+    pub const METRICS_CSV: &str = "metrics.csv";
+    /// The same series as `metrics.csv`, as JSON.
+    pub const METRICS_JSON: &str = "metrics.json";
+    /// Human-readable summary.
+    pub const TEST_LOG: &str = "test.log";
+    /// The scenario as run, overrides applied.
+    pub const SCENARIO: &str = "scenario.toml";
+    /// HdrHistogram interval log of per-second latency and connect time.
+    pub const LATENCY_HLOG: &str = "latency.hlog";
+    /// Phase changes, workers joining and leaving, threshold breaches.
+    pub const EVENTS: &str = "events.jsonl";
+}
+
+/// Tags of the histograms in `latency.hlog`.
+pub mod hlog_tags {
+    /// Message round trip, measured from the intended send time.
+    pub const LATENCY: &str = "latency";
+    /// TCP connect plus WebSocket upgrade.
+    pub const CONNECT: &str = "connect";
+}
+
+/// One second of the run, merged across workers: a row of `metrics.csv`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    /// Seconds since the run started (the row covers `[elapsed_s, elapsed_s + 1)`).
+    pub elapsed_s: u64,
+    /// Start of the second, ISO 8601 UTC.
+    pub timestamp: String,
+    /// Phase the second belongs to.
+    pub phase: String,
+    /// Connections the plan asked for at the end of this second.
+    pub connections_target: u64,
+    /// Open connections at the end of this second.
+    pub connections_active: u64,
+    /// Connections opened during this second.
+    pub connections_opened: u64,
+    /// Connection attempts that failed during this second.
+    pub connections_failed: u64,
+    /// Connections the server closed or dropped during this second.
+    pub connections_closed_by_server: u64,
+    /// Messages sent during this second.
+    pub messages_sent: u64,
+    /// Echoes received during this second.
+    pub messages_received: u64,
+    /// Messages found lost during this second.
+    pub messages_lost: u64,
+    /// Median round trip, ms.
+    pub latency_p50_ms: f64,
+    /// 95th percentile round trip, ms.
+    pub latency_p95_ms: f64,
+    /// 99th percentile round trip, ms.
+    pub latency_p99_ms: f64,
+    /// Slowest round trip, ms.
+    pub latency_max_ms: f64,
+    /// 95th percentile connect time, ms.
+    pub connect_p95_ms: f64,
+    /// Errors of every cause during this second.
+    pub errors: u64,
+    /// Resident memory of all workers together, MB (10^6 bytes).
+    pub worker_rss_mb: f64,
+    /// CPU of all workers together, percent of one core.
+    pub worker_cpu_pct: f64,
+    /// Workers that reported this second.
+    pub workers_reporting: u32,
+}
+
+/// Column names of `metrics.csv`, in order.
+pub const METRICS_COLUMNS: &[&str] = &[
+    "elapsed_s",
+    "timestamp",
+    "phase",
+    "connections_target",
+    "connections_active",
+    "connections_opened",
+    "connections_failed",
+    "connections_closed_by_server",
+    "messages_sent",
+    "messages_received",
+    "messages_lost",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_max_ms",
+    "connect_p95_ms",
+    "errors",
+    "worker_rss_mb",
+    "worker_cpu_pct",
+    "workers_reporting",
+];
+
+impl MetricsRow {
+    /// The row as CSV cells, in [`METRICS_COLUMNS`] order.
+    pub fn csv_cells(&self) -> [String; 20] {
+        let ms = |v: f64| format!("{v:.3}");
+        [
+            self.elapsed_s.to_string(),
+            self.timestamp.clone(),
+            self.phase.clone(),
+            self.connections_target.to_string(),
+            self.connections_active.to_string(),
+            self.connections_opened.to_string(),
+            self.connections_failed.to_string(),
+            self.connections_closed_by_server.to_string(),
+            self.messages_sent.to_string(),
+            self.messages_received.to_string(),
+            self.messages_lost.to_string(),
+            ms(self.latency_p50_ms),
+            ms(self.latency_p95_ms),
+            ms(self.latency_p99_ms),
+            ms(self.latency_max_ms),
+            ms(self.connect_p95_ms),
+            self.errors.to_string(),
+            format!("{:.1}", self.worker_rss_mb),
+            format!("{:.1}", self.worker_cpu_pct),
+            self.workers_reporting.to_string(),
+        ]
+    }
+}
+
+/// Percentiles of a distribution, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Number of samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+/// Connection figures of a run or phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionFigures {
+    /// Connections the plan asked for at its peak.
+    pub target: u64,
+    /// Most connections open at once (per-second samples).
+    pub peak: u64,
+    /// Connection attempts.
+    pub attempted: u64,
+    /// Attempts that completed the WebSocket upgrade.
+    pub opened: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Open connections the server closed (close frame) or dropped (reset, EOF).
+    pub closed_by_server: u64,
+    /// Connections the client closed (ramp-down or end of run).
+    pub closed_by_client: u64,
+}
+
+/// Message figures of a run or phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageFigures {
+    /// Messages sent.
+    pub sent: u64,
+    /// Echoes received and matched.
+    pub received: u64,
+    /// Messages never echoed (outstanding when their connection ended).
+    pub lost: u64,
+    /// Echoes that arrived after a later message's echo.
+    pub out_of_order: u64,
+    /// Frames received that were not an echo of ours.
+    pub unmatched: u64,
+    /// Sends that left later than their intended time (by more than 1 ms).
+    pub late_sends: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+}
+
+/// Figures of one phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    /// Phase name.
+    pub name: String,
+    /// Seconds since run start the phase began at.
+    pub start_s: f64,
+    /// Planned length, s.
+    pub duration_s: f64,
+    /// Connections.
+    pub connections: ConnectionFigures,
+    /// Messages.
+    pub messages: MessageFigures,
+    /// Round trip latency from the intended send time.
+    pub latency_ms: Percentiles,
+    /// Connect time (TCP + upgrade).
+    pub connect_ms: Percentiles,
+    /// Errors by cause.
+    pub errors: BTreeMap<String, u64>,
+    /// Messages received per second, averaged over the phase.
+    pub throughput_msg_per_s: f64,
+}
+
+/// One threshold's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdOutcome {
+    /// The expression as written, e.g. `latency_p95_ms < 100`.
+    pub expression: String,
+    /// Metric name.
+    pub metric: String,
+    /// Comparison operator.
+    pub op: String,
+    /// The limit.
+    pub limit: f64,
+    /// The measured value (null when the run produced no sample for it).
+    pub value: Option<f64>,
+    /// Whether it held.
+    pub pass: bool,
+}
+
+/// A worker that took part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Worker id.
+    pub id: String,
+    /// Host it runs on.
+    pub hostname: String,
+    /// Connections it can hold.
+    pub max_connections: u64,
+    /// Snapshots received from it.
+    pub snapshots: u64,
+}
+
+/// The `summary.json` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// [`SUMMARY_SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// "PASS" or "FAIL".
+    pub verdict: String,
+    /// Why the run ended early, if it did.
+    pub aborted: Option<String>,
+    /// Scenario name.
+    pub scenario: String,
+    /// Target URL.
+    pub target: String,
+    /// Start of the run, ISO 8601 UTC.
+    pub started_at: String,
+    /// Length of the run, s.
+    pub duration_s: f64,
+    /// Number of workers.
+    pub workers: u32,
+    /// The workers.
+    pub worker_details: Vec<WorkerInfo>,
+    /// Connections.
+    pub connections: ConnectionFigures,
+    /// Messages.
+    pub messages: MessageFigures,
+    /// Round trip latency from the intended send time.
+    pub latency_ms: Percentiles,
+    /// Connect time (TCP + upgrade).
+    pub connect_ms: Percentiles,
+    /// Errors by cause.
+    pub errors: BTreeMap<String, u64>,
+    /// Errors over connection attempts plus messages sent.
+    pub error_rate: f64,
+    /// Messages received per second over the whole run.
+    pub throughput_msg_per_s: f64,
+    /// Peak resident memory of all workers together, MB.
+    pub worker_rss_peak_mb: f64,
+    /// Per-phase figures.
+    pub phases: Vec<PhaseSummary>,
+    /// Thresholds and their outcome.
+    pub thresholds: Vec<ThresholdOutcome>,
+}

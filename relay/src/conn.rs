@@ -1,0 +1,170 @@
+//! One accepted TCP connection, up to the point it becomes a WebSocket.
+//!
+//! Owns the bounded head read, the plain-HTTP answers (`/health`,
+//! `/metrics`, errors) and the `101` handshake, so the accept loop stays a
+//! loop and the echo code only ever sees an upgraded stream.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+use crate::echo;
+use crate::http::{self, MAX_HEAD, Parsed, Route};
+use crate::server::Shared;
+
+/// A client that cannot send a request head in this long is dropped, so
+/// idle sockets cannot pin tasks forever.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After answering plain HTTP we half-close and drain for at most this long:
+/// closing with unread input would send RST and could destroy the response
+/// before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Why the head could not be routed.
+enum HeadOutcome {
+    Complete {
+        route: Route,
+        buf: Vec<u8>,
+        head_len: usize,
+    },
+    TooLarge,
+    /// EOF before a full head; nothing to answer.
+    Eof,
+}
+
+/// Serves one connection to completion. Errors only end the connection;
+/// they are routine under load (resets, timeouts) and logged at debug.
+pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("set_nodelay failed: {e}");
+    }
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)) => r,
+        () = shutdown.cancelled() => return,
+    };
+    let (route, mut buf, head_len) = match outcome {
+        Ok(Ok(HeadOutcome::Complete { route, buf, head_len })) => (route, buf, head_len),
+        Ok(Ok(HeadOutcome::TooLarge)) => {
+            let body = "request head too large\n";
+            let resp = http::response("431 Request Header Fields Too Large", TEXT, "", body);
+            return respond(stream, &resp, &shutdown).await;
+        }
+        Ok(Ok(HeadOutcome::Eof)) => return,
+        Ok(Err(e)) => return tracing::debug!("reading request head: {e}"),
+        Err(_) => return tracing::debug!("request head timed out"),
+    };
+
+    let resp = match route {
+        Route::Upgrade { key } => {
+            // Only the leftover bytes (an early first frame) go on; the head
+            // buffer is released before the long-lived session starts.
+            let leftover = if head_len >= buf.len() {
+                Vec::new()
+            } else {
+                buf.drain(..head_len);
+                buf.shrink_to_fit();
+                buf
+            };
+            return upgrade(stream, &key, leftover, &shared, &shutdown).await;
+        }
+        Route::Health => http::response("200 OK", TEXT, "", "ok\n"),
+        Route::Metrics => http::response("200 OK", METRICS, "", &shared.stats.render_metrics()),
+        Route::NotFound => http::response("404 Not Found", TEXT, "", "not found\n"),
+        Route::MethodNotAllowed => {
+            http::response("405 Method Not Allowed", TEXT, "Allow: GET\r\n", "method not allowed\n")
+        }
+        Route::UpgradeRequired => http::response(
+            "426 Upgrade Required",
+            TEXT,
+            "Sec-WebSocket-Version: 13\r\n",
+            "only WebSocket version 13 is supported\n",
+        ),
+        Route::BadRequest(why) => http::response("400 Bad Request", TEXT, "", &format!("{why}\n")),
+    };
+    drop(buf);
+    respond(stream, &resp, &shutdown).await;
+}
+
+/// Reads until the head is complete, growing the buffer only as needed so
+/// a typical 200-byte upgrade does not cost a full 8 KiB.
+async fn read_head(stream: &mut TcpStream) -> io::Result<HeadOutcome> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact(buf.capacity().min(MAX_HEAD - buf.len()));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(HeadOutcome::Eof);
+        }
+        match http::parse(&buf) {
+            Parsed::Complete { route, head_len } => {
+                return Ok(HeadOutcome::Complete { route, buf, head_len });
+            }
+            Parsed::Partial if buf.len() >= MAX_HEAD => return Ok(HeadOutcome::TooLarge),
+            Parsed::Partial => {}
+        }
+    }
+}
+
+async fn upgrade(
+    mut stream: TcpStream,
+    key: &str,
+    leftover: Vec<u8>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) {
+    let Some(_guard) = shared.stats.try_open(shared.max_connections) else {
+        let resp = http::response(
+            "503 Service Unavailable",
+            TEXT,
+            "Retry-After: 1\r\n",
+            "connection limit reached\n",
+        );
+        return respond(stream, &resp, shutdown).await;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    if let Err(e) = stream.write_all(http::switching_protocols(&accept).as_bytes()).await {
+        return tracing::debug!("writing 101: {e}");
+    }
+    let ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(shared.ws_config)).await;
+    echo::run(ws, shared, shutdown).await;
+}
+
+/// Writes a plain response, then half-closes and drains briefly (see
+/// [`LINGER`]).
+async fn respond(mut stream: TcpStream, resp: &str, shutdown: &CancellationToken) {
+    let result = async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        io::Result::Ok(())
+    };
+    tokio::select! {
+        r = tokio::time::timeout(LINGER, result) => {
+            if let Ok(Err(e)) = r {
+                tracing::debug!("plain response: {e}");
+            }
+        }
+        () = shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,205 @@
+//! HTTP/1.1 request-head parsing and routing.
+//!
+//! The relay reads the request head itself instead of using an HTTP server
+//! crate so it can serve `/health` and `/metrics` on the same port as `/ws`
+//! and hand the exact leftover bytes to the WebSocket layer. Everything here
+//! is pure (bytes in, decision out) so it can be unit-tested without sockets.
+
+/// Upper bound on a request head; larger heads are rejected so a client
+/// cannot make the relay buffer arbitrary amounts before upgrading.
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
+
+/// Headers beyond this count make the request a `400`.
+const MAX_HEADERS: usize = 64;
+
+/// What to do with a complete request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Valid RFC 6455 upgrade; carries the client's `Sec-WebSocket-Key`.
+    Upgrade {
+        key: String,
+    },
+    Health,
+    Metrics,
+    NotFound,
+    MethodNotAllowed,
+    /// `426`: the upgrade asked for a WebSocket version other than 13.
+    UpgradeRequired,
+    BadRequest(&'static str),
+}
+
+/// Result of feeding the bytes read so far to the parser.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// The head is not complete yet; read more.
+    Partial,
+    /// The head ends at `head_len`; bytes after it belong to the next layer.
+    Complete { route: Route, head_len: usize },
+}
+
+/// Parses `buf` as far as possible. Malformed heads route to `BadRequest`
+/// rather than erroring, because the caller answers them like any route.
+pub(crate) fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Ok(httparse::Status::Complete(head_len)) => Parsed::Complete { route: route(&req), head_len },
+        Err(_) => {
+            Parsed::Complete { route: Route::BadRequest("malformed request head"), head_len: buf.len() }
+        }
+    }
+}
+
+fn route(req: &httparse::Request<'_, '_>) -> Route {
+    let path = req.path.unwrap_or("/");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let route = match path {
+        "/ws" => upgrade_route(req),
+        "/health" => Route::Health,
+        "/metrics" => Route::Metrics,
+        _ => return Route::NotFound,
+    };
+    if req.method != Some("GET") {
+        return Route::MethodNotAllowed;
+    }
+    route
+}
+
+/// RFC 6455 section 4.2.1 checks, in the order that gives the most useful
+/// status: a request that is not an upgrade at all is a 400, a real upgrade
+/// with the wrong version is a 426 so the client can retry with 13.
+fn upgrade_route(req: &httparse::Request<'_, '_>) -> Route {
+    if req.version != Some(1) {
+        return Route::BadRequest("WebSocket upgrade requires HTTP/1.1");
+    }
+    if !header_has_token(req, "upgrade", "websocket") {
+        return Route::BadRequest("missing Upgrade: websocket");
+    }
+    if !header_has_token(req, "connection", "upgrade") {
+        return Route::BadRequest("missing Connection: upgrade");
+    }
+    let version = headers(req, "sec-websocket-version").next();
+    if version.map(|v| v.trim_ascii()) != Some(b"13") {
+        return Route::UpgradeRequired;
+    }
+    let mut keys = headers(req, "sec-websocket-key");
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if is_valid_key(key.trim_ascii()) => Route::Upgrade {
+            // A valid key is plain base64, hence ASCII.
+            key: String::from_utf8_lossy(key.trim_ascii()).into_owned(),
+        },
+        _ => Route::BadRequest("invalid Sec-WebSocket-Key"),
+    }
+}
+
+fn headers<'r>(req: &'r httparse::Request<'_, '_>, name: &'r str) -> impl Iterator<Item = &'r [u8]> {
+    req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+/// Headers like `Connection` are comma-separated token lists and may be
+/// repeated, so `keep-alive, Upgrade` must match `upgrade`.
+fn header_has_token(req: &httparse::Request<'_, '_>, name: &str, token: &str) -> bool {
+    headers(req, name)
+        .flat_map(|v| v.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The key must be base64 of exactly 16 bytes: 22 alphabet characters
+/// followed by `==`. Checked by hand to avoid a base64 dependency.
+fn is_valid_key(key: &[u8]) -> bool {
+    let is_b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24 && key[..22].iter().all(is_b64) && &key[22..] == b"=="
+}
+
+/// Formats a complete plain-HTTP response. Every plain response closes the
+/// connection, so clients never wait on keep-alive the relay won't honour.
+pub(crate) fn response(status: &str, content_type: &str, extra: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+/// The `101` answer that completes the handshake.
+pub(crate) fn switching_protocols(accept: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn route_of(head: &str) -> Route {
+        match parse(head.as_bytes()) {
+            Parsed::Complete { route, head_len } => {
+                assert_eq!(head_len, head.len());
+                route
+            }
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    fn upgrade(extra: &str) -> String {
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\n{extra}\r\n")
+    }
+
+    #[test]
+    fn valid_upgrade_with_token_lists_and_case() {
+        let head = upgrade(&format!(
+            "upgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n"
+        ));
+        assert_eq!(route_of(&head), Route::Upgrade { key: KEY.into() });
+    }
+
+    #[test]
+    fn bad_upgrades() {
+        let ok = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+        assert_eq!(route_of(&upgrade("")), Route::BadRequest("missing Upgrade: websocket"));
+        assert!(matches!(
+            route_of(&upgrade("Upgrade: websocket\r\nConnection: close\r\n")),
+            Route::BadRequest(_)
+        ));
+        let v8 = format!("{ok}Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: {KEY}\r\n");
+        assert_eq!(route_of(&upgrade(&v8)), Route::UpgradeRequired);
+        let short = format!("{ok}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: abc=\r\n");
+        assert!(matches!(route_of(&upgrade(&short)), Route::BadRequest(_)));
+        let none = format!("{ok}Sec-WebSocket-Version: 13\r\n");
+        assert!(matches!(route_of(&upgrade(&none)), Route::BadRequest(_)));
+        let http10 = format!("GET /ws HTTP/1.0\r\n{ok}\r\n");
+        assert!(matches!(route_of(&http10), Route::BadRequest(_)));
+    }
+
+    #[test]
+    fn plain_routes() {
+        assert_eq!(route_of("GET /health HTTP/1.1\r\n\r\n"), Route::Health);
+        assert_eq!(route_of("GET /metrics?x=1 HTTP/1.1\r\n\r\n"), Route::Metrics);
+        assert_eq!(route_of("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route_of("POST /health HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
+    }
+
+    #[test]
+    fn partial_malformed_and_leftover() {
+        assert_eq!(parse(b"GET /health HTTP/1.1\r\nHost"), Parsed::Partial);
+        assert!(matches!(
+            parse(b"\x00\x01 garbage\r\n\r\n"),
+            Parsed::Complete { route: Route::BadRequest(_), .. }
+        ));
+        let buf = b"GET /health HTTP/1.1\r\n\r\n\x81\x00";
+        assert_eq!(parse(buf), Parsed::Complete { route: Route::Health, head_len: buf.len() - 2 });
+    }
+
+    #[test]
+    fn key_validation() {
+        assert!(is_valid_key(KEY.as_bytes()));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=")); // 23 chars
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25j*Q==")); // bad alphabet
+    }
+}

@@ -1,0 +1,24 @@
+//! `stampede-relay`: the bundled target server for load tests.
+//!
+//! A small but real tokio WebSocket echo server with `/health` and a
+//! Prometheus `/metrics` endpoint on the same port. It is the default target
+//! of `stampede`, and tests and the controller run it in-process, so the
+//! library exposes start/stop rather than a `main`.
+//!
+//! Modules: [`config`] (what to run), `server` (binding, accept loop,
+//! lifetime), `conn` (request head, plain HTTP, handshake), `http` (pure
+//! parsing and routing), `echo` (the WebSocket session), [`stats`]
+//! (counters and metrics text).
+
+pub mod config;
+mod conn;
+mod echo;
+mod error;
+mod http;
+mod server;
+pub mod stats;
+
+pub use config::RelayConfig;
+pub use error::RelayError;
+pub use server::Relay;
+pub use stats::{Stats, StatsSnapshot};

@@ -1,0 +1,314 @@
+//! One connection slot: a task that opens a WebSocket connection, sends on
+//! schedule, matches echoes, and (when the run asks for it) opens a new
+//! connection with backoff after a failure or a drop, until it is cancelled.
+//!
+//! Latency is measured from each message's intended send time, fixed by the
+//! schedule (open model): a send that leaves late still counts from when it
+//! should have gone, so stalls are not hidden (no coordinated omission).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use std::time::Instant;
+use tokio::net::TcpStream;
+
+use tokio::time::{sleep, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::handshake::{connect_tcp, upgrade};
+use crate::payload::Stamp;
+use crate::recorder::{Cause, Recorder};
+use crate::target::Target;
+
+/// How long we wait for the server's answer to our close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a closing connection waits for echoes still on their way.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What every connection of a run shares.
+pub struct RunContext {
+    /// Where every measurement goes.
+    pub recorder: Arc<Recorder>,
+    /// Where to connect.
+    pub target: Target,
+    /// Zero of the monotonic clock that payload send times count from.
+    pub epoch: Instant,
+    /// Time between two messages on one connection; `None`: connect only.
+    pub interval: Option<Duration>,
+    /// Payload size, bytes.
+    pub payload_bytes: usize,
+    /// Limit for TCP connect plus upgrade.
+    pub connect_timeout: Duration,
+    /// Replace failed and dropped connections.
+    pub reconnect: bool,
+    /// Local addresses to connect from, round robin by slot.
+    pub sources: Vec<IpAddr>,
+    /// Frame buffer sizes.
+    pub ws_config: WebSocketConfig,
+}
+
+/// How one connection ended.
+enum End {
+    /// We closed it (cancelled): the slot is done.
+    ByUs,
+    /// The attempt failed or the server ended it.
+    Failed,
+    /// It was open and then the server ended it, after `lived`.
+    Dropped { lived: Duration },
+}
+
+/// Runs slot `slot` until `cancel` fires (or, without reconnect, until its
+/// connection ends).
+pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        // Boxed: the handshake's state must not stay inside this task's
+        // future for the connection's whole life (DEPENDENCIES.md).
+        let end = match Box::pin(open(&ctx, slot, &cancel)).await {
+            Some(Ok(ws)) => live(&ctx, slot, ws, &cancel).await,
+            Some(Err(())) => End::Failed,
+            None => return,
+        };
+        match end {
+            End::ByUs => return,
+            _ if !ctx.reconnect => return,
+            End::Dropped { lived } if lived > Duration::from_secs(10) => backoff = BACKOFF_MIN,
+            _ => {}
+        }
+        let jitter = backoff.mul_f64(0.5 + stagger(slot ^ backoff.as_millis() as u64));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = sleep(jitter) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Opens one connection; `None` if cancelled meanwhile.
+async fn open(
+    ctx: &RunContext,
+    slot: u64,
+    cancel: &CancellationToken,
+) -> Option<Result<WebSocketStream<TcpStream>, ()>> {
+    let rec = &ctx.recorder;
+    rec.counters.connections_attempted.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    let source = (!ctx.sources.is_empty()).then(|| ctx.sources[slot as usize % ctx.sources.len()]);
+    let attempt = async {
+        let tcp = connect_tcp(&ctx.target, source, ctx.connect_timeout).await?;
+        let left = ctx.connect_timeout.saturating_sub(started.elapsed());
+        timeout(left, upgrade(tcp, &ctx.target, &generate_key(), ctx.ws_config))
+            .await
+            .map_err(|_| Cause::Timeout)?
+    };
+    let result = tokio::select! {
+        _ = cancel.cancelled() => {
+            // The run ended before the attempt did: not the target's fault.
+            rec.counters.connections_attempted.fetch_sub(1, Relaxed);
+            return None;
+        }
+        result = attempt => result,
+    };
+    Some(match result {
+        Ok(ws) => {
+            rec.record_connect(started.elapsed());
+            rec.counters.connections_opened.fetch_add(1, Relaxed);
+            Ok(ws)
+        }
+        Err(cause) => {
+            rec.counters.connections_failed.fetch_add(1, Relaxed);
+            rec.record_error(cause);
+            Err(())
+        }
+    })
+}
+
+/// Where a connection is in its message exchange.
+struct Exchange {
+    sent: u64,
+    received: u64,
+    highest_seen: Option<u64>,
+}
+
+/// Drives an open connection until it ends.
+async fn live(
+    ctx: &RunContext,
+    slot: u64,
+    mut ws: WebSocketStream<TcpStream>,
+    cancel: &CancellationToken,
+) -> End {
+    let rec = &ctx.recorder;
+    rec.active.fetch_add(1, Relaxed);
+    let opened = Instant::now();
+    let mut ex = Exchange { sent: 0, received: 0, highest_seen: None };
+    // The schedule: intended send times, kept whatever happens to the sends.
+    let mut next_send = opened + ctx.interval.map_or(Duration::ZERO, |iv| iv.mul_f64(stagger(slot)));
+    let mut send_timer = stampede_timer::sleep_until(next_send);
+    let mut payload = String::with_capacity(ctx.payload_bytes);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                close_by_us(ctx, slot, &mut ws, &mut ex).await;
+                break End::ByUs;
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => on_echo(ctx, slot, &mut ex, t.as_bytes()),
+                Some(Ok(Message::Binary(b))) => on_echo(ctx, slot, &mut ex, &b),
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                    rec.counters.connections_closed_by_server.fetch_add(1, Relaxed);
+                    rec.record_error(Cause::ClosedByServer(code));
+                    // tungstenite has queued our reply; flush it and let the
+                    // server close TCP (RFC 6455 section 7.1.1).
+                    let _ = timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+                    break End::Dropped { lived: opened.elapsed() };
+                }
+                // Pings are answered by tungstenite; the pong goes out with
+                // the next write or flush.
+                Some(Ok(Message::Ping(_))) => { let _ = ws.flush().await; }
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Err(err)) => {
+                    rec.counters.connections_dropped.fetch_add(1, Relaxed);
+                    rec.record_error(classify(&err));
+                    break End::Dropped { lived: opened.elapsed() };
+                }
+                None => {
+                    rec.counters.connections_dropped.fetch_add(1, Relaxed);
+                    rec.record_error(Cause::Eof);
+                    break End::Dropped { lived: opened.elapsed() };
+                }
+            },
+            _ = &mut send_timer, if ctx.interval.is_some() => {
+                let iv = ctx.interval.expect("sends are scheduled only with an interval");
+                let intended = next_send;
+                next_send += iv;
+                send_timer.reset(next_send);
+                if Instant::now().duration_since(intended) > Duration::from_millis(1) {
+                    rec.counters.sends_late.fetch_add(1, Relaxed);
+                }
+                let stamp = Stamp {
+                    conn: slot,
+                    seq: ex.sent,
+                    intended_us: intended.duration_since(ctx.epoch).as_micros() as u64,
+                };
+                stamp.encode(ctx.payload_bytes, &mut payload);
+                let len = payload.len() as u64;
+                let sent = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    r = ws.send(Message::text(payload.as_str())) => Some(r),
+                };
+                match sent {
+                    None => {
+                        close_by_us(ctx, slot, &mut ws, &mut ex).await;
+                        break End::ByUs;
+                    }
+                    Some(Ok(())) => {
+                        ex.sent += 1;
+                        rec.counters.messages_sent.fetch_add(1, Relaxed);
+                        rec.counters.bytes_sent.fetch_add(len, Relaxed);
+                    }
+                    Some(Err(err)) => {
+                        rec.counters.connections_dropped.fetch_add(1, Relaxed);
+                        rec.record_error(classify(&err));
+                        break End::Dropped { lived: opened.elapsed() };
+                    }
+                }
+            }
+        }
+    };
+    rec.counters.messages_lost.fetch_add(ex.sent.saturating_sub(ex.received), Relaxed);
+    rec.active.fetch_sub(1, Relaxed);
+    end
+}
+
+/// Ends a connection the way a well-behaved client does: stop sending, let
+/// the echoes still on their way arrive (for up to [`DRAIN_WAIT`]), then send
+/// a close frame (1000) and wait for the server's. A server may drop data
+/// queued behind a close frame, so closing at once would count as lost what
+/// the server never had the chance to answer.
+async fn close_by_us(ctx: &RunContext, slot: u64, ws: &mut WebSocketStream<TcpStream>, ex: &mut Exchange) {
+    ctx.recorder.counters.connections_closed_by_client.fetch_add(1, Relaxed);
+    let _ = timeout(DRAIN_WAIT, async {
+        while ex.received < ex.sent {
+            if !read_echo(ctx, slot, ws, ex).await {
+                break;
+            }
+        }
+    })
+    .await;
+    let frame = CloseFrame { code: CloseCode::Normal, reason: "stampede: done".into() };
+    if ws.close(Some(frame)).await.is_err() {
+        return;
+    }
+    let _ = timeout(CLOSE_WAIT, async { while read_echo(ctx, slot, ws, ex).await {} }).await;
+}
+
+/// Reads one frame, counting it if it is an echo; false when the stream ended.
+async fn read_echo(
+    ctx: &RunContext,
+    slot: u64,
+    ws: &mut WebSocketStream<TcpStream>,
+    ex: &mut Exchange,
+) -> bool {
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => on_echo(ctx, slot, ex, t.as_bytes()),
+        Some(Ok(Message::Binary(b))) => on_echo(ctx, slot, ex, &b),
+        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
+        Some(Ok(_)) => {}
+    }
+    true
+}
+
+fn on_echo(ctx: &RunContext, slot: u64, ex: &mut Exchange, payload: &[u8]) {
+    let rec = &ctx.recorder;
+    let now = Instant::now();
+    match Stamp::decode(payload) {
+        Some(stamp) if stamp.conn == slot && stamp.seq < ex.sent => {
+            let intended = ctx.epoch + Duration::from_micros(stamp.intended_us);
+            rec.record_latency(now.saturating_duration_since(intended));
+            ex.received += 1;
+            rec.counters.messages_received.fetch_add(1, Relaxed);
+            rec.counters.bytes_received.fetch_add(payload.len() as u64, Relaxed);
+            match ex.highest_seen {
+                Some(high) if stamp.seq < high => {
+                    rec.counters.messages_out_of_order.fetch_add(1, Relaxed);
+                }
+                _ => ex.highest_seen = Some(stamp.seq),
+            }
+        }
+        _ => {
+            rec.counters.messages_unmatched.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn classify(err: &tungstenite::Error) -> Cause {
+    use tungstenite::error::ProtocolError;
+    match err {
+        tungstenite::Error::Io(e) => Cause::from_io(e),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => Cause::Eof,
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Cause::Eof,
+        _ => Cause::Protocol,
+    }
+}
+
+/// A fraction in [0, 1) spread evenly over slots (golden ratio), so that
+/// connections opened together do not send together.
+fn stagger(slot: u64) -> f64 {
+    (slot as f64 * 0.618_033_988_749_895).fract()
+}

@@ -1,0 +1,137 @@
+//! The client side of the WebSocket opening handshake (RFC 6455 section 4.1),
+//! done by hand on the TCP stream. Doing it ourselves instead of through
+//! `connect_async` lets the connection keep a small read buffer: tungstenite
+//! reuses its 4 KiB handshake buffer for the whole life of the connection.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::recorder::Cause;
+use crate::target::Target;
+
+/// Largest response head we accept.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Sends the upgrade request and checks the answer; on success the stream
+/// speaks WebSocket.
+pub async fn upgrade(
+    mut tcp: TcpStream,
+    target: &Target,
+    key: &str,
+    config: WebSocketConfig,
+) -> Result<WebSocketStream<TcpStream>, Cause> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: stampede\r\n\r\n",
+        target.path, target.host_header
+    );
+    tcp.write_all(request.as_bytes()).await.map_err(|e| Cause::from_io(&e))?;
+
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    let end = loop {
+        let n = tcp.read(&mut chunk).await.map_err(|e| Cause::from_io(&e))?;
+        if n == 0 {
+            return Err(Cause::Eof);
+        }
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break from + pos + 4;
+        }
+        if head.len() > MAX_HEAD {
+            return Err(Cause::BadHandshake);
+        }
+    };
+    check_response(&head[..end], key)?;
+    let leftover = head[end..].to_vec();
+    Ok(WebSocketStream::from_partially_read(tcp, leftover, Role::Client, Some(config)).await)
+}
+
+/// Validates a response head per RFC 6455 section 4.1, steps 1-4 of the
+/// client's checks.
+fn check_response(head: &[u8], key: &str) -> Result<(), Cause> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(Cause::BadHandshake),
+    }
+    let code = response.code.unwrap_or(0);
+    if code != 101 {
+        return Err(Cause::HttpStatus(code));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let upgrade_ok = header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let connection_ok = header("connection")
+        .is_some_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")));
+    let accept_ok =
+        header("sec-websocket-accept").is_some_and(|v| v.trim() == derive_accept_key(key.as_bytes()));
+    if upgrade_ok && connection_ok && accept_ok { Ok(()) } else { Err(Cause::BadHandshake) }
+}
+
+/// Connects TCP (from `source` if given) within `timeout`.
+pub async fn connect_tcp(
+    target: &Target,
+    source: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, Cause> {
+    let connect = async {
+        let stream = match source {
+            None => TcpStream::connect(target.addr).await,
+            Some(ip) => {
+                let socket = if target.addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .map_err(|e| Cause::from_io(&e))?;
+                socket.bind(std::net::SocketAddr::new(ip, 0)).map_err(|e| Cause::from_io(&e))?;
+                socket.connect(target.addr).await
+            }
+        };
+        let stream = stream.map_err(|e| Cause::from_io(&e))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    };
+    tokio::time::timeout(timeout, connect).await.map_err(|_| Cause::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn accepts_the_rfc_example() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(check_response(head, KEY), Ok(()));
+    }
+
+    #[test]
+    fn names_the_status_of_a_refused_upgrade() {
+        let head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(check_response(head, KEY), Err(Cause::HttpStatus(503)));
+    }
+
+    #[test]
+    fn rejects_a_wrong_accept_key() {
+        let head =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+                     Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
+        assert_eq!(check_response(head, KEY), Err(Cause::BadHandshake));
+    }
+}

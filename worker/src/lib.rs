@@ -1,0 +1,103 @@
+//! A stampede worker: joins a controller over gRPC, runs the WebSocket load
+//! the controller commands, and streams one snapshot per second back.
+//!
+//! `main.rs` (and the controller's local fleet) only parse flags and call
+//! [`run`].
+
+pub mod capacity;
+pub mod connection;
+pub mod engine;
+pub mod handshake;
+pub mod link;
+pub mod payload;
+pub mod process;
+pub mod recorder;
+pub mod target;
+
+use std::net::IpAddr;
+
+use stampede_proto::PROTOCOL_VERSION;
+use stampede_proto::fleet::Hello;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerOptions {
+    /// The controller's fleet address, e.g. http://10.0.0.5:7700.
+    #[arg(long, env = "STAMPEDE_CONTROLLER")]
+    pub controller: String,
+    /// Name of this worker in results (default: HOSTNAME-PID).
+    #[arg(long, env = "STAMPEDE_WORKER_ID")]
+    pub id: Option<String>,
+    /// Hold at most this many connections (default: what the open-file limit allows).
+    #[arg(long)]
+    pub max_connections: Option<u64>,
+    /// Local address to open connections from; repeat to spread connections
+    /// over several (each gives ~28,000 ports per target).
+    #[arg(long = "source-address", value_name = "IP")]
+    pub source_addresses: Vec<IpAddr>,
+    /// Take part in one run, then exit; exit too when the link to the
+    /// controller breaks.
+    #[arg(long)]
+    pub once: bool,
+    /// Give up when the controller cannot be reached for this many seconds
+    /// (default: keep trying).
+    #[arg(long, value_name = "SECS")]
+    pub join_timeout: Option<u64>,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Never reached the controller.
+    #[error("cannot reach the controller at {0}: {1}")]
+    Unreachable(String, String),
+    /// The controller would not take this worker.
+    #[error("the controller refused this worker: {0}")]
+    Refused(String),
+    /// The link broke mid-run (with `--once`).
+    #[error("lost the link to the controller: {0}")]
+    LinkLost(String),
+}
+
+/// Runs the worker until `shutdown` fires or, with `--once`, its run ends.
+pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let capacity = capacity::probe(opts.max_connections);
+    let hostname = hostname();
+    let worker_id = opts.id.clone().unwrap_or_else(|| format!("{hostname}-{}", std::process::id()));
+    tracing::info!(
+        "worker {worker_id}: {} cores, room for {} connections",
+        capacity.cores,
+        capacity.max_connections
+    );
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id,
+        hostname,
+        engines: vec!["native".into()],
+        capacity: Some(capacity),
+        sent_at_unix_us: 0,
+        resume_run_id: String::new(),
+    };
+    link::serve(&opts, hello, shutdown).await
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Sets up logging to stderr: `RUST_LOG`, or `info`.
+pub fn init_tracing() {
+    init_tracing_with_default("info");
+}
+
+/// Sets up logging to stderr: `RUST_LOG`, or `default` when it is unset.
+pub fn init_tracing_with_default(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

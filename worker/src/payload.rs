@@ -1,0 +1,91 @@
+//! The native engine's message format. Every payload carries what it needs to
+//! be matched when its echo comes back: connection id, sequence number and
+//! the intended send time (microseconds on the worker's monotonic clock). It
+//! is ASCII text, so it passes servers that accept only text frames:
+//!
+//! `c=17;s=42;t=1234567;xxxxxxxx...` (padded with `x` to the payload size)
+
+use std::fmt::Write;
+
+/// The fields of a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Connection id, unique within the worker.
+    pub conn: u64,
+    /// Sequence number within the connection, from 0.
+    pub seq: u64,
+    /// Intended send time, microseconds since the worker's epoch.
+    pub intended_us: u64,
+}
+
+/// The smallest payload that holds every field at its widest.
+pub const MIN_PAYLOAD: usize = 64;
+
+impl Stamp {
+    /// Writes the payload into `out` (cleared first), padded to `size` bytes.
+    pub fn encode(&self, size: usize, out: &mut String) {
+        out.clear();
+        write!(out, "c={};s={};t={};", self.conn, self.seq, self.intended_us)
+            .expect("writing to a String cannot fail");
+        while out.len() < size {
+            out.push('x');
+        }
+    }
+
+    /// Reads the fields back from an echo; `None` if it is not ours.
+    pub fn decode(payload: &[u8]) -> Option<Stamp> {
+        let mut fields = payload.split(|&b| b == b';');
+        let conn = field(fields.next()?, b"c=")?;
+        let seq = field(fields.next()?, b"s=")?;
+        let intended_us = field(fields.next()?, b"t=")?;
+        Some(Stamp { conn, seq, intended_us })
+    }
+}
+
+fn field(part: &[u8], prefix: &[u8]) -> Option<u64> {
+    let digits = part.strip_prefix(prefix)?;
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        d.is_ascii_digit().then(|| acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_padding() {
+        let stamp = Stamp { conn: 17, seq: 42, intended_us: 1_234_567 };
+        let mut buf = String::new();
+        stamp.encode(100, &mut buf);
+        assert_eq!(buf.len(), 100);
+        assert!(buf.starts_with("c=17;s=42;t=1234567;x"));
+        assert_eq!(Stamp::decode(buf.as_bytes()), Some(stamp));
+    }
+
+    #[test]
+    fn widest_fields_fit_the_minimum() {
+        let stamp = Stamp { conn: u64::MAX, seq: u64::MAX, intended_us: u64::MAX };
+        let mut buf = String::new();
+        stamp.encode(MIN_PAYLOAD, &mut buf);
+        assert_eq!(buf.len(), MIN_PAYLOAD);
+        assert_eq!(Stamp::decode(buf.as_bytes()), Some(stamp));
+    }
+
+    #[test]
+    fn foreign_frames_are_not_matched() {
+        for junk in [
+            &b""[..],
+            b"hello",
+            b"c=1;s=2",
+            b"c=1;s=x;t=3;",
+            b"c=;s=1;t=2;",
+            b"c=99999999999999999999999;s=1;t=1;",
+        ] {
+            assert_eq!(Stamp::decode(junk), None, "{:?}", String::from_utf8_lossy(junk));
+        }
+    }
+}
