@@ -308,3 +308,100 @@ impl Aggregator {
         Row { metrics, latency: p.latency, connect: p.connect }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+    use std::path::Path;
+
+    fn plan() -> Plan {
+        let text = "name = \"t\"\n[target]\nbundled = true\n[phases]\nwarmup_s = 2\nramp_up_s = 2\nsustained_s = 2\ncooldown_s = 0\n";
+        let sc = crate::scenario::Scenario::parse(Path::new("t"), text).unwrap();
+        Plan::new(&sc, Path::new("t"), text).unwrap()
+    }
+
+    fn snapshot(seq: u64, second: u64, latencies_us: &[u64], sent: u64, active: u64) -> Snapshot {
+        let mut h = new_histogram();
+        latencies_us.iter().for_each(|v| h.record(*v).unwrap());
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new().serialize(&h, &mut bytes).unwrap();
+        Snapshot {
+            seq,
+            second,
+            counters: Some(Counters {
+                messages_sent: sent,
+                messages_received: latencies_us.len() as u64,
+                ..Default::default()
+            }),
+            gauges: Some(Gauges {
+                connections_active: active,
+                rss_bytes: 10_000_000,
+                cpu_us: 250_000,
+                ..Default::default()
+            }),
+            latency_histogram: bytes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn percentiles_come_from_merged_histograms_not_averages() {
+        let mut agg = Aggregator::new(&plan(), 2, 0.0);
+        // Worker 0: 90 fast echoes; worker 1: 10 slow ones.
+        agg.add(0, &snapshot(1, 0, &[1_000; 90], 90, 5)).unwrap();
+        agg.add(1, &snapshot(1, 0, &[100_000; 10], 10, 5)).unwrap();
+        let rows = agg.ready_rows(0.5, false);
+        assert_eq!(rows.len(), 1, "both workers reported second 0");
+        let row = &rows[0].metrics;
+        // Averaging the two workers' p50s would say ~50 ms.
+        assert!((row.latency_p50_ms - 1.0).abs() < 0.01, "p50 {}", row.latency_p50_ms);
+        assert!((row.latency_p95_ms - 100.0).abs() < 0.1, "p95 {}", row.latency_p95_ms);
+        assert_eq!(row.messages_sent, 100);
+        assert_eq!(row.connections_active, 10);
+        assert!((row.worker_rss_mb - 20.0).abs() < 1e-9);
+        assert!((row.worker_cpu_pct - 50.0).abs() < 1e-9);
+        assert_eq!(agg.run.latency.len(), 100);
+        assert_eq!(agg.run.peak_active, 10);
+    }
+
+    #[test]
+    fn rows_wait_for_every_worker_then_for_the_grace_period() {
+        let mut agg = Aggregator::new(&plan(), 2, 0.0);
+        agg.add(0, &snapshot(1, 0, &[500], 1, 1)).unwrap();
+        assert!(agg.ready_rows(1.5, false).is_empty(), "worker 1 has not reported");
+        let rows = agg.ready_rows(1.0 + GRACE_S as f64, false);
+        assert_eq!(rows.len(), 1, "written without the straggler after the grace period");
+        assert_eq!(rows[0].metrics.workers_reporting, 1);
+        // The straggler's snapshot arrives late: not in the row, but in the totals.
+        agg.add(1, &snapshot(1, 0, &[700], 1, 1)).unwrap();
+        assert_eq!(agg.run.counters.messages_sent, 2);
+        assert_eq!(agg.phases[0].latency.len(), 2);
+    }
+
+    #[test]
+    fn duplicates_are_ignored_and_gauges_carry_forward() {
+        let mut agg = Aggregator::new(&plan(), 1, 0.0);
+        let first = snapshot(1, 0, &[500], 1, 3);
+        assert!(agg.add(0, &first).unwrap());
+        assert!(!agg.add(0, &first).unwrap(), "a resent snapshot counts once");
+        assert_eq!(agg.run.counters.messages_sent, 1);
+        // Second 1 missing, second 2 present: flushing writes both rows, and
+        // the gap keeps the last known connection count.
+        agg.add(0, &snapshot(2, 2, &[], 0, 4)).unwrap();
+        let rows = agg.ready_rows(10.0, true);
+        let active: Vec<u64> = rows.iter().map(|r| r.metrics.connections_active).collect();
+        assert_eq!(active, [3, 3, 4]);
+        assert!(rows[1].metrics.latency_p50_ms.is_nan(), "no samples: no number");
+        let phases: Vec<&str> = rows.iter().map(|r| r.metrics.phase.as_str()).collect();
+        assert_eq!(phases, ["warmup", "warmup", "ramp-up"]);
+    }
+
+    #[test]
+    fn a_foreign_histogram_is_an_error_not_a_panic() {
+        let mut agg = Aggregator::new(&plan(), 1, 0.0);
+        let mut snap = snapshot(1, 0, &[], 0, 0);
+        snap.latency_histogram = b"not a histogram".to_vec();
+        assert!(agg.add(0, &snap).is_err());
+    }
+}

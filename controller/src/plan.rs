@@ -321,3 +321,124 @@ pub fn split(total: u64, capacities: &[u64]) -> Option<Vec<u64>> {
     }
     Some(shares)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Result<Plan, ScenarioError> {
+        let path = Path::new("t.toml");
+        let sc = Scenario::parse(path, text)?;
+        Plan::new(&sc, path, text)
+    }
+
+    #[test]
+    fn split_follows_capacity_and_adds_up() {
+        assert_eq!(split(100, &[1000, 1000]), Some(vec![50, 50]));
+        assert_eq!(split(101, &[1000, 1000]), Some(vec![51, 50]));
+        assert_eq!(split(90, &[2000, 1000]), Some(vec![60, 30]));
+        assert_eq!(split(10, &[7, 3, 0]), Some(vec![7, 3, 0]));
+        assert_eq!(split(0, &[5, 5]), Some(vec![0, 0]));
+        assert_eq!(split(11, &[5, 5]), None);
+        for total in 0..=300 {
+            let caps = [97, 13, 200, 1];
+            let shares = split(total, &caps).unwrap();
+            assert_eq!(shares.iter().sum::<u64>(), total);
+            assert!(shares.iter().zip(caps).all(|(s, c)| *s <= c), "{total}: {shares:?}");
+        }
+    }
+
+    #[test]
+    fn schedule_is_derived_from_the_phases() {
+        let p = plan(
+            "name = \"s\"\n[target]\nbundled = true\n[load]\nconnections = 100\n\
+             [phases]\nwarmup_s = 4\nramp_up_s = 10\nsustained_s = 20\ncooldown_s = 0\n",
+        )
+        .unwrap();
+        let names: Vec<_> = p.phases.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["warmup", "ramp-up", "sustained"]);
+        assert_eq!(p.duration(), Duration::from_secs(34));
+        assert_eq!(p.level_at(Duration::from_secs(2)), 5, "half of the 10% warmup");
+        assert_eq!(p.level_at(Duration::from_secs(9)), 55, "half way up from 10 to 100");
+        assert_eq!(p.level_at(Duration::from_secs(20)), 100);
+        assert_eq!(p.level_at(Duration::from_secs(34)), 0, "after the end");
+        assert_eq!(p.phase_at(Duration::from_secs(14)), 2);
+        assert_eq!(p.peak(), 100);
+        assert_eq!(p.fleet.local, Some(1));
+    }
+
+    #[test]
+    fn local_fleet_grows_with_the_connection_count() {
+        let p = plan("name = \"s\"\n[target]\nbundled = true\n[load]\nconnections = 40000\n").unwrap();
+        assert_eq!(p.fleet.local, Some(3));
+    }
+
+    #[test]
+    fn cross_field_errors_point_at_the_line() {
+        let err =
+            plan("name = \"s\"\n[target]\nbundled = true\nurl = \"ws://x/\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:7: give either"), "{err}");
+        let err = plan("name = \"s\"\n[target]\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:2:1: [target] needs"), "{err}");
+        let err = plan(
+            "name = \"s\"\n[target]\nbundled = true\n[load]\nconnections = 5\n[phases]\nwarmup_connections = 6\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("t.toml:7:22: warmup_connections must be"), "{err}");
+        let err =
+            plan("name = \"s\"\n[target]\nbundled = true\n[fleet]\nremote = true\n").unwrap_err().to_string();
+        assert!(err.contains("remote fleet needs `workers = N`"), "{err}");
+        let err = plan(
+            "name = \"s\"\n[target]\nbundled = true\n[phases]\nwarmup_s = 0\nramp_up_s = 0\nsustained_s = 0\ncooldown_s = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("every phase lasts 0 s"), "{err}");
+    }
+
+    #[test]
+    fn values_are_checked_where_they_are_written() {
+        for (text, at, says) in [
+            ("name = \"a b\"\n[target]\nbundled = true\n", "t.toml:1:8", "names the results folder"),
+            ("name = \"s\"\n[target]\nbundled = true\n[phases]\nsustained_s = -1\n", "t.toml:5:15", "-1"),
+            (
+                "name = \"s\"\n[target]\nbundled = true\n[load]\npayload_bytes = 10\n",
+                "t.toml:5:17",
+                "between 64",
+            ),
+            (
+                "name = \"s\"\n[target]\nbundled = true\n[thresholds]\nerror_rate = \"< x\"\n",
+                "t.toml:5:14",
+                "not a number",
+            ),
+            (
+                "name = \"s\"\n[target]\nbundled = true\n[surprise]\n",
+                "t.toml:4:2",
+                "unknown field `surprise`",
+            ),
+        ] {
+            let err = plan(text).unwrap_err().to_string();
+            assert!(err.starts_with(at) && err.contains(says), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn overrides_replace_scenario_values() {
+        let text = "name = \"s\"\n[target]\nbundled = true\n";
+        let mut sc = Scenario::parse(Path::new("t.toml"), text).unwrap();
+        Overrides {
+            target: Some("ws://127.0.0.1:9/ws".into()),
+            connections: Some(7),
+            duration_s: Some(3.0),
+            workers: Some(2),
+            ..Default::default()
+        }
+        .apply(&mut sc);
+        let p = Plan::new(&sc, Path::new("t.toml"), text).unwrap();
+        assert_eq!(p.target, TargetPlan::Url("ws://127.0.0.1:9/ws".into()));
+        assert_eq!(p.connections, 7);
+        assert_eq!(p.phases[2].duration, Duration::from_secs(3));
+        assert_eq!(p.fleet.local, Some(2));
+    }
+}

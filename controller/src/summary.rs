@@ -130,16 +130,24 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
         m.sent, m.received, m.lost, m.out_of_order, m.late_sends
     );
     let _ = writeln!(out, "Throughput:          {:.1} msg/s", s.throughput_msg_per_s);
-    let _ = writeln!(
-        out,
-        "Latency (ms):        p50 {:.3}  p90 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}  (n={})",
-        l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.mean, l.count
-    );
-    let _ = writeln!(
-        out,
-        "Connect time (ms):   p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  (n={})",
-        c.p50, c.p95, c.p99, c.max, c.count
-    );
+    if l.count > 0 {
+        let _ = writeln!(
+            out,
+            "Latency (ms):        p50 {:.3}  p90 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}  (n={})",
+            l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.mean, l.count
+        );
+    } else {
+        let _ = writeln!(out, "Latency (ms):        no samples");
+    }
+    if c.count > 0 {
+        let _ = writeln!(
+            out,
+            "Connect time (ms):   p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  (n={})",
+            c.p50, c.p95, c.p99, c.max, c.count
+        );
+    } else {
+        let _ = writeln!(out, "Connect time (ms):   no connection opened");
+    }
     let _ = writeln!(out, "Error rate:          {:.4}%", s.error_rate * 100.0);
     if !s.errors.is_empty() {
         let causes: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -148,15 +156,16 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let _ = writeln!(out, "Worker RSS peak:     {:.1} MB", s.worker_rss_peak_mb);
     let _ = writeln!(out, "\nPhases:");
     for p in &s.phases {
+        let p95 = if p.latency_ms.count > 0 { format!("{:.3}", p.latency_ms.p95) } else { "-".into() };
         let _ = writeln!(
             out,
-            "  {:<10} {:>6.1} s  peak {:>6} conns  sent {:>9}  recv {:>9}  p95 {:>9.3} ms  errors {}",
+            "  {:<10} {:>6.1} s  peak {:>6} conns  sent {:>9}  recv {:>9}  p95 {:>9} ms  errors {}",
             p.name,
             p.duration_s,
             p.connections.peak,
             p.messages.sent,
             p.messages.received,
-            p.latency_ms.p95,
+            p95,
             p.errors.values().sum::<u64>()
         );
     }

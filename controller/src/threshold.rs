@@ -10,9 +10,9 @@ use stampede_proto::results::{Percentiles, Summary, ThresholdOutcome};
 macro_rules! metrics {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
         /// A figure of the run a threshold can test.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Metric {
-            $(#[doc = $doc] #[serde(rename = $name)] $variant,)*
+            $(#[doc = $doc] $variant,)*
         }
 
         impl Metric {
@@ -87,6 +87,25 @@ impl Metric {
             Metric::MessagesReceived => Some(s.messages.received as f64),
             Metric::Throughput => Some(s.throughput_msg_per_s),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Metric {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Metric::ALL.iter().copied().find(|m| m.name() == name).ok_or_else(|| {
+            let known: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+            serde::de::Error::custom(format!(
+                "unknown threshold metric `{name}`; use one of: {}",
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+impl Serialize for Metric {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 

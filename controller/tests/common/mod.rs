@@ -1,0 +1,98 @@
+//! Harness for end-to-end tests: runs the real `controller` binary (which
+//! starts real worker processes and the bundled relay on loopback) and reads
+//! the results folder it writes.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// End-to-end runs share two cores; one at a time keeps timings honest.
+pub static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A scratch folder holding a scenario file and the results.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    /// Writes `name` with `text` and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write scenario");
+        path
+    }
+
+    pub fn results_parent(&self) -> PathBuf {
+        self.dir.path().join("results")
+    }
+
+    /// The one results folder a run wrote.
+    pub fn results(&self) -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.results_parent())
+            .expect("results folder exists")
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(dirs.len(), 1, "expected one results folder, found {dirs:?}");
+        dirs.pop().unwrap()
+    }
+}
+
+/// What a controller run did.
+pub struct Run {
+    pub code: i32,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+/// Runs `controller ARGS...`, killing it after `limit`.
+pub fn controller(args: &[&str], limit: Duration) -> Run {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start controller");
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        // SAFETY: kill only sends a signal; a stale pid at worst gets nothing.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let Output { status, stderr, .. } = child.wait_with_output().expect("controller output");
+    let took = started.elapsed();
+    drop(watchdog);
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    assert!(took < limit, "controller did not finish within {limit:?}; stderr:\n{stderr}");
+    Run { code: status.code().unwrap_or(-1), stderr, took }
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// metrics.csv as header + rows of cells.
+pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).expect("metrics.csv");
+    let mut lines = text.lines();
+    let header = lines.next().expect("header").split(',').map(String::from).collect();
+    let rows = lines.map(|l| l.split(',').map(String::from).collect()).collect();
+    (header, rows)
+}
+
+pub fn num(v: &serde_json::Value, path: &str) -> f64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    cur.as_f64().unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
+}

@@ -1,0 +1,219 @@
+//! `controller run` end to end: the controller binary, real worker processes
+//! over gRPC on loopback, the bundled relay, and the results folder.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ONE_RUN_AT_A_TIME, Scratch, controller, num, read_csv, read_json};
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+const QUICK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quick.toml");
+
+#[test]
+fn quick_example_passes_and_writes_every_file() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let out = scratch.results_parent();
+    // The quick example, shortened: 5 s warmup, 3 s ramp-up, 4 s sustained, 5 s cooldown.
+    let run = controller(
+        &["run", QUICK, "--ramp-up", "3", "--duration", "4", "--output", out.to_str().unwrap()],
+        Duration::from_secs(90),
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("Verdict: PASS"), "stderr:\n{}", run.stderr);
+    let dir = scratch.results();
+    assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("quick-"));
+    for file in ["summary.json", "metrics.csv", "metrics.json", "test.log", "scenario.toml", "latency.hlog"] {
+        let len = std::fs::metadata(dir.join(file)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{file} is missing or empty");
+    }
+
+    let summary = read_json(&dir.join("summary.json"));
+    assert_eq!(summary["verdict"], "PASS");
+    assert_eq!(summary["workers"], 1);
+    assert_eq!(num(&summary, "connections.opened"), 100.0);
+    assert_eq!(num(&summary, "connections.peak"), 100.0);
+    assert_eq!(num(&summary, "connections.failed"), 0.0);
+    let sent = num(&summary, "messages.sent");
+    assert!(sent > 500.0, "only {sent} messages sent");
+    assert_eq!(num(&summary, "messages.received"), sent);
+    assert_eq!(num(&summary, "messages.lost"), 0.0);
+    let phases: Vec<&str> =
+        summary["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["warmup", "ramp-up", "sustained", "cooldown"]);
+    assert_eq!(summary["thresholds"].as_array().unwrap().len(), 3);
+
+    // One row per second of the 17 s schedule (plus the closing second).
+    let (header, rows) = read_csv(&dir.join("metrics.csv"));
+    assert_eq!(header[..3], ["elapsed_s", "timestamp", "phase"]);
+    assert!((17..=19).contains(&rows.len()), "{} rows", rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.len(), header.len(), "row {i} has {} cells", row.len());
+        assert_eq!(row[0], i.to_string(), "rows are consecutive seconds");
+        assert!(row[1].ends_with('Z') && row[1].contains('T'), "ISO timestamp: {}", row[1]);
+    }
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let csv_sent: f64 = rows.iter().map(|r| r[col("messages_sent")].parse::<f64>().unwrap()).sum();
+    assert_eq!(csv_sent, sent, "per-second rows add up to the summary");
+    let peak_active = rows.iter().map(|r| r[col("connections_active")].parse::<u64>().unwrap()).max();
+    assert_eq!(peak_active, Some(100));
+    let metrics = read_json(&dir.join("metrics.json"));
+    assert_eq!(metrics.as_array().unwrap().len(), rows.len());
+
+    // The interval log holds every row's histograms; merged, they are the run's.
+    let hlog = std::fs::read(dir.join("latency.hlog")).unwrap();
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+    let mut entries = 0;
+    for entry in IntervalLogIterator::new(&hlog) {
+        if let LogEntry::Interval(h) = entry.expect("valid interval log") {
+            entries += 1;
+            if h.tag().map(|t| t.as_str()) == Some("latency") {
+                let bytes = base64_decode(h.encoded_histogram());
+                let hist: Histogram<u64> = Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap();
+                merged.add(&hist).unwrap();
+            }
+        }
+    }
+    assert_eq!(entries, rows.len() * 2, "a latency and a connect histogram per row");
+    assert_eq!(merged.len() as f64, num(&summary, "latency_ms.count"));
+    let p99 = merged.value_at_quantile(0.99) as f64 / 1000.0;
+    assert!((p99 - num(&summary, "latency_ms.p99")).abs() < 1e-9, "p99 recomputed from the log");
+
+    let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
+    assert!(log.contains("TEST SUMMARY") && log.contains("Verdict: PASS"));
+    let scenario = std::fs::read_to_string(dir.join("scenario.toml")).unwrap();
+    assert!(scenario.contains("sustained_s = 4.0"), "overrides are saved:\n{scenario}");
+}
+
+#[test]
+fn a_threshold_that_cannot_hold_fails_with_99() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "strict.toml",
+        r#"
+name = "strict"
+[target]
+bundled = true
+bundled_delay_ms = 5
+[load]
+connections = 10
+message_interval_s = 0.2
+[phases]
+warmup_s = 0
+ramp_up_s = 1
+sustained_s = 2
+cooldown_s = 0
+[thresholds]
+latency_p95_ms = "< 1"
+error_rate = "< 0.01"
+"#,
+    );
+    let out = scratch.results_parent();
+    let run = controller(
+        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, 99, "stderr:\n{}", run.stderr);
+    let summary = read_json(&scratch.results().join("summary.json"));
+    assert_eq!(summary["verdict"], "FAIL");
+    let thresholds = summary["thresholds"].as_array().unwrap();
+    let latency = thresholds.iter().find(|t| t["metric"] == "latency_p95_ms").unwrap();
+    assert_eq!(latency["pass"], false);
+    assert!(latency["value"].as_f64().unwrap() >= 5.0, "the injected 5 ms is measured");
+    let errors = thresholds.iter().find(|t| t["metric"] == "error_rate").unwrap();
+    assert_eq!(errors["pass"], true);
+}
+
+#[test]
+fn a_malformed_scenario_exits_2_naming_the_line() {
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "bad.toml",
+        "name = \"bad\"\n[target]\nbundled = true\n[load]\nconnections = 10\nmessage_interval = 1\n",
+    );
+    let run = controller(&["run", path.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(run.code, 2, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("bad.toml:6:1"), "names file, line and column:\n{}", run.stderr);
+    assert!(run.stderr.contains("message_interval_s"), "says what to write instead:\n{}", run.stderr);
+
+    let path =
+        scratch.file("unknown.toml", "name = \"x\"\n[target]\nbundled = true\n[thresholds]\np95 = \"< 1\"\n");
+    let run = controller(&["run", path.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(run.code, 2, "an unknown threshold metric is an error:\n{}", run.stderr);
+    assert!(run.stderr.contains("unknown.toml:5:1"), "{}", run.stderr);
+    assert!(!scratch.results_parent().exists(), "no results for a run that never started");
+}
+
+#[test]
+fn an_unreachable_target_ends_promptly_with_refused_connections() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let target = format!("ws://127.0.0.1:{port}/ws");
+    let out = scratch.results_parent();
+    let run = controller(
+        &["run", QUICK, "--target", &target, "--workers", "2", "--output", out.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, 99, "stderr:\n{}", run.stderr);
+    assert!(run.took < Duration::from_secs(25), "took {:?} for a 40 s schedule", run.took);
+    let summary = read_json(&scratch.results().join("summary.json"));
+    assert_eq!(summary["verdict"], "FAIL");
+    assert!(summary["aborted"].as_str().unwrap().contains("target unreachable"), "{}", summary["aborted"]);
+    let failed = num(&summary, "connections.failed");
+    assert!(failed >= 10.0, "{failed} failures");
+    assert_eq!(num(&summary, "connections.opened"), 0.0);
+    let errors = summary["errors"].as_object().unwrap();
+    assert_eq!(errors.keys().collect::<Vec<_>>(), ["refused"], "every failure is a refusal: {errors:?}");
+    assert_eq!(num(&summary, "errors.refused"), failed);
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_still_writes_results() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let out = scratch.results_parent();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["run", QUICK, "--quiet", "--output", out.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(130));
+    let dir = scratch.results();
+    let summary = read_json(&dir.join("summary.json"));
+    assert_eq!(summary["verdict"], "FAIL");
+    assert!(summary["aborted"].as_str().unwrap().contains("interrupted"));
+    assert!(num(&summary, "messages.received") > 0.0);
+    assert_eq!(num(&summary, "messages.lost"), 0.0, "connections drain before they close");
+    let (_, rows) = read_csv(&dir.join("metrics.csv"));
+    assert!((7..=12).contains(&rows.len()), "{} rows for ~9 s", rows.len());
+}
+
+/// Standard base64 (the interval log's encoding of each histogram).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    bytes
+        .chunks(4)
+        .flat_map(|q| {
+            let n = q.iter().enumerate().fold(0u32, |acc, (i, &v)| acc | u32::from(v) << (18 - 6 * i));
+            let out = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.into_iter().take(q.len() - 1)
+        })
+        .collect()
+}
