@@ -30,6 +30,8 @@ pub enum Command {
     },
     /// Act as a worker (what the local fleet starts; same flags as `worker`).
     Worker(stampede_worker::WorkerOptions),
+    /// Run the bundled relay (what big bundled runs start; same flags as `relay`).
+    Relay(stampede_relay::config::RelayArgs),
 }
 
 /// Flags of `controller run`.
@@ -86,7 +88,7 @@ impl RunArgs {
                 workers: self.workers,
                 output: self.output.clone(),
             },
-            worker_program: None,
+            executable: None,
             quiet: self.quiet,
         }
     }
@@ -130,6 +132,13 @@ pub async fn main(cli: Cli, shutdown: CancellationToken) -> i32 {
                 }
             }
         }
+        Command::Relay(args) => match stampede_relay::config::serve(&args, shutdown).await {
+            Ok(()) => EXIT_PASS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                EXIT_ERROR
+            }
+        },
         Command::Worker(opts) => match stampede_worker::run(opts, shutdown).await {
             Ok(()) => EXIT_PASS,
             Err(err) => {

@@ -5,6 +5,7 @@
 //! `main.rs` parses flags and calls [`cli::main`]; tests call [`run::run`].
 
 pub mod aggregate;
+pub mod bundled;
 pub mod cli;
 pub mod fleet;
 pub mod local_fleet;

@@ -3,24 +3,22 @@
 //! ~20,000 sockets here, so the connection count decides how many. Children
 //! die with the controller (PR_SET_PDEATHSIG, and kill-on-drop).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-/// How to start one worker process.
-#[derive(Debug, Clone)]
-pub struct WorkerProgram {
-    /// The executable.
-    pub program: PathBuf,
-    /// Arguments before the worker flags (e.g. `["worker"]`).
-    pub args: Vec<String>,
-}
-
-impl WorkerProgram {
-    /// This very executable's `worker` subcommand.
-    pub fn this_executable() -> std::io::Result<WorkerProgram> {
-        Ok(WorkerProgram { program: std::env::current_exe()?, args: vec!["worker".into()] })
+/// Makes the kernel kill the child when the controller dies, however it dies.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+    // the child when its parent exits.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -30,28 +28,20 @@ pub struct LocalFleet {
 }
 
 impl LocalFleet {
-    /// Starts `count` workers that join `controller_url`.
-    pub fn spawn(program: &WorkerProgram, count: u32, controller_url: &str) -> std::io::Result<LocalFleet> {
+    /// Starts `count` workers (`EXECUTABLE worker ...`) that join
+    /// `controller_url`.
+    pub fn spawn(executable: &Path, count: u32, controller_url: &str) -> std::io::Result<LocalFleet> {
         let mut children = Vec::new();
         for i in 1..=count {
             let id = format!("local-{i}");
-            let mut cmd = Command::new(&program.program);
-            cmd.args(&program.args)
+            let mut cmd = Command::new(executable);
+            cmd.arg("worker")
                 .args(["--controller", controller_url, "--id", &id, "--once", "--join-timeout", "30"])
                 .env("RUST_LOG", std::env::var("STAMPEDE_WORKER_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .kill_on_drop(true);
-            // SAFETY: prctl is async-signal-safe; it only asks the kernel to
-            // kill the child when this process dies.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
             children.push((id, cmd.spawn()?));
         }
         Ok(LocalFleet { children })

@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 fn main() {
     let cli = Cli::parse();
     stampede_worker::init_tracing_with_default("warn");
+    stampede_worker::capacity::raise_open_files_limit();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();

@@ -14,6 +14,9 @@ use crate::threshold::{Condition, Metric};
 /// grows by another process (one process may hold ~20,000 open files here).
 pub const CONNECTIONS_PER_LOCAL_WORKER: u64 = 15_000;
 
+/// Connections one bundled relay process serves at most, for the same reason.
+pub const CONNECTIONS_PER_RELAY: u64 = 15_000;
+
 /// Command-line values that replace the scenario's.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -69,6 +72,8 @@ pub enum TargetPlan {
     Bundled {
         /// Injected echo delay.
         delay: Duration,
+        /// Relay child processes to start; 0: one relay inside the controller.
+        processes: u64,
     },
     /// A server at this URL.
     Url(String),
@@ -176,7 +181,9 @@ impl Plan {
                 }
                 TargetPlan::Url(u.clone())
             }
-            (None, true) => TargetPlan::Bundled { delay: Duration::from_millis(sc.target.bundled_delay_ms) },
+            (None, true) => {
+                TargetPlan::Bundled { delay: Duration::from_millis(sc.target.bundled_delay_ms), processes: 0 }
+            }
             (None, false) => {
                 return Err(err(
                     table_at("target"),
@@ -218,6 +225,18 @@ impl Plan {
         }
 
         let peak = phases.iter().map(|p| p.to.max(p.from)).max().unwrap_or(0);
+        let target = match target {
+            TargetPlan::Bundled { delay, .. } => {
+                let auto = peak.div_ceil(CONNECTIONS_PER_RELAY);
+                let processes = match sc.target.bundled_processes {
+                    Some(Count(n)) => n,
+                    None if auto <= 1 => 0,
+                    None => auto,
+                };
+                TargetPlan::Bundled { delay, processes }
+            }
+            url => url,
+        };
         let f = &sc.fleet;
         let workers = match (f.workers, f.remote) {
             (Some(Count(n)), _) => n,

@@ -13,14 +13,14 @@ use stampede_proto::fleet::{
     worker_message::Body,
 };
 use stampede_proto::results::{MetricsRow, Summary, WorkerInfo};
-use stampede_relay::{Relay, RelayConfig, RelayError};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregator;
+use crate::bundled::{Bundled, BundledError};
 use crate::fleet::{self, FleetEvent, Link};
-use crate::local_fleet::{LocalFleet, WorkerProgram};
+use crate::local_fleet::LocalFleet;
 use crate::plan::{Overrides, Plan, TargetPlan, split};
 use crate::progress::Progress;
 use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
@@ -40,8 +40,9 @@ pub struct RunOptions {
     pub scenario: PathBuf,
     /// Command-line overrides.
     pub overrides: Overrides,
-    /// How to start local workers (default: this executable's `worker`).
-    pub worker_program: Option<WorkerProgram>,
+    /// The stampede executable that local workers and relay processes run
+    /// as (`EXE worker ...`, `EXE relay ...`); default: this executable.
+    pub executable: Option<PathBuf>,
     /// No progress lines and no summary on stderr.
     pub quiet: bool,
 }
@@ -68,7 +69,7 @@ pub enum RunError {
     Results(#[from] ResultsError),
     /// The bundled relay would not start.
     #[error("cannot start the bundled relay: {0}")]
-    Relay(#[from] RelayError),
+    Relay(#[from] BundledError),
     /// The fleet server would not start.
     #[error("cannot listen for workers on {addr}: {source}")]
     Listen {
@@ -125,17 +126,17 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
 
-    let relay = match &plan.target {
-        TargetPlan::Bundled { delay } => {
-            let config = RelayConfig { delay: *delay, ..RelayConfig::default() };
-            Some(Relay::start(config, services.clone()).await?)
-        }
-        TargetPlan::Url(_) => None,
+    let executable = match opts.executable.clone() {
+        Some(exe) => exe,
+        None => std::env::current_exe()
+            .map_err(|source| RunError::Spawn { program: "controller".into(), source })?,
     };
-    let target_url = match (&plan.target, &relay) {
-        (TargetPlan::Url(url), _) => url.clone(),
-        (_, Some(relay)) => relay.ws_url(),
-        _ => unreachable!("a bundled target has a relay"),
+    let (relay, target_url) = match &plan.target {
+        TargetPlan::Bundled { delay, processes } => {
+            let (relay, url) = Bundled::start(*delay, *processes, &executable, services.clone()).await?;
+            (Some(relay), url)
+        }
+        TargetPlan::Url(url) => (None, url.clone()),
     };
 
     let (events_tx, mut events) = mpsc::channel(1024);
@@ -144,18 +145,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         .await
         .map_err(|source| RunError::Listen { addr: listen, source })?;
     let mut local = match plan.fleet.local {
-        Some(n) => {
-            let program = match opts.worker_program.clone() {
-                Some(p) => p,
-                None => WorkerProgram::this_executable()
-                    .map_err(|source| RunError::Spawn { program: "controller".into(), source })?,
-            };
-            let url = format!("http://{addr}");
-            Some(
-                LocalFleet::spawn(&program, n, &url)
-                    .map_err(|source| RunError::Spawn { program: program.program.clone(), source })?,
-            )
-        }
+        Some(n) => Some(
+            LocalFleet::spawn(&executable, n, &format!("http://{addr}"))
+                .map_err(|source| RunError::Spawn { program: executable.clone(), source })?,
+        ),
         None => {
             eprintln!("waiting for {} workers to join at http://{addr} ...", plan.fleet.workers);
             None
@@ -195,7 +188,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             connect_timeout_us: plan.connect_timeout.as_micros() as u64,
             run_start_unix_us: run_start_us,
             clock_offset_us: m.offset_us,
-            source_addresses: sources.get(i).cloned().into_iter().collect(),
+            source_addresses: sources.get(i).cloned().unwrap_or_default(),
             reconnect: plan.reconnect,
             buffer_bytes: plan.buffer_bytes,
         }));
@@ -248,20 +241,26 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         eprintln!("\n{human}");
     }
     if let Some(relay) = relay {
-        relay.wait().await;
+        relay.finish().await;
     }
     Ok(RunOutcome { summary, dir, interrupted })
 }
 
-/// Source addresses for local workers against a loopback target: one
-/// 127.0.0.x each, so every worker has its own ~28,000 ephemeral ports.
-fn local_sources(plan: &Plan, target_url: &str, workers: usize) -> Vec<String> {
+/// Loopback source addresses per local worker against a loopback target, so
+/// workers do not share ephemeral ports. Two each: the kernel picks connect
+/// ports among the even half of its ~28,000-port range first, and once one
+/// address has used those (~14,000 connections to one target) every further
+/// connect scans them all (measured here: a 30,000-connection run stalled
+/// for a second at 14,000 per address, not at 10,000).
+fn local_sources(plan: &Plan, target_url: &str, workers: usize) -> Vec<Vec<String>> {
+    const PER_WORKER: usize = 2;
     let loopback_target = stampede_worker::target::Target::parse(target_url)
         .is_ok_and(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()));
     if plan.fleet.local.is_none() || !loopback_target {
         return Vec::new();
     }
-    (0..workers).map(|i| format!("127.0.{}.{}", i / 250, i % 250 + 1)).collect()
+    let address = |n: usize| format!("127.0.{}.{}", n / 250, n % 250 + 1);
+    (0..workers).map(|w| (0..PER_WORKER).map(|k| address(w * PER_WORKER + k)).collect()).collect()
 }
 
 async fn wait_for_workers(

@@ -52,6 +52,10 @@ pub struct TargetSection {
     /// Echo delay injected by the bundled relay, ms (for accuracy checks).
     #[serde(default)]
     pub bundled_delay_ms: u64,
+    /// Relay processes sharing the port (default: in-process up to 15,000
+    /// connections, then one process per 15,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_processes: Option<Count>,
 }
 
 /// `[load]`

@@ -197,6 +197,48 @@ fn ctrl_c_stops_the_run_and_still_writes_results() {
     assert!((7..=12).contains(&rows.len()), "{} rows for ~9 s", rows.len());
 }
 
+#[test]
+fn the_bundled_relay_can_span_processes_sharing_a_port() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "spread.toml",
+        r#"
+name = "spread"
+[target]
+bundled = true
+bundled_processes = 2
+[load]
+connections = 200
+message_interval_s = 0.5
+[phases]
+warmup_s = 0
+ramp_up_s = 2
+sustained_s = 3
+cooldown_s = 1
+[fleet]
+workers = 2
+"#,
+    );
+    let out = scratch.results_parent();
+    let run = controller(
+        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let summary = read_json(&scratch.results().join("summary.json"));
+    assert_eq!(num(&summary, "connections.opened"), 200.0);
+    assert_eq!(num(&summary, "connections.failed"), 0.0);
+    let sent = num(&summary, "messages.sent");
+    assert!(sent > 800.0, "{sent}");
+    assert_eq!(num(&summary, "messages.received"), sent);
+    let target = summary["target"].as_str().unwrap();
+    assert!(target.starts_with("ws://127.0.0.1:"), "{target}");
+    // Nothing listens there any more: the relay processes ended with the run.
+    let addr = target.trim_start_matches("ws://").trim_end_matches("/ws");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "a relay process outlived the run");
+}
+
 /// Standard base64 (the interval log's encoding of each histogram).
 fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| match c {

@@ -20,7 +20,8 @@ pub fn probe(cap: Option<u64>) -> Capacity {
     }
 }
 
-fn raise_open_files_limit() -> u64 {
+/// Raises the soft open-file limit to the hard one; returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {

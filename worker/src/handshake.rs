@@ -97,6 +97,7 @@ pub async fn connect_tcp(
                     tokio::net::TcpSocket::new_v6()
                 }
                 .map_err(|e| Cause::from_io(&e))?;
+                bind_address_no_port(&socket);
                 socket.bind(std::net::SocketAddr::new(ip, 0)).map_err(|e| Cause::from_io(&e))?;
                 socket.connect(target.addr).await
             }
@@ -106,6 +107,26 @@ pub async fn connect_tcp(
         Ok(stream)
     };
     tokio::time::timeout(timeout, connect).await.map_err(|_| Cause::Timeout)?
+}
+
+/// Lets the kernel choose the source port at connect time, from the whole
+/// 4-tuple, instead of at bind time. Without it, `bind(ip:0)` searches for a
+/// port unused on `ip` in a synchronous syscall that grows slow with tens of
+/// thousands of sockets, and caps each source address at one port range for
+/// all targets together.
+fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `one` for the given length; the fd is open.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 #[cfg(test)]
