@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use stampede_proto::fleet::{Counters, Gauges, Snapshot};
-use stampede_proto::results::{MetricsRow, Percentiles};
+use stampede_proto::results::{MetricsRow, Percentiles, WorkerRow};
 use stampede_worker::recorder::new_histogram;
 
 use crate::plan::Plan;
+use crate::target_metrics::TargetSample;
 
 /// Seconds a row waits for a late worker before it is written without it.
 pub const GRACE_S: u64 = 3;
@@ -114,8 +115,8 @@ struct Pending {
     cpu_us: u64,
     latency: Histogram<u64>,
     connect: Histogram<u64>,
-    gauges: BTreeMap<usize, Gauges>,
-    reporters: u32,
+    /// Per worker: its counters and last gauges of this second.
+    workers: BTreeMap<usize, (Counters, Gauges)>,
 }
 
 impl Default for Pending {
@@ -125,8 +126,7 @@ impl Default for Pending {
             cpu_us: 0,
             latency: new_histogram(),
             connect: new_histogram(),
-            gauges: BTreeMap::new(),
-            reporters: 0,
+            workers: BTreeMap::new(),
         }
     }
 }
@@ -134,6 +134,7 @@ impl Default for Pending {
 /// What the aggregator knows of one worker.
 #[derive(Debug, Default, Clone)]
 struct WorkerState {
+    id: String,
     applied_seq: u64,
     reported_up_to: Option<u64>,
     gauges: Gauges,
@@ -148,6 +149,8 @@ pub struct Row {
     pub latency: Histogram<u64>,
     /// The second's merged connect times.
     pub connect: Histogram<u64>,
+    /// The second of each worker.
+    pub workers: Vec<WorkerRow>,
 }
 
 /// The controller's one aggregator.
@@ -156,6 +159,7 @@ pub struct Aggregator {
     run_start_unix_s: f64,
     workers: Vec<WorkerState>,
     pending: BTreeMap<u64, Pending>,
+    target: BTreeMap<u64, TargetSample>,
     next_row: u64,
     /// Whole run.
     pub run: Totals,
@@ -167,18 +171,22 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// An aggregator for `workers` workers of a run started at
+    /// An aggregator for the workers `ids` of a run started at
     /// `run_start_unix_s` (seconds since the epoch).
-    pub fn new(plan: &Plan, workers: usize, run_start_unix_s: f64) -> Self {
+    pub fn new(plan: &Plan, ids: &[String], run_start_unix_s: f64) -> Self {
         Aggregator {
             plan: plan.clone(),
             run_start_unix_s,
-            workers: vec![WorkerState { live: true, ..Default::default() }; workers],
+            workers: ids
+                .iter()
+                .map(|id| WorkerState { id: id.clone(), live: true, ..Default::default() })
+                .collect(),
             pending: BTreeMap::new(),
+            target: BTreeMap::new(),
             next_row: 0,
             run: Totals::default(),
             phases: vec![Totals::default(); plan.phases.len()],
-            snapshots: vec![0; workers],
+            snapshots: vec![0; ids.len()],
             decoder: Deserializer::new(),
         }
     }
@@ -218,12 +226,20 @@ impl Aggregator {
             p.cpu_us += gauges.cpu_us;
             merge(&mut p.latency, &latency)?;
             merge(&mut p.connect, &connect)?;
-            p.gauges.insert(worker, gauges);
-            p.reporters += 1;
+            let (c, g) = p.workers.entry(worker).or_default();
+            add_counters(c, &counters);
+            *g = gauges;
         } else {
             tracing::debug!("late snapshot for second {} from worker {worker}", snap.second);
         }
         Ok(true)
+    }
+
+    /// Takes the target server's figures for second `second`.
+    pub fn add_target(&mut self, second: u64, sample: TargetSample) {
+        if second >= self.next_row {
+            self.target.insert(second, sample);
+        }
     }
 
     fn decode(&mut self, bytes: &[u8]) -> Result<Histogram<u64>, AggregateError> {
@@ -261,16 +277,37 @@ impl Aggregator {
 
     fn finish_row(&mut self, s: u64) -> Row {
         let p = self.pending.remove(&s).unwrap_or_default();
-        for (worker, g) in &p.gauges {
-            self.workers[*worker].gauges = *g;
-        }
+        let timestamp = crate::results::iso8601(self.run_start_unix_s + s as f64);
+        let mut workers = Vec::with_capacity(self.workers.len());
         let (mut active, mut rss) = (0, 0);
-        for w in &self.workers {
-            if w.live {
-                active += w.gauges.connections_active;
-                rss += w.gauges.rss_bytes;
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            let this = p.workers.get(&i);
+            if let Some((_, g)) = this {
+                w.gauges = *g;
             }
+            if !w.live && this.is_none() {
+                continue;
+            }
+            active += w.gauges.connections_active;
+            rss += w.gauges.rss_bytes;
+            let c = this.map(|(c, _)| *c).unwrap_or_default();
+            workers.push(WorkerRow {
+                elapsed_s: s,
+                timestamp: timestamp.clone(),
+                worker: w.id.clone(),
+                connections_active: w.gauges.connections_active,
+                connections_opened: c.connections_opened,
+                connections_failed: c.connections_failed,
+                messages_sent: c.messages_sent,
+                messages_received: c.messages_received,
+                errors: error_count(&c),
+                rss_mb: w.gauges.rss_bytes as f64 / 1e6,
+                cpu_pct: this.map_or(0.0, |(_, g)| g.cpu_us as f64 / 1e4),
+                reported: this.is_some(),
+            });
         }
+        let target_sample = self.target.remove(&s);
+        self.target.retain(|second, _| *second > s);
         let t = std::time::Duration::from_secs(s);
         let phase = self.plan.phase_at(t);
         let target = self.plan.level_at(t + std::time::Duration::from_secs(1));
@@ -283,9 +320,10 @@ impl Aggregator {
         let conn = percentiles(&p.connect);
         let or_nan = |count: u64, v: f64| if count > 0 { v } else { f64::NAN };
         let c = &p.counters;
+        let ts = target_sample.unwrap_or_default();
         let metrics = MetricsRow {
             elapsed_s: s,
-            timestamp: crate::results::iso8601(self.run_start_unix_s + s as f64),
+            timestamp,
             phase: self.plan.phases[phase].name.to_string(),
             connections_target: target,
             connections_active: active,
@@ -303,9 +341,12 @@ impl Aggregator {
             errors: error_count(c),
             worker_rss_mb: rss as f64 / 1e6,
             worker_cpu_pct: p.cpu_us as f64 / 1e6 * 100.0,
-            workers_reporting: p.reporters,
+            workers_reporting: p.workers.len() as u32,
+            target_rss_mb: ts.rss_bytes.map_or(f64::NAN, |b| b / 1e6),
+            target_cpu_pct: ts.cpu_pct.unwrap_or(f64::NAN),
+            target_connections: ts.connections.unwrap_or(f64::NAN),
         };
-        Row { metrics, latency: p.latency, connect: p.connect }
+        Row { metrics, latency: p.latency, connect: p.connect, workers }
     }
 }
 
@@ -319,6 +360,10 @@ mod tests {
         let text = "name = \"t\"\n[target]\nbundled = true\n[phases]\nwarmup_s = 2\nramp_up_s = 2\nsustained_s = 2\ncooldown_s = 0\n";
         let sc = crate::scenario::Scenario::parse(Path::new("t"), text).unwrap();
         Plan::new(&sc, Path::new("t"), text).unwrap()
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("w{i}")).collect()
     }
 
     fn snapshot(seq: u64, second: u64, latencies_us: &[u64], sent: u64, active: u64) -> Snapshot {
@@ -347,7 +392,7 @@ mod tests {
 
     #[test]
     fn percentiles_come_from_merged_histograms_not_averages() {
-        let mut agg = Aggregator::new(&plan(), 2, 0.0);
+        let mut agg = Aggregator::new(&plan(), &ids(2), 0.0);
         // Worker 0: 90 fast echoes; worker 1: 10 slow ones.
         agg.add(0, &snapshot(1, 0, &[1_000; 90], 90, 5)).unwrap();
         agg.add(1, &snapshot(1, 0, &[100_000; 10], 10, 5)).unwrap();
@@ -367,7 +412,7 @@ mod tests {
 
     #[test]
     fn rows_wait_for_every_worker_then_for_the_grace_period() {
-        let mut agg = Aggregator::new(&plan(), 2, 0.0);
+        let mut agg = Aggregator::new(&plan(), &ids(2), 0.0);
         agg.add(0, &snapshot(1, 0, &[500], 1, 1)).unwrap();
         assert!(agg.ready_rows(1.5, false).is_empty(), "worker 1 has not reported");
         let rows = agg.ready_rows(1.0 + GRACE_S as f64, false);
@@ -381,7 +426,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_ignored_and_gauges_carry_forward() {
-        let mut agg = Aggregator::new(&plan(), 1, 0.0);
+        let mut agg = Aggregator::new(&plan(), &ids(1), 0.0);
         let first = snapshot(1, 0, &[500], 1, 3);
         assert!(agg.add(0, &first).unwrap());
         assert!(!agg.add(0, &first).unwrap(), "a resent snapshot counts once");
@@ -399,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_foreign_histogram_is_an_error_not_a_panic() {
-        let mut agg = Aggregator::new(&plan(), 1, 0.0);
+        let mut agg = Aggregator::new(&plan(), &ids(1), 0.0);
         let mut snap = snapshot(1, 0, &[], 0, 0);
         snap.latency_histogram = b"not a histogram".to_vec();
         assert!(agg.add(0, &snap).is_err());

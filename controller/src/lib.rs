@@ -15,6 +15,7 @@ pub mod results;
 pub mod run;
 pub mod scenario;
 pub mod summary;
+pub mod target_metrics;
 pub mod threshold;
 
 /// Exit code of a run whose verdict is PASS.

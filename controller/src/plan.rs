@@ -132,6 +132,8 @@ pub struct Plan {
     pub name: String,
     /// Target.
     pub target: TargetPlan,
+    /// The target's Prometheus endpoint, if the scenario names one.
+    pub target_metrics: Option<String>,
     /// Connections of the sustained phase.
     pub connections: u64,
     /// Time between messages on a connection; `None`: connect only.
@@ -190,6 +192,20 @@ impl Plan {
                     "[target] needs `url = \"ws://HOST:PORT/PATH\"` or `bundled = true`".into(),
                 ));
             }
+        };
+
+        let target_metrics = match &sc.target.metrics_url {
+            Some(url) if !crate::target_metrics::valid_url(url.get_ref()) => {
+                return Err(err(
+                    url.span().start,
+                    format!(
+                        "metrics_url {:?} must be an http:// URL such as http://host:9090/metrics",
+                        url.get_ref()
+                    ),
+                ));
+            }
+            Some(url) => Some(url.get_ref().clone()),
+            None => None,
         };
 
         let connections = sc.load.connections.0;
@@ -269,6 +285,7 @@ impl Plan {
         Ok(Plan {
             name: sc.name.0.clone(),
             target,
+            target_metrics,
             connections,
             message_interval: (interval > 0.0).then(|| Duration::from_secs_f64(interval)),
             payload_bytes: sc.load.payload_bytes.0,

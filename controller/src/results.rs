@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use stampede_proto::results::{METRICS_COLUMNS, MetricsRow, Summary, files, hlog_tags};
+use stampede_proto::results::{
+    METRICS_COLUMNS, MetricsRow, Summary, WORKER_COLUMNS, WorkerRow, files, hlog_tags,
+};
 use tokio::sync::mpsc;
 
 /// Writing results failed.
@@ -58,7 +60,7 @@ pub fn unix_s(t: SystemTime) -> f64 {
 
 /// What the writer thread is handed.
 enum Record {
-    Row(Box<MetricsRow>, Box<Histogram<u64>>, Box<Histogram<u64>>),
+    Row(Box<MetricsRow>, Box<Histogram<u64>>, Box<Histogram<u64>>, Vec<WorkerRow>),
     Log(String),
 }
 
@@ -97,8 +99,15 @@ impl ResultsWriter {
         };
         let mut csv = open(files::METRICS_CSV)?;
         writeln!(csv, "{}", METRICS_COLUMNS.join(",")).map_err(at(&dir.join(files::METRICS_CSV)))?;
-        let files =
-            Streams { dir: dir.clone(), csv, hlog: open(files::LATENCY_HLOG)?, log: open(files::TEST_LOG)? };
+        let mut workers = open(files::WORKERS_CSV)?;
+        writeln!(workers, "{}", WORKER_COLUMNS.join(",")).map_err(at(&dir.join(files::WORKERS_CSV)))?;
+        let files = Streams {
+            dir: dir.clone(),
+            csv,
+            workers,
+            hlog: open(files::LATENCY_HLOG)?,
+            log: open(files::TEST_LOG)?,
+        };
         let (tx, rx) = mpsc::channel(256);
         let thread = std::thread::Builder::new()
             .name("results".into())
@@ -114,7 +123,8 @@ impl ResultsWriter {
 
     /// Appends a row to metrics.csv and its histograms to latency.hlog.
     pub async fn row(&self, row: crate::aggregate::Row) {
-        let record = Record::Row(Box::new(row.metrics), Box::new(row.latency), Box::new(row.connect));
+        let record =
+            Record::Row(Box::new(row.metrics), Box::new(row.latency), Box::new(row.connect), row.workers);
         let _ = self.tx.send(record).await;
     }
 
@@ -169,6 +179,7 @@ mod erased {
 struct Streams {
     dir: PathBuf,
     csv: BufWriter<File>,
+    workers: BufWriter<File>,
     hlog: BufWriter<File>,
     log: BufWriter<File>,
 }
@@ -187,14 +198,16 @@ impl Streams {
         let mut hlog = builder.begin_log_with(&mut self.hlog, &mut serializer).map_err(at(&hlog_path))?;
         let csv_path = self.dir.join(files::METRICS_CSV);
         let log_path = self.dir.join(files::TEST_LOG);
+        let workers_path = self.dir.join(files::WORKERS_CSV);
         while let Some(record) = rx.blocking_recv() {
             match record {
-                Record::Row(row, latency, connect) => {
-                    let cells = row.csv_cells();
-                    let line: Vec<String> =
-                        cells.iter().map(|c| if c == "NaN" { String::new() } else { csv_cell(c) }).collect();
-                    writeln!(self.csv, "{}", line.join(",")).map_err(at(&csv_path))?;
+                Record::Row(row, latency, connect, workers) => {
+                    write_csv_row(&mut self.csv, &row.csv_cells()).map_err(at(&csv_path))?;
                     self.csv.flush().map_err(at(&csv_path))?;
+                    for w in &workers {
+                        write_csv_row(&mut self.workers, &w.csv_cells()).map_err(at(&workers_path))?;
+                    }
+                    self.workers.flush().map_err(at(&workers_path))?;
                     let start = Duration::from_secs(row.elapsed_s);
                     for (h, tag) in [(&latency, hlog_tags::LATENCY), (&connect, hlog_tags::CONNECT)] {
                         hlog.write_histogram(h, start, Duration::from_secs(1), Tag::new(tag)).map_err(
@@ -215,6 +228,11 @@ impl Streams {
         self.hlog.flush().map_err(at(&hlog_path))?;
         Ok(())
     }
+}
+
+fn write_csv_row(out: &mut impl Write, cells: &[String]) -> io::Result<()> {
+    let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+    writeln!(out, "{}", line.join(","))
 }
 
 /// Quotes a cell that holds a comma, quote or newline (RFC 4180).

@@ -26,6 +26,7 @@ use crate::progress::Progress;
 use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::summary::{self, RunFacts};
+use crate::target_metrics::{self, TargetSample};
 
 /// Time for workers to close their connections after Stop.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -178,7 +179,13 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let run_start_us = (unix_s(run_start_wall) * 1e6) as i64;
     let writer = ResultsWriter::create(&plan.output_dir, &plan.name, run_start_wall, &scenario_toml)?;
     let run_id = format!("{}-{}", plan.name, run_start_us);
+    let (target_tx, target_rx) = mpsc::channel(8);
+    let metrics_url = plan.target_metrics.clone().or_else(|| relay.as_ref().and_then(Bundled::metrics_url));
+    if let Some(url) = metrics_url {
+        tokio::spawn(target_metrics::scrape(url, run_start, target_tx, services.clone()));
+    }
     let sources = local_sources(&plan, &target_url, members.len());
+    let ids: Vec<String> = members.iter().map(|m| m.hello.worker_id.clone()).collect();
     for (i, m) in members.iter().enumerate() {
         m.send(Cmd::Assign(Assign {
             run_id: run_id.clone(),
@@ -196,7 +203,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let mut run = Running {
         plan: &plan,
         members,
-        agg: Aggregator::new(&plan, capacities.len(), unix_s(run_start_wall)),
+        agg: Aggregator::new(&plan, &ids, unix_s(run_start_wall)),
+        target_rx,
         writer,
         rows: Vec::new(),
         run_start,
@@ -312,6 +320,7 @@ struct Running<'a> {
     plan: &'a Plan,
     members: Vec<Member>,
     agg: Aggregator,
+    target_rx: mpsc::Receiver<(u64, TargetSample)>,
     writer: ResultsWriter,
     rows: Vec<MetricsRow>,
     run_start: Instant,
@@ -364,6 +373,7 @@ impl Running<'_> {
                     Some(event) => self.on_event(event).await,
                     None => break,
                 },
+                Some((second, sample)) = self.target_rx.recv() => self.agg.add_target(second, sample),
                 _ = tick.tick() => {
                     self.write_rows(false).await;
                     self.check_health(local).await;

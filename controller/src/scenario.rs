@@ -52,6 +52,11 @@ pub struct TargetSection {
     /// Echo delay injected by the bundled relay, ms (for accuracy checks).
     #[serde(default)]
     pub bundled_delay_ms: u64,
+    /// Prometheus endpoint of the target (`http://host:port/metrics`),
+    /// scraped every second for its memory, CPU and connections; automatic
+    /// for the bundled relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<Spanned<String>>,
     /// Relay processes sharing the port (default: in-process up to 15,000
     /// connections, then one process per 15,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]

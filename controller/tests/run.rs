@@ -26,7 +26,15 @@ fn quick_example_passes_and_writes_every_file() {
     assert!(run.stderr.contains("Verdict: PASS"), "stderr:\n{}", run.stderr);
     let dir = scratch.results();
     assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("quick-"));
-    for file in ["summary.json", "metrics.csv", "metrics.json", "test.log", "scenario.toml", "latency.hlog"] {
+    for file in [
+        "summary.json",
+        "metrics.csv",
+        "metrics.json",
+        "test.log",
+        "scenario.toml",
+        "latency.hlog",
+        "workers.csv",
+    ] {
         let len = std::fs::metadata(dir.join(file)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{file} is missing or empty");
     }
@@ -60,6 +68,19 @@ fn quick_example_passes_and_writes_every_file() {
     assert_eq!(csv_sent, sent, "per-second rows add up to the summary");
     let peak_active = rows.iter().map(|r| r[col("connections_active")].parse::<u64>().unwrap()).max();
     assert_eq!(peak_active, Some(100));
+    // The bundled relay's own /metrics, scraped each second.
+    let target_conns: Vec<f64> =
+        rows.iter().filter_map(|r| r[col("target_connections")].parse().ok()).collect();
+    assert!(target_conns.len() + 3 >= rows.len(), "most seconds have the target's figures");
+    assert_eq!(target_conns.iter().cloned().fold(0.0, f64::max), 100.0, "the relay saw the 100 connections");
+    assert!(rows.iter().filter_map(|r| r[col("target_rss_mb")].parse::<f64>().ok()).all(|mb| mb > 1.0));
+    // One row per worker per second.
+    let (wheader, wrows) = read_csv(&dir.join("workers.csv"));
+    assert_eq!(wheader[..3], ["elapsed_s", "timestamp", "worker"]);
+    assert_eq!(wrows.len(), rows.len());
+    assert!(wrows.iter().all(|r| r[2] == "local-1"));
+    let wsent: f64 = wrows.iter().map(|r| r[6].parse::<f64>().unwrap()).sum();
+    assert_eq!(wsent, sent);
     let metrics = read_json(&dir.join("metrics.json"));
     assert_eq!(metrics.as_array().unwrap().len(), rows.len());
 

@@ -23,8 +23,8 @@ pub mod files {
     pub const SCENARIO: &str = "scenario.toml";
     /// HdrHistogram interval log of per-second latency and connect time.
     pub const LATENCY_HLOG: &str = "latency.hlog";
-    /// Phase changes, workers joining and leaving, threshold breaches.
-    pub const EVENTS: &str = "events.jsonl";
+    /// One row per second per worker.
+    pub const WORKERS_CSV: &str = "workers.csv";
 }
 
 /// Tags of the histograms in `latency.hlog`.
@@ -78,6 +78,12 @@ pub struct MetricsRow {
     pub worker_cpu_pct: f64,
     /// Workers that reported this second.
     pub workers_reporting: u32,
+    /// Target server's resident memory, MB, from its /metrics (NaN: none).
+    pub target_rss_mb: f64,
+    /// Target server's CPU, percent of one core, from its /metrics (NaN: none).
+    pub target_cpu_pct: f64,
+    /// Connections the target server reports open (NaN: none).
+    pub target_connections: f64,
 }
 
 /// Column names of `metrics.csv`, in order.
@@ -102,12 +108,16 @@ pub const METRICS_COLUMNS: &[&str] = &[
     "worker_rss_mb",
     "worker_cpu_pct",
     "workers_reporting",
+    "target_rss_mb",
+    "target_cpu_pct",
+    "target_connections",
 ];
 
 impl MetricsRow {
-    /// The row as CSV cells, in [`METRICS_COLUMNS`] order.
-    pub fn csv_cells(&self) -> [String; 20] {
-        let ms = |v: f64| format!("{v:.3}");
+    /// The row as CSV cells, in [`METRICS_COLUMNS`] order; NaN (no sample)
+    /// is an empty cell.
+    pub fn csv_cells(&self) -> [String; 23] {
+        let ms = |v: f64| num(v, 3);
         [
             self.elapsed_s.to_string(),
             self.timestamp.clone(),
@@ -126,9 +136,82 @@ impl MetricsRow {
             ms(self.latency_max_ms),
             ms(self.connect_p95_ms),
             self.errors.to_string(),
-            format!("{:.1}", self.worker_rss_mb),
-            format!("{:.1}", self.worker_cpu_pct),
+            num(self.worker_rss_mb, 1),
+            num(self.worker_cpu_pct, 1),
             self.workers_reporting.to_string(),
+            num(self.target_rss_mb, 1),
+            num(self.target_cpu_pct, 1),
+            num(self.target_connections, 0),
+        ]
+    }
+}
+
+/// A number with `decimals` places; NaN (no sample) is an empty cell.
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_nan() { String::new() } else { format!("{v:.decimals$}") }
+}
+
+/// One second of one worker: a row of `workers.csv`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    /// Seconds since the run started.
+    pub elapsed_s: u64,
+    /// Start of the second, ISO 8601 UTC.
+    pub timestamp: String,
+    /// Worker id.
+    pub worker: String,
+    /// Open connections at the end of the second (last report carried forward).
+    pub connections_active: u64,
+    /// Connections opened during the second.
+    pub connections_opened: u64,
+    /// Connection attempts that failed during the second.
+    pub connections_failed: u64,
+    /// Messages sent during the second.
+    pub messages_sent: u64,
+    /// Echoes received during the second.
+    pub messages_received: u64,
+    /// Errors of every cause during the second.
+    pub errors: u64,
+    /// The worker's resident memory, MB.
+    pub rss_mb: f64,
+    /// The worker's CPU, percent of one core.
+    pub cpu_pct: f64,
+    /// Whether the worker reported this second (else its gauges are carried).
+    pub reported: bool,
+}
+
+/// Column names of `workers.csv`, in order.
+pub const WORKER_COLUMNS: &[&str] = &[
+    "elapsed_s",
+    "timestamp",
+    "worker",
+    "connections_active",
+    "connections_opened",
+    "connections_failed",
+    "messages_sent",
+    "messages_received",
+    "errors",
+    "rss_mb",
+    "cpu_pct",
+    "reported",
+];
+
+impl WorkerRow {
+    /// The row as CSV cells, in [`WORKER_COLUMNS`] order.
+    pub fn csv_cells(&self) -> [String; 12] {
+        [
+            self.elapsed_s.to_string(),
+            self.timestamp.clone(),
+            self.worker.clone(),
+            self.connections_active.to_string(),
+            self.connections_opened.to_string(),
+            self.connections_failed.to_string(),
+            self.messages_sent.to_string(),
+            self.messages_received.to_string(),
+            self.errors.to_string(),
+            num(self.rss_mb, 1),
+            num(self.cpu_pct, 1),
+            u8::from(self.reported).to_string(),
         ]
     }
 }
