@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use stampede_proto::fleet::{Counters, Gauges, Snapshot};
+use stampede_proto::histogram::new_histogram;
 use stampede_proto::results::{MetricsRow, Percentiles, WorkerRow};
-use stampede_worker::recorder::new_histogram;
 
 use crate::plan::Plan;
 use crate::target_metrics::TargetSample;
@@ -85,20 +85,7 @@ pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) -> Result<(), Agg
 
 /// Percentiles of a microsecond histogram, in milliseconds.
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
-    if h.is_empty() {
-        return Percentiles::default();
-    }
-    let ms = |us: u64| us as f64 / 1000.0;
-    Percentiles {
-        count: h.len(),
-        p50: ms(h.value_at_quantile(0.50)),
-        p90: ms(h.value_at_quantile(0.90)),
-        p95: ms(h.value_at_quantile(0.95)),
-        p99: ms(h.value_at_quantile(0.99)),
-        p999: ms(h.value_at_quantile(0.999)),
-        max: ms(h.max()),
-        mean: h.mean() / 1000.0,
-    }
+    Percentiles::of(h)
 }
 
 /// A snapshot the aggregator cannot use.
@@ -277,7 +264,7 @@ impl Aggregator {
 
     fn finish_row(&mut self, s: u64) -> Row {
         let p = self.pending.remove(&s).unwrap_or_default();
-        let timestamp = crate::results::iso8601(self.run_start_unix_s + s as f64);
+        let timestamp = stampede_proto::time::iso8601(self.run_start_unix_s + s as f64);
         let mut workers = Vec::with_capacity(self.workers.len());
         let (mut active, mut rss) = (0, 0);
         for (i, w) in self.workers.iter_mut().enumerate() {

@@ -2,14 +2,21 @@
 //! [`crate::plan::CONNECTIONS_PER_RELAY`] connections, as one process may
 //! hold only ~20,000 sockets here) as relay child processes sharing one port
 //! through SO_REUSEPORT.
+//!
+//! Faults: the relay's fault clock is started by
+//! [`Bundled::start_fault_clock`] at the run's start (not when the relay
+//! starts, a second or so earlier while the workers join): in-process
+//! directly, for relay processes (`--fault-clock-stdin`) as a UNIX time in
+//! microseconds written to their stdin. Each relay process applies the
+//! faults to its own connections, so a drop fraction holds overall.
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use stampede_relay::config::READY_PREFIX;
+use stampede_relay::config::{Faults, READY_PREFIX};
 use stampede_relay::{Relay, RelayConfig, RelayError};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -38,21 +45,25 @@ pub enum Bundled {
 }
 
 impl Bundled {
-    /// Starts `processes` relay processes (0: a relay in this process);
+    /// Starts `processes` relay processes (0: a relay in this process)
+    /// with `faults`, which wait for [`start_fault_clock`](Self::start_fault_clock);
     /// returns it and its URL.
     pub async fn start(
         delay: Duration,
         processes: u64,
+        faults: &Faults,
         executable: &Path,
         shutdown: CancellationToken,
     ) -> Result<(Bundled, String), BundledError> {
+        let faults = Faults { external_clock: true, ..faults.clone() };
         if processes == 0 {
-            let relay = Relay::start(RelayConfig { delay, ..RelayConfig::default() }, shutdown).await?;
+            let config = RelayConfig { delay, faults, ..RelayConfig::default() };
+            let relay = Relay::start(config, shutdown).await?;
             let url = relay.ws_url();
             return Ok((Bundled::InProcess(relay), url));
         }
         // The first picks a free port; the others join it.
-        let (first, url) = spawn(executable, "127.0.0.1:0", delay).await?;
+        let (first, url) = spawn(executable, "127.0.0.1:0", delay, &faults).await?;
         let port = url
             .trim_start_matches("ws://")
             .split(['/', ':'])
@@ -61,10 +72,33 @@ impl Bundled {
             .to_string();
         let mut children = vec![first];
         for _ in 1..processes {
-            let (child, _) = spawn(executable, &format!("127.0.0.1:{port}"), delay).await?;
+            let (child, _) = spawn(executable, &format!("127.0.0.1:{port}"), delay, &faults).await?;
             children.push(child);
         }
         Ok((Bundled::Processes(children), url))
+    }
+
+    /// Starts the fault clock at the run's start (`epoch`, `epoch_wall` on
+    /// the wall clock for relay processes); without faults nothing happens.
+    pub async fn start_fault_clock(&mut self, epoch: Instant, epoch_wall: SystemTime) {
+        match self {
+            Bundled::InProcess(relay) => relay.start_fault_clock(epoch),
+            Bundled::Processes(children) => {
+                let unix_us = epoch_wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
+                let line = format!("{unix_us}\n");
+                for child in children {
+                    // Piped only when faults are configured.
+                    let Some(stdin) = child.stdin.as_mut() else { continue };
+                    let written = async {
+                        stdin.write_all(line.as_bytes()).await?;
+                        stdin.flush().await
+                    };
+                    if let Err(e) = written.await {
+                        tracing::warn!("cannot start the fault clock of a relay process: {e}");
+                    }
+                }
+            }
+        }
     }
 
     /// The Prometheus endpoint, when there is one process to ask (behind a
@@ -96,12 +130,19 @@ impl Bundled {
     }
 }
 
-async fn spawn(executable: &Path, listen: &str, delay: Duration) -> Result<(Child, String), BundledError> {
+async fn spawn(
+    executable: &Path,
+    listen: &str,
+    delay: Duration,
+    faults: &Faults,
+) -> Result<(Child, String), BundledError> {
     let mut cmd = Command::new(executable);
     cmd.args(["relay", "--listen", listen, "--reuse-port", "--delay-ms"])
         .arg(delay.as_millis().to_string())
+        .args(faults.to_args())
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+        // With faults the run's start arrives on stdin (--fault-clock-stdin).
+        .stdin(if faults.any() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     die_with_parent(&mut cmd);

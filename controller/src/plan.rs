@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::scenario::{Count, Scenario, ScenarioError, Seconds};
+use stampede_relay::config::{DropAt, Faults, SlowWindow};
+
+use crate::scenario::{Count, Scenario, ScenarioError, Seconds, TargetSection};
 use crate::threshold::{Condition, Metric};
 
 /// Connections one local worker process takes at most before the fleet
@@ -74,6 +76,8 @@ pub enum TargetPlan {
         delay: Duration,
         /// Relay child processes to start; 0: one relay inside the controller.
         processes: u64,
+        /// Faults to inject; their times count from the run's start.
+        faults: Faults,
     },
     /// A server at this URL.
     Url(String),
@@ -174,6 +178,15 @@ impl Plan {
                 ));
             }
             (Some(url), false) => {
+                if let Some((key, at)) = fault_keys(&sc.target).into_iter().next() {
+                    return Err(err(
+                        at,
+                        format!(
+                            "{key} injects faults into the bundled relay: it needs `bundled = true`, \
+                             not a target url"
+                        ),
+                    ));
+                }
                 let u = url.get_ref();
                 if !u.starts_with("ws://") || u.len() <= "ws://".len() {
                     return Err(err(
@@ -183,9 +196,11 @@ impl Plan {
                 }
                 TargetPlan::Url(u.clone())
             }
-            (None, true) => {
-                TargetPlan::Bundled { delay: Duration::from_millis(sc.target.bundled_delay_ms), processes: 0 }
-            }
+            (None, true) => TargetPlan::Bundled {
+                delay: Duration::from_millis(sc.target.bundled_delay_ms),
+                processes: 0,
+                faults: faults(&sc.target),
+            },
             (None, false) => {
                 return Err(err(
                     table_at("target"),
@@ -242,14 +257,14 @@ impl Plan {
 
         let peak = phases.iter().map(|p| p.to.max(p.from)).max().unwrap_or(0);
         let target = match target {
-            TargetPlan::Bundled { delay, .. } => {
+            TargetPlan::Bundled { delay, faults, .. } => {
                 let auto = peak.div_ceil(CONNECTIONS_PER_RELAY);
                 let processes = match sc.target.bundled_processes {
                     Some(Count(n)) => n,
                     None if auto <= 1 => 0,
                     None => auto,
                 };
-                TargetPlan::Bundled { delay, processes }
+                TargetPlan::Bundled { delay, processes, faults }
             }
             url => url,
         };
@@ -325,6 +340,42 @@ impl Plan {
     /// Most connections the plan asks for at once.
     pub fn peak(&self) -> u64 {
         self.phases.iter().map(|p| p.from.max(p.to)).max().unwrap_or(0)
+    }
+}
+
+/// The fault keys present in `[target]`, with where their values start.
+fn fault_keys(t: &TargetSection) -> Vec<(&'static str, usize)> {
+    let mut keys = Vec::new();
+    if let Some(v) = &t.bundled_fault_slow {
+        keys.push(("bundled_fault_slow", v.span().start));
+    }
+    if let Some(v) = &t.bundled_fault_drop {
+        keys.push(("bundled_fault_drop", v.span().start));
+    }
+    if let Some(v) = &t.bundled_fault_leak_mb_per_min {
+        keys.push(("bundled_fault_leak_mb_per_min", v.span().start));
+    }
+    keys.sort_by_key(|(_, at)| *at);
+    keys
+}
+
+/// The bundled relay's faults as `[target]` configures them.
+fn faults(t: &TargetSection) -> Faults {
+    Faults {
+        slow: t.bundled_fault_slow.as_ref().map(|s| {
+            let s = s.get_ref();
+            SlowWindow {
+                start: Duration::from_secs_f64(s.start_s.0),
+                length: Duration::from_secs_f64(s.length_s.0),
+                extra: Duration::from_secs_f64(s.extra_ms.0 / 1000.0),
+            }
+        }),
+        drop: t.bundled_fault_drop.as_ref().map(|d| {
+            let d = d.get_ref();
+            DropAt { at: Duration::from_secs_f64(d.at_s.0), fraction: d.fraction.0 }
+        }),
+        leak_mb_per_min: t.bundled_fault_leak_mb_per_min.as_ref().map(|l| l.get_ref().0),
+        external_clock: false,
     }
 }
 
@@ -457,6 +508,55 @@ mod tests {
             let err = plan(text).unwrap_err().to_string();
             assert!(err.starts_with(at) && err.contains(says), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn bundled_faults_reach_the_plan() {
+        let p = plan(
+            "name = \"s\"\n[target]\nbundled = true\n\
+             bundled_fault_slow = { start_s = 30, length_s = 20, extra_ms = 50 }\n\
+             bundled_fault_drop = { at_s = 60, fraction = 0.3 }\n\
+             bundled_fault_leak_mb_per_min = 5.0\n",
+        )
+        .unwrap();
+        let TargetPlan::Bundled { faults, .. } = p.target else { panic!("{:?}", p.target) };
+        assert_eq!(
+            faults,
+            Faults {
+                slow: Some(SlowWindow {
+                    start: Duration::from_secs(30),
+                    length: Duration::from_secs(20),
+                    extra: Duration::from_millis(50),
+                }),
+                drop: Some(DropAt { at: Duration::from_secs(60), fraction: 0.3 }),
+                leak_mb_per_min: Some(5.0),
+                external_clock: false,
+            }
+        );
+        let p = plan("name = \"s\"\n[target]\nbundled = true\n").unwrap();
+        assert!(matches!(p.target, TargetPlan::Bundled { faults, .. } if faults == Faults::default()));
+    }
+
+    #[test]
+    fn bad_fault_values_point_at_the_line() {
+        let head = "name = \"s\"\n[target]\nbundled = true\n";
+        for (line, at, says) in [
+            ("bundled_fault_drop = { at_s = 60, fraction = 1.5 }", "t.toml:4:", "fraction 1.5"),
+            ("bundled_fault_drop = { at_s = 60, fraction = 0 }", "t.toml:4:", "above 0 and at most 1"),
+            ("bundled_fault_drop = { at_s = -1, fraction = 0.5 }", "t.toml:4:", "-1"),
+            ("bundled_fault_drop = { at_s = 60 }", "t.toml:4:", "fraction"),
+            ("bundled_fault_slow = { start_s = 1, length_s = 2, extra_ms = 0 }", "t.toml:4:", "extra_ms 0"),
+            ("bundled_fault_slow = { start_s = 1, length_s = 0, extra_ms = 5 }", "t.toml:4:", "length 0"),
+            ("bundled_fault_slow = { start_s = 1, length_s = 2, extra = 5 }", "t.toml:4:", "unknown field"),
+            ("bundled_fault_leak_mb_per_min = -2", "t.toml:4:", "MB per minute"),
+        ] {
+            let err = plan(&format!("{head}{line}\n")).unwrap_err().to_string();
+            assert!(err.starts_with(at) && err.contains(says), "{line:?} gave {err}");
+        }
+        let err = plan("name = \"s\"\n[target]\nurl = \"ws://x/\"\nbundled_fault_leak_mb_per_min = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("t.toml:4:33: bundled_fault_leak_mb_per_min injects faults"), "{err}");
     }
 
     #[test]

@@ -30,28 +30,7 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> ResultsError + '_ {
     move |source| ResultsError { path: path.to_path_buf(), source }
 }
 
-/// Formats seconds since the epoch as ISO 8601 UTC with milliseconds.
-pub fn iso8601(unix_s: f64) -> String {
-    let ms_total = (unix_s * 1000.0).round() as i64;
-    let (secs, ms) = (ms_total.div_euclid(1000), ms_total.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
-}
-
-/// Gregorian date of a day count since 1970-01-01 (the era-based method
-/// described by Howard Hinnant, "chrono-Compatible Low-Level Date Algorithms").
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
+pub use stampede_proto::time::iso8601;
 
 /// Seconds since the epoch.
 pub fn unix_s(t: SystemTime) -> f64 {
@@ -247,13 +226,6 @@ fn csv_cell(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_utc_timestamps() {
-        assert_eq!(iso8601(0.0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(951_782_400.5), "2000-02-29T00:00:00.500Z");
-        assert_eq!(iso8601(1_795_406_400.0), "2026-11-23T04:00:00.000Z");
-    }
 
     #[test]
     fn quotes_only_what_needs_it() {

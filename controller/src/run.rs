@@ -132,9 +132,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         None => std::env::current_exe()
             .map_err(|source| RunError::Spawn { program: "controller".into(), source })?,
     };
-    let (relay, target_url) = match &plan.target {
-        TargetPlan::Bundled { delay, processes } => {
-            let (relay, url) = Bundled::start(*delay, *processes, &executable, services.clone()).await?;
+    let (mut relay, target_url) = match &plan.target {
+        TargetPlan::Bundled { delay, processes, faults } => {
+            let (relay, url) =
+                Bundled::start(*delay, *processes, faults, &executable, services.clone()).await?;
             (Some(relay), url)
         }
         TargetPlan::Url(url) => (None, url.clone()),
@@ -179,6 +180,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let run_start_us = (unix_s(run_start_wall) * 1e6) as i64;
     let writer = ResultsWriter::create(&plan.output_dir, &plan.name, run_start_wall, &scenario_toml)?;
     let run_id = format!("{}-{}", plan.name, run_start_us);
+    if let Some(relay) = &mut relay {
+        // Fault times count from the run's start, not the relay's.
+        relay.start_fault_clock(run_start.into_std(), run_start_wall).await;
+    }
     let (target_tx, target_rx) = mpsc::channel(8);
     let metrics_url = plan.target_metrics.clone().or_else(|| relay.as_ref().and_then(Bundled::metrics_url));
     if let Some(url) = metrics_url {

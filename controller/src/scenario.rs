@@ -61,6 +61,39 @@ pub struct TargetSection {
     /// connections, then one process per 15,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundled_processes: Option<Count>,
+    /// Bundled relay fault: echoes of messages received in a window leave
+    /// `extra_ms` later. Times count from the run's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_fault_slow: Option<Spanned<FaultSlow>>,
+    /// Bundled relay fault: at `at_s` close `fraction` of the open
+    /// connections with close code 1011.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_fault_drop: Option<Spanned<FaultDrop>>,
+    /// Bundled relay fault: grow its memory by this many MB per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_fault_leak_mb_per_min: Option<Spanned<LeakRate>>,
+}
+
+/// `bundled_fault_slow = { start_s = 30, length_s = 20, extra_ms = 50 }`
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSlow {
+    /// Start of the window, s from the run's start.
+    pub start_s: Seconds,
+    /// Length of the window, s.
+    pub length_s: Length,
+    /// Added echo delay, ms.
+    pub extra_ms: ExtraMs,
+}
+
+/// `bundled_fault_drop = { at_s = 60, fraction = 0.3 }`
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDrop {
+    /// When, s from the run's start.
+    pub at_s: Seconds,
+    /// Share of the open connections to close.
+    pub fraction: Fraction,
 }
 
 /// `[load]`
@@ -176,24 +209,97 @@ impl<'de> Deserialize<'de> for Count {
 #[serde(transparent)]
 pub struct Seconds(pub f64);
 
+/// A TOML number, integer or float.
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Int(i64),
+        Float(f64),
+    }
+    Ok(match Num::deserialize(d)? {
+        Num::Int(i) => i as f64,
+        Num::Float(f) => f,
+    })
+}
+
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Num {
-            Int(i64),
-            Float(f64),
-        }
-        let v = match Num::deserialize(d)? {
-            Num::Int(i) => i as f64,
-            Num::Float(f) => f,
-        };
+        let v = number(d)?;
         if !(0.0..=7.0 * 86_400.0).contains(&v) {
             return Err(serde::de::Error::custom(format!(
                 "{v} is not a duration: give seconds between 0 and 604800"
             )));
         }
         Ok(Seconds(v))
+    }
+}
+
+/// A window length in seconds: above 0, at most a week.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Length(pub f64);
+
+impl<'de> Deserialize<'de> for Length {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = number(d)?;
+        if !(v > 0.0 && v <= 7.0 * 86_400.0) {
+            return Err(serde::de::Error::custom(format!(
+                "length {v}: give seconds above 0 and at most 604800"
+            )));
+        }
+        Ok(Length(v))
+    }
+}
+
+/// An added delay in milliseconds: above 0, at most an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ExtraMs(pub f64);
+
+impl<'de> Deserialize<'de> for ExtraMs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = number(d)?;
+        if !(v > 0.0 && v <= 3_600_000.0) {
+            return Err(serde::de::Error::custom(format!(
+                "extra_ms {v}: give milliseconds above 0 and at most 3600000"
+            )));
+        }
+        Ok(ExtraMs(v))
+    }
+}
+
+/// A share in (0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Fraction(pub f64);
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = number(d)?;
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(serde::de::Error::custom(format!(
+                "fraction {v}: give a share above 0 and at most 1, e.g. 0.3 for 30%"
+            )));
+        }
+        Ok(Fraction(v))
+    }
+}
+
+/// A memory growth rate in MB per minute: above 0, at most 1,000,000.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct LeakRate(pub f64);
+
+impl<'de> Deserialize<'de> for LeakRate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = number(d)?;
+        if !(v > 0.0 && v <= 1_000_000.0) {
+            return Err(serde::de::Error::custom(format!(
+                "{v} MB per minute: give a rate above 0 and at most 1000000"
+            )));
+        }
+        Ok(LeakRate(v))
     }
 }
 

@@ -9,7 +9,9 @@ pub mod fleet {
     tonic::include_proto!("stampede.fleet.v1");
 }
 
+pub mod histogram;
 pub mod results;
+pub mod time;
 
 /// Version of the fleet protocol a worker announces in its Hello; the
 /// controller refuses workers that speak another one.

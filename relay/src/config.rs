@@ -4,10 +4,10 @@
 //! build a relay from plain values without pulling in CLI parsing.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How a [`Relay`](crate::Relay) listens and behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
     /// Address to bind. Port 0 picks a free port, which is what tests and
     /// the in-process controller want.
@@ -21,6 +21,8 @@ pub struct RelayConfig {
     /// Upper bound on concurrent WebSocket sessions; upgrades beyond it get
     /// `503`. 0 means unlimited.
     pub max_connections: usize,
+    /// Anomalies injected on purpose (none by default).
+    pub faults: Faults,
 }
 
 impl Default for RelayConfig {
@@ -30,7 +32,155 @@ impl Default for RelayConfig {
             delay: Duration::ZERO,
             reuse_port: false,
             max_connections: 0,
+            faults: Faults::default(),
         }
+    }
+}
+
+/// Faults injected on purpose, so load tests (and tests of the tools that
+/// read their results) can produce realistic anomalies. Times count from
+/// [`Relay::start`](crate::Relay::start), or, with `external_clock`, from
+/// the instant given to
+/// [`Relay::start_fault_clock`](crate::Relay::start_fault_clock).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Extra echo delay during a window. Flag: `--fault-slow START_S,LENGTH_S,EXTRA_MS`.
+    pub slow: Option<SlowWindow>,
+    /// Close a share of the open WebSocket connections at one moment, with
+    /// close code 1011. Flag: `--fault-drop AT_S,FRACTION`.
+    pub drop: Option<DropAt>,
+    /// Grow memory by this many MB (10^6 bytes) per minute, steadily, kept
+    /// until shutdown (at most [`LEAK_CAP_BYTES`]). Flag:
+    /// `--fault-leak-mb-per-min MB`.
+    pub leak_mb_per_min: Option<f64>,
+    /// Fault times count from the instant passed to
+    /// [`Relay::start_fault_clock`](crate::Relay::start_fault_clock) (the
+    /// controller passes its run start) instead of from `Relay::start`; no
+    /// fault fires before that call. Flag: `--fault-clock-stdin`.
+    pub external_clock: bool,
+}
+
+/// Echoes of messages received in `[start, start + length)` leave after
+/// the relay's delay plus `extra`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowWindow {
+    /// Offset of the window from the fault clock's start.
+    pub start: Duration,
+    /// Length of the window.
+    pub length: Duration,
+    /// Added echo delay.
+    pub extra: Duration,
+}
+
+/// At `at`, `round(fraction * open)` of the WebSocket connections open at
+/// that moment are closed with code 1011 (internal error).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropAt {
+    /// Offset from the fault clock's start.
+    pub at: Duration,
+    /// Share of the open connections to close, in (0, 1].
+    pub fraction: f64,
+}
+
+/// The leak fault stops growing at this many bytes.
+pub const LEAK_CAP_BYTES: u64 = 4 << 30;
+
+/// Longest offset a fault time may have: a week, in seconds.
+const MAX_FAULT_S: f64 = 7.0 * 86_400.0;
+/// Largest injected extra delay, ms: an hour.
+const MAX_EXTRA_MS: f64 = 3_600_000.0;
+/// Largest leak rate, MB per minute.
+const MAX_LEAK_MB_PER_MIN: f64 = 1_000_000.0;
+
+impl Faults {
+    /// Whether any fault is configured.
+    pub fn any(&self) -> bool {
+        self.slow.is_some() || self.drop.is_some() || self.leak_mb_per_min.is_some()
+    }
+
+    /// The `relay` flags that configure these faults (`--fault-clock-stdin`
+    /// included when `external_clock` is set and a fault is configured).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(s) = &self.slow {
+            args.push("--fault-slow".to_string());
+            args.push(format!(
+                "{},{},{}",
+                s.start.as_secs_f64(),
+                s.length.as_secs_f64(),
+                s.extra.as_secs_f64() * 1000.0
+            ));
+        }
+        if let Some(d) = &self.drop {
+            args.push("--fault-drop".to_string());
+            args.push(format!("{},{}", d.at.as_secs_f64(), d.fraction));
+        }
+        if let Some(mb) = self.leak_mb_per_min {
+            args.push("--fault-leak-mb-per-min".to_string());
+            args.push(mb.to_string());
+        }
+        if self.external_clock && self.any() {
+            args.push("--fault-clock-stdin".to_string());
+        }
+        args
+    }
+}
+
+/// Splits `text` at commas into exactly `N` finite numbers.
+fn numbers<const N: usize>(text: &str) -> Option<[f64; N]> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    if parts.len() != N {
+        return None;
+    }
+    let mut out = [0.0; N];
+    for (slot, part) in out.iter_mut().zip(parts) {
+        *slot = part.parse::<f64>().ok().filter(|v| v.is_finite())?;
+    }
+    Some(out)
+}
+
+fn offset_ok(s: f64) -> bool {
+    (0.0..=MAX_FAULT_S).contains(&s)
+}
+
+/// Parses `--fault-slow START_S,LENGTH_S,EXTRA_MS`.
+pub fn parse_slow(text: &str) -> Result<SlowWindow, String> {
+    const USAGE: &str = "--fault-slow takes START_S,LENGTH_S,EXTRA_MS, e.g. 30,20,50 \
+        (from 30 s for 20 s, echoes 50 ms later)";
+    let [start, length, extra] = numbers::<3>(text).ok_or(USAGE)?;
+    if !offset_ok(start) || !offset_ok(length) || length == 0.0 {
+        return Err(format!("{USAGE}; START_S must be 0..{MAX_FAULT_S} and LENGTH_S above 0"));
+    }
+    if !(extra > 0.0 && extra <= MAX_EXTRA_MS) {
+        return Err(format!("{USAGE}; EXTRA_MS must be above 0 and at most {MAX_EXTRA_MS}"));
+    }
+    Ok(SlowWindow {
+        start: Duration::from_secs_f64(start),
+        length: Duration::from_secs_f64(length),
+        extra: Duration::from_secs_f64(extra / 1000.0),
+    })
+}
+
+/// Parses `--fault-drop AT_S,FRACTION`.
+pub fn parse_drop(text: &str) -> Result<DropAt, String> {
+    const USAGE: &str = "--fault-drop takes AT_S,FRACTION, e.g. 60,0.3 \
+        (at 60 s close 30% of the open connections)";
+    let [at, fraction] = numbers::<2>(text).ok_or(USAGE)?;
+    if !offset_ok(at) {
+        return Err(format!("{USAGE}; AT_S must be 0..{MAX_FAULT_S}"));
+    }
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(format!("{USAGE}; FRACTION must be above 0 and at most 1"));
+    }
+    Ok(DropAt { at: Duration::from_secs_f64(at), fraction })
+}
+
+/// Parses `--fault-leak-mb-per-min MB`.
+pub fn parse_leak(text: &str) -> Result<f64, String> {
+    let usage = "--fault-leak-mb-per-min takes MB per minute above 0, e.g. 5 or 0.5";
+    match text.trim().parse::<f64>() {
+        Ok(mb) if mb > 0.0 && mb <= MAX_LEAK_MB_PER_MIN => Ok(mb),
+        _ => Err(usage.to_string()),
     }
 }
 
@@ -50,6 +200,23 @@ pub struct RelayArgs {
     /// Maximum concurrent WebSocket connections (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     pub max_connections: usize,
+    /// Fault: echo EXTRA_MS later for messages received from START_S for
+    /// LENGTH_S seconds (counted from the relay's start).
+    #[arg(long, value_name = "START_S,LENGTH_S,EXTRA_MS", value_parser = parse_slow)]
+    pub fault_slow: Option<SlowWindow>,
+    /// Fault: at AT_S seconds close FRACTION of the open WebSocket
+    /// connections with close code 1011.
+    #[arg(long, value_name = "AT_S,FRACTION", value_parser = parse_drop)]
+    pub fault_drop: Option<DropAt>,
+    /// Fault: grow memory steadily by MB (10^6 bytes) per minute, kept until
+    /// shutdown (at most 4 GiB).
+    #[arg(long, value_name = "MB", value_parser = parse_leak)]
+    pub fault_leak_mb_per_min: Option<f64>,
+    /// Count fault times from a UNIX time in microseconds read as one line on
+    /// stdin (what the controller sends: its run start) instead of from the
+    /// relay's start; no fault fires before the line arrives.
+    #[arg(long)]
+    pub fault_clock_stdin: bool,
 }
 
 impl RelayArgs {
@@ -60,7 +227,25 @@ impl RelayArgs {
             delay: Duration::from_millis(self.delay_ms),
             reuse_port: self.reuse_port,
             max_connections: self.max_connections,
+            faults: Faults {
+                slow: self.fault_slow,
+                drop: self.fault_drop,
+                leak_mb_per_min: self.fault_leak_mb_per_min,
+                external_clock: self.fault_clock_stdin,
+            },
         }
+    }
+}
+
+/// The instant of a UNIX time in microseconds, on this process's monotonic
+/// clock (`None` if the text is not such a number).
+pub fn instant_of_unix_us(text: &str) -> Option<Instant> {
+    let us: u64 = text.trim().parse().ok()?;
+    let wall = UNIX_EPOCH + Duration::from_micros(us);
+    let (now_wall, now) = (SystemTime::now(), Instant::now());
+    match wall.duration_since(now_wall) {
+        Ok(ahead) => now.checked_add(ahead),
+        Err(behind) => now.checked_sub(behind.duration()),
     }
 }
 
@@ -79,6 +264,27 @@ pub async fn serve(
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{READY_PREFIX}{}", relay.ws_url());
         let _ = out.flush();
+    }
+    if args.fault_clock_stdin {
+        // A blocking read on a thread of its own: tokio's stdin is not
+        // enabled here, and the line comes once.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                let _ = tx.send(line);
+            }
+        });
+        tokio::select! {
+            line = rx => match line.ok().as_deref().map(|l| (l, instant_of_unix_us(l))) {
+                Some((_, Some(epoch))) => relay.start_fault_clock(epoch),
+                Some((line, None)) => {
+                    tracing::warn!("--fault-clock-stdin: {line:?} is not a UNIX time in microseconds; faults stay off");
+                }
+                None => tracing::warn!("--fault-clock-stdin: stdin closed; faults stay off"),
+            },
+            () = shutdown.cancelled() => {}
+        }
     }
     shutdown.cancelled().await;
     relay.wait().await;

@@ -4,6 +4,13 @@
 //! plus a `select!` over "next message", "next echo due" and "shutdown".
 //! That keeps per-connection memory to one task and lets the delay overlap
 //! across messages instead of serialising the connection.
+//!
+//! Faults: inside a slow window a message's echo is due at receive time +
+//! delay + extra. The queue stays FIFO (echo order is kept per connection),
+//! so right after a window a message whose echo would be due earlier waits
+//! behind the slowed ones still queued: the window's tail delays a few later
+//! echoes by up to `extra`. A session picked by the drop fault closes with
+//! 1011, its queued echoes discarded.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::faults::Registration;
 use crate::server::Shared;
 
 /// Stop reading once this many echoes are waiting: the client's sends then
@@ -25,8 +33,10 @@ const MAX_PENDING: usize = 1024;
 /// Same back-pressure, by payload bytes, so 1024 large messages cannot pin
 /// gigabytes.
 const MAX_PENDING_BYTES: usize = 8 << 20;
-/// How long a shutting-down relay waits for the client's closing frame.
+/// How long the relay waits for the client's closing frame after its own.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Close reason of a session ended by the drop fault.
+const DROP_REASON: &str = "stampede fault: drop";
 
 type Ws = WebSocketStream<TcpStream>;
 type WsResult = Result<(), tokio_tungstenite::tungstenite::Error>;
@@ -37,11 +47,14 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
     let mut pending_bytes = 0usize;
     let delay = shared.delay;
     let stats = &shared.stats;
+    let faults = shared.faults.as_ref();
+    // Only when a drop fault is still to come; otherwise nothing to watch.
+    let registration = faults.and_then(|f| f.register());
     // tokio's 1 ms timer would add 0.5-2 ms to every injected delay; the
     // relay is the reference target of accuracy tests, so it must be exact.
     let mut echo_timer = stampede_timer::sleep_until(Instant::now());
 
-    loop {
+    let close = loop {
         let next_due = pending.front().map(|(due, _)| *due);
         if let Some(due) = next_due {
             echo_timer.reset(due);
@@ -51,7 +64,10 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
         // select (one `&mut ws` at a time) but still race shutdown below.
         let step: WsResult = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break going_away(),
+            () = dropped(registration.as_ref()) => {
+                break CloseFrame { code: CloseCode::Error, reason: DROP_REASON.into() };
+            }
             () = &mut echo_timer, if next_due.is_some() => {
                 let now = Instant::now();
                 let due = pending.iter().take_while(|(due, _)| *due <= now).count();
@@ -67,7 +83,7 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
                 };
                 match race(write, shutdown).await {
                     Some(r) => r,
-                    None => break,
+                    None => break going_away(),
                 }
             }
             msg = ws.next(), if can_read => match msg {
@@ -76,7 +92,12 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
                 Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
                     let len = msg.len();
                     stats.received(len);
-                    if delay.is_zero() {
+                    let delay = match faults {
+                        Some(f) => delay + f.extra_delay(Instant::now()),
+                        None => delay,
+                    };
+                    // Straight back only with nothing queued: order is kept.
+                    if delay.is_zero() && pending.is_empty() {
                         let write = async {
                             ws.send(msg).await?;
                             stats.sent(len);
@@ -84,7 +105,7 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
                         };
                         match race(write, shutdown).await {
                             Some(r) => r,
-                            None => break,
+                            None => break going_away(),
                         }
                     } else {
                         pending_bytes += len;
@@ -96,7 +117,7 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
                 // on our next write, which may be far away.
                 Some(Ok(Message::Ping(_))) => match race(ws.flush(), shutdown).await {
                     Some(r) => r,
-                    None => break,
+                    None => break going_away(),
                 },
                 // The close reply is queued; echoes can no longer be sent.
                 // Keep polling: the next read flushes it and ends the stream.
@@ -111,8 +132,20 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
         if let Err(e) = step {
             return tracing::debug!("websocket write: {e}");
         }
+    };
+    close_session(ws, close).await;
+}
+
+fn going_away() -> CloseFrame {
+    CloseFrame { code: CloseCode::Away, reason: "relay shutting down".into() }
+}
+
+/// Resolves when the drop fault picked this session; never without one.
+async fn dropped(registration: Option<&Registration>) {
+    match registration {
+        Some(r) => r.dropped().await,
+        None => std::future::pending().await,
     }
-    go_away(ws).await;
 }
 
 /// Runs a write unless shutdown wins; `None` means shutdown. Aborting a
@@ -124,11 +157,10 @@ async fn race<F: Future<Output = WsResult>>(write: F, shutdown: &CancellationTok
     }
 }
 
-/// Closing handshake initiated by the relay on shutdown: 1001 Going Away,
-/// then wait (bounded) for the client's close so it sees a clean close
-/// rather than a reset.
-async fn go_away(mut ws: Ws) {
-    let frame = CloseFrame { code: CloseCode::Away, reason: "relay shutting down".into() };
+/// Closing handshake initiated by the relay (1001 Going Away on shutdown,
+/// 1011 for the drop fault), then wait (bounded) for the client's close so
+/// it sees a clean close rather than a reset.
+async fn close_session(mut ws: Ws, frame: CloseFrame) {
     let handshake = async {
         ws.send(Message::Close(Some(frame))).await?;
         while let Some(msg) = ws.next().await {
@@ -138,7 +170,7 @@ async fn go_away(mut ws: Ws) {
     };
     match timeout(CLOSE_GRACE, handshake).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!("closing on shutdown: {e}"),
+        Ok(Err(e)) => tracing::debug!("closing: {e}"),
         Err(_) => tracing::debug!("client did not answer close within {CLOSE_GRACE:?}"),
     }
 }

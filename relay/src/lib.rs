@@ -7,13 +7,14 @@
 //!
 //! Modules: [`config`] (what to run), `server` (binding, accept loop,
 //! lifetime), `conn` (request head, plain HTTP, handshake), `http` (pure
-//! parsing and routing), `echo` (the WebSocket session), [`stats`]
-//! (counters and metrics text).
+//! parsing and routing), `echo` (the WebSocket session), `faults`
+//! (anomalies injected on purpose), [`stats`] (counters and metrics text).
 
 pub mod config;
 mod conn;
 mod echo;
 mod error;
+mod faults;
 mod http;
 mod server;
 pub mod stats;

@@ -6,13 +6,14 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::faults::{self, FaultState};
 use crate::{RelayConfig, RelayError, Stats, conn};
 
 /// Large enough that connection storms from a load test queue in the
@@ -27,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) delay: Duration,
     pub(crate) max_connections: usize,
     pub(crate) ws_config: WebSocketConfig,
+    /// Injected faults; `None` (nothing to check) when none is configured.
+    pub(crate) faults: Option<Arc<FaultState>>,
 }
 
 /// A running relay. Dropping it does not stop it; cancel the token passed
@@ -36,12 +39,16 @@ pub struct Relay {
     local_addr: SocketAddr,
     stats: Arc<Stats>,
     tracker: TaskTracker,
+    faults: Option<Arc<FaultState>>,
 }
 
 impl Relay {
     /// Binds and starts accepting in the background. Returns once the
-    /// socket is listening, so callers can connect immediately.
+    /// socket is listening, so callers can connect immediately. The fault
+    /// clock starts now, unless `config.faults.external_clock` leaves that
+    /// to [`start_fault_clock`](Relay::start_fault_clock).
     pub async fn start(config: RelayConfig, shutdown: CancellationToken) -> Result<Relay, RelayError> {
+        let started = Instant::now();
         let listener = bind(&config)?;
         let addr = config.listen;
         let local_addr = listener.local_addr().map_err(|source| RelayError::Listen { addr, source })?;
@@ -55,20 +62,39 @@ impl Relay {
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
         let stats = Arc::new(Stats::default());
+        let fault_state = FaultState::new(&config.faults);
         let shared = Arc::new(Shared {
             stats: stats.clone(),
             delay: config.delay,
             max_connections: config.max_connections,
             ws_config,
+            faults: fault_state.clone(),
         });
 
         let tracker = TaskTracker::new();
+        if let Some(state) = &fault_state {
+            faults::spawn(state, &config.faults, &tracker, &shutdown);
+            if !config.faults.external_clock {
+                state.start_clock(started);
+            }
+            tracing::info!(faults = ?config.faults, "fault injection on");
+        }
         tracker.spawn(accept_loop(listener, shared, shutdown, tracker.clone()));
         // Closing now is fine: the accept loop is itself tracked and spawns
         // its children before it ends, so `wait` cannot finish early.
         tracker.close();
         tracing::info!(%local_addr, "relay listening");
-        Ok(Relay { local_addr, stats, tracker })
+        Ok(Relay { local_addr, stats, tracker, faults: fault_state })
+    }
+
+    /// Starts the fault clock at `epoch` (which may lie in the past or the
+    /// future) for a relay whose faults have `external_clock`: fault times
+    /// then count from `epoch`. Only the first start counts; without faults
+    /// this does nothing.
+    pub fn start_fault_clock(&self, epoch: Instant) {
+        if let Some(state) = &self.faults {
+            state.start_clock(epoch);
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {

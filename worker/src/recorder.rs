@@ -13,15 +13,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use stampede_proto::fleet;
 
-/// Histogram range: 1 us .. 1 h, 3 significant digits (DESIGN.md).
-pub const HIST_MAX_US: u64 = 3_600_000_000;
-/// Significant digits of every histogram.
-pub const HIST_SIGFIG: u8 = 3;
-
-/// A histogram with stampede's standard bounds.
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, HIST_SIGFIG).expect("static bounds are valid")
-}
+pub use stampede_proto::histogram::new_histogram;
 
 /// Why a connection attempt failed or an open connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

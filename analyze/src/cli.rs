@@ -1,0 +1,324 @@
+//! `analyze`: the command line, and the run over every folder it is given.
+//! A bad folder is reported in one line and the others are still analyzed;
+//! the exit code then says 2.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+use crate::compare::{Comparison, compare};
+use crate::detect::{self, DetectorParams};
+use crate::hlog::{distribution, merged};
+use crate::load::{Run, load};
+use crate::model::{Distribution, Finding};
+use crate::report::{self, RunReport};
+use crate::{plots, stats, workers};
+
+/// Post-mortem analysis of stampede result folders: statistics, anomaly
+/// detection, comparison of runs, plots.
+#[derive(Debug, Parser)]
+#[command(name = "analyze", version)]
+pub struct Args {
+    /// Result folders, or globs such as 'results/heavy-*/'.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Draw charts (PNG and SVG).
+    #[arg(long)]
+    pub plots: bool,
+    /// Where to write (default: <run>/analysis/; with several runs, one
+    /// subfolder per run plus the comparison).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Compare every run against this one.
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<PathBuf>,
+    /// What to print on stdout; `html` also writes report.html with the charts.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Only this phase (e.g. sustained).
+    #[arg(long, value_name = "NAME")]
+    pub phase: Option<String>,
+    /// Count the warmup phase in the run's figures and detectors.
+    #[arg(long)]
+    pub include_warmup: bool,
+    /// Comparison: relative worsening that counts as a regression.
+    #[arg(long, default_value_t = 0.10, value_name = "FRACTION")]
+    pub tolerance: f64,
+    /// Detector thresholds.
+    #[command(flatten)]
+    pub detectors: DetectorParams,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable summary.
+    Text,
+    /// report.json content.
+    Json,
+    /// report.md content.
+    Markdown,
+    /// A self-contained report.html (charts embedded).
+    Html,
+}
+
+/// Exit code when every input was analyzed.
+pub const EXIT_OK: i32 = 0;
+/// Exit code when some input could not be analyzed.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+fn expand(paths: &[String]) -> (Vec<PathBuf>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        if p.contains(['*', '?', '[']) {
+            let matches: Vec<PathBuf> = match glob::glob(p) {
+                Ok(m) => m.filter_map(Result::ok).filter(|p| p.is_dir()).collect(),
+                Err(e) => {
+                    errors.push(format!("{p}: bad pattern: {e}"));
+                    continue;
+                }
+            };
+            if matches.is_empty() {
+                errors.push(format!("{p}: no results folder matches"));
+            }
+            found.extend(matches);
+        } else {
+            found.push(PathBuf::from(p));
+        }
+    }
+    found.sort();
+    found.dedup();
+    (found, errors)
+}
+
+/// Analyzes one loaded run.
+pub fn analyze(run: &Run, args: &Args) -> RunReport {
+    let (overall, phases) = stats::run_stats(run, args.include_warmup, args.phase.as_deref());
+    let t = &run.timeline;
+    let p = &args.detectors;
+    let mut findings: Vec<Finding> = Vec::new();
+    findings.extend(detect::latency_spikes(t, "latency_p95_ms", &t.latency_p95_ms, p, args.include_warmup));
+    findings.extend(detect::memory_growth(t, "worker_rss_mb", &t.worker_rss_mb, p));
+    findings.extend(detect::memory_growth(t, "target_rss_mb", &t.target_rss_mb, p));
+    if let (Some(lf), Some((first, last))) = (&run.workers, detect::steady_window(t)) {
+        let several = run.summary.as_ref().is_none_or(|s| s.workers > 1);
+        if several {
+            let phase = t.phase[first].clone();
+            match workers::memory_growth(lf, &run.label, &phase, t.elapsed_s[first], t.elapsed_s[last], p) {
+                Ok(f) => findings.extend(f),
+                Err(e) => eprintln!("warning: {}: workers.csv: {e}", run.dir.display()),
+            }
+        }
+    }
+    let causes = |phase: &str| {
+        run.summary
+            .as_ref()
+            .and_then(|s| s.phases.iter().find(|p| p.name == phase))
+            .map(|p| p.errors.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    };
+    for mut f in detect::connection_drops(t, "", p, args.include_warmup) {
+        let c = causes(&f.phase);
+        if !c.is_empty() {
+            f.description += &format!("; errors in the {} phase: {c}", f.phase);
+        }
+        findings.push(f);
+    }
+    if let Some(only) = &args.phase {
+        findings.retain(|f| &f.phase == only);
+    }
+    findings.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
+    let s = run.summary.as_ref();
+    RunReport {
+        run: run.label.clone(),
+        dir: run.dir.display().to_string(),
+        verdict: s.map(|s| s.verdict.clone()),
+        scenario: s.map(|s| s.scenario.clone()),
+        target: s.map(|s| s.target.clone()),
+        started_at: s.map(|s| s.started_at.clone()),
+        overall,
+        phases,
+        errors_by_cause: s.map(|s| s.errors.clone()).unwrap_or_default(),
+        findings,
+        notes: run.notes.clone(),
+    }
+}
+
+fn latency_distribution(run: &Run, args: &Args) -> Option<Distribution> {
+    let h = run.hlog.as_ref()?;
+    let phases = &run.timeline.phases;
+    let keep = |s: u64| {
+        let name =
+            phases.iter().find(|p| (s as f64) >= p.start_s && (s as f64) < p.end_s).map(|p| p.name.as_str());
+        match &args.phase {
+            Some(only) => name == Some(only.as_str()),
+            None => args.include_warmup || name != Some("warmup"),
+        }
+    };
+    let all = merged(&h.latency, keep);
+    (!all.is_empty()).then(|| distribution(&run.label, &all))
+}
+
+fn out_dir(args: &Args, run: &Run, several: bool) -> PathBuf {
+    match (&args.out, several) {
+        (Some(out), false) => out.clone(),
+        (Some(out), true) => out.join(&run.label),
+        (None, _) => run.dir.join("analysis"),
+    }
+}
+
+fn text(r: &RunReport, out: &Path) -> String {
+    let o = &r.overall;
+    let l = &o.latency_ms;
+    let mut s = format!(
+        "{}: {}{} msg/s, p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, peak {} connections, errors {:.4} %\n",
+        r.run,
+        r.verdict.as_ref().map(|v| format!("{v}, ")).unwrap_or_default(),
+        format_args!("{:.1}", o.throughput_msg_per_s),
+        l.p50,
+        l.p95,
+        l.p99,
+        o.connections_peak,
+        o.error_rate * 100.0
+    );
+    if r.findings.is_empty() {
+        s += "  no findings\n";
+    }
+    for f in &r.findings {
+        s += &format!(
+            "  [{}] {:.0}-{:.0} s ({}): {}\n",
+            f.severity.name(),
+            f.start_s,
+            f.end_s,
+            f.phase,
+            f.description
+        );
+    }
+    for n in &r.notes {
+        s += &format!("  note: {n}\n");
+    }
+    s += &format!("  written to {}\n", out.display());
+    s
+}
+
+fn write_outputs(run: &Run, r: &RunReport, args: &Args, out: &Path) -> Result<(), String> {
+    report::write_run(r, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let dist = latency_distribution(run, args);
+    if args.plots {
+        plots::render_run(&run.timeline, &r.findings, dist.as_ref(), out).map_err(|e| e.to_string())?;
+    }
+    if args.format == Format::Html {
+        let mut charts = Vec::new();
+        for stem in plots::CHARTS {
+            let svg =
+                plots::svg(stem, &run.timeline, &r.findings, dist.as_ref()).map_err(|e| e.to_string())?;
+            charts.push((stem.to_string(), svg));
+        }
+        let path = out.join("report.html");
+        std::fs::write(&path, report::html(r, &charts)).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `analyze`, printing to stdout; returns the exit code.
+pub fn main(args: Args) -> i32 {
+    run(args, &mut std::io::stdout().lock())
+}
+
+/// Runs `analyze`, printing reports to `stdout` (errors go to stderr);
+/// returns the exit code.
+pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
+    let (paths, mut errors) = expand(&args.paths);
+    let several = paths.len() > 1;
+    let mut analyzed: Vec<(Run, RunReport)> = Vec::new();
+    for path in &paths {
+        let run = match load(path) {
+            Ok(run) => run,
+            Err(e) => {
+                errors.push(e.to_string());
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
+        let r = analyze(&run, &args);
+        let out = out_dir(&args, &run, several);
+        if let Err(e) = write_outputs(&run, &r, &args, &out) {
+            eprintln!("error: {e}");
+            errors.push(e);
+            continue;
+        }
+        let _ = match args.format {
+            Format::Text => write!(stdout, "{}", text(&r, &out)),
+            Format::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&r).expect("plain data")),
+            Format::Markdown => write!(stdout, "{}", report::markdown(&r)),
+            Format::Html => writeln!(stdout, "{}", out.join("report.html").display()),
+        };
+        analyzed.push((run, r));
+    }
+
+    let baseline = match &args.baseline {
+        Some(path) => match load(path) {
+            Ok(run) => {
+                let r = analyze(&run, &args);
+                Some((run, r))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                errors.push(e.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    let comparison: Option<Comparison> = match (&baseline, analyzed.len()) {
+        (Some((_, base)), n) if n >= 1 => {
+            let others: Vec<&stats::WindowStats> = analyzed.iter().map(|(_, r)| &r.overall).collect();
+            Some(compare(&base.overall, &others, args.tolerance))
+        }
+        (None, n) if n >= 2 => {
+            let others: Vec<&stats::WindowStats> = analyzed[1..].iter().map(|(_, r)| &r.overall).collect();
+            Some(compare(&analyzed[0].1.overall, &others, args.tolerance))
+        }
+        _ => None,
+    };
+    if let Some(c) = &comparison {
+        let dir = match (&args.out, analyzed.last()) {
+            (Some(out), _) => out.clone(),
+            (None, Some((run, _))) => run.dir.join("analysis"),
+            (None, None) => PathBuf::from("."),
+        };
+        let md = report::comparison_markdown(c);
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(dir.join("comparison.md"), &md))
+            .and_then(|_| {
+                std::fs::write(
+                    dir.join("comparison.json"),
+                    serde_json::to_string_pretty(c).expect("plain data") + "\n",
+                )
+            });
+        if let Err(e) = written {
+            eprintln!("error: {}: {e}", dir.display());
+            errors.push(e.to_string());
+        }
+        if args.plots {
+            let mut runs: Vec<(&crate::model::Timeline, Option<Distribution>)> = Vec::new();
+            if let Some((run, _)) = &baseline {
+                runs.push((&run.timeline, latency_distribution(run, &args)));
+            }
+            for (run, _) in &analyzed {
+                runs.push((&run.timeline, latency_distribution(run, &args)));
+            }
+            let refs: Vec<(&crate::model::Timeline, Option<&Distribution>)> =
+                runs.iter().map(|(t, d)| (*t, d.as_ref())).collect();
+            if let Err(e) = plots::render_comparison(&refs, &dir) {
+                eprintln!("error: {e}");
+                errors.push(e.to_string());
+            }
+        }
+        if args.format == Format::Text || args.format == Format::Markdown {
+            let _ = writeln!(stdout, "\n{md}");
+        }
+    }
+    if errors.is_empty() { EXIT_OK } else { EXIT_BAD_INPUT }
+}

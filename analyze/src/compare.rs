@@ -1,0 +1,88 @@
+//! Comparison of runs: each key metric per run and its change against the
+//! baseline, flagging regressions beyond a tolerance.
+
+use serde::Serialize;
+
+use crate::stats::WindowStats;
+
+/// Which direction is better for a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    /// Smaller is better (latency, errors, memory).
+    Lower,
+    /// Larger is better (throughput, success).
+    Higher,
+}
+
+/// A metric compared across runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparedMetric {
+    /// Name with unit.
+    pub metric: String,
+    /// Which way is better.
+    pub better: Better,
+    /// The baseline's value.
+    pub baseline: f64,
+    /// Per other run: (label, value, relative change, regression?).
+    pub runs: Vec<(String, f64, f64, bool)>,
+}
+
+/// The comparison table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The baseline run's label.
+    pub baseline: String,
+    /// Relative worsening that counts as a regression.
+    pub tolerance: f64,
+    /// One row per metric.
+    pub metrics: Vec<ComparedMetric>,
+}
+
+impl Comparison {
+    /// Whether any metric regressed.
+    pub fn regressed(&self) -> bool {
+        self.metrics.iter().any(|m| m.runs.iter().any(|r| r.3))
+    }
+}
+
+/// The metrics compared, with how to read them from a run's figures; the
+/// absolute floor ignores changes too small to matter (noise).
+type Getter = fn(&WindowStats) -> f64;
+const METRICS: &[(&str, Better, f64, Getter)] = &[
+    ("latency_p50_ms", Better::Lower, 0.05, |s| s.latency_ms.p50),
+    ("latency_p95_ms", Better::Lower, 0.05, |s| s.latency_ms.p95),
+    ("latency_p99_ms", Better::Lower, 0.05, |s| s.latency_ms.p99),
+    ("latency_max_ms", Better::Lower, 0.5, |s| s.latency_ms.max),
+    ("connect_p95_ms", Better::Lower, 0.05, |s| s.connect_ms.p95),
+    ("throughput_msg_per_s", Better::Higher, 0.5, |s| s.throughput_msg_per_s),
+    ("connect_success_rate", Better::Higher, 0.0005, |s| s.connect_success_rate),
+    ("error_rate", Better::Lower, 0.0005, |s| s.error_rate),
+    ("connections_peak", Better::Higher, 1.0, |s| s.connections_peak as f64),
+];
+
+/// Compares `others` against `baseline`.
+pub fn compare(baseline: &WindowStats, others: &[&WindowStats], tolerance: f64) -> Comparison {
+    let metrics = METRICS
+        .iter()
+        .map(|(name, better, floor, get)| {
+            let base = get(baseline);
+            let runs = others
+                .iter()
+                .map(|s| {
+                    let v = get(s);
+                    let change = if base.abs() > 0.0 { (v - base) / base.abs() } else { f64::NAN };
+                    let worse_by = match better {
+                        Better::Lower => v - base,
+                        Better::Higher => base - v,
+                    };
+                    let relative_worse = if base.abs() > 0.0 { worse_by / base.abs() } else { f64::INFINITY };
+                    let regression = worse_by > *floor && relative_worse > tolerance;
+                    (s.run.clone(), v, change, regression)
+                })
+                .collect();
+            ComparedMetric { metric: name.to_string(), better: *better, baseline: base, runs }
+        })
+        .collect();
+    Comparison { baseline: baseline.run.clone(), tolerance, metrics }
+}

@@ -1,0 +1,11 @@
+//! Post-mortem analysis of stampede result folders.
+pub mod cli;
+pub mod compare;
+pub mod detect;
+pub mod hlog;
+pub mod load;
+pub mod model;
+pub mod plots;
+pub mod report;
+pub mod stats;
+pub mod workers;

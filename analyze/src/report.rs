@@ -1,0 +1,358 @@
+//! What analyze writes: report.md, report.json, anomalies.csv, phases.csv,
+//! and (with `--format html`) one self-contained report.html with the charts
+//! inline. CSV files are spreadsheet-clean: a header row, one value per
+//! cell, ISO 8601 timestamps.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use stampede_proto::time::{iso8601, parse_iso8601};
+
+use crate::compare::{Better, Comparison};
+use crate::model::Finding;
+use crate::stats::{PercentileSource, WindowStats};
+
+/// Everything found about one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Run label (folder name).
+    pub run: String,
+    /// The folder.
+    pub dir: String,
+    /// PASS/FAIL from summary.json.
+    pub verdict: Option<String>,
+    /// Scenario name.
+    pub scenario: Option<String>,
+    /// Target URL.
+    pub target: Option<String>,
+    /// Start of the run, ISO 8601 (from summary.json).
+    pub started_at: Option<String>,
+    /// The run (warmup excluded unless asked).
+    pub overall: WindowStats,
+    /// Each phase.
+    pub phases: Vec<WindowStats>,
+    /// Errors by cause (summary.json).
+    pub errors_by_cause: BTreeMap<String, u64>,
+    /// Anomalies.
+    pub findings: Vec<Finding>,
+    /// What is approximate or missing.
+    pub notes: Vec<String>,
+}
+
+fn cell(v: f64, decimals: usize) -> String {
+    if v.is_finite() { format!("{v:.decimals$}") } else { String::new() }
+}
+
+fn csv_escape(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+fn csv_line(cells: &[String]) -> String {
+    cells.iter().map(|c| csv_escape(c)).collect::<Vec<_>>().join(",") + "\n"
+}
+
+/// `started_at + offset_s` as ISO 8601 (empty when the start is unknown).
+fn at(started_at: Option<&str>, offset_s: f64) -> String {
+    started_at.and_then(parse_iso8601).map(|t| iso8601(t + offset_s)).unwrap_or_default()
+}
+
+/// Header of anomalies.csv.
+pub const ANOMALY_COLUMNS: &[&str] = &[
+    "run",
+    "kind",
+    "subject",
+    "severity",
+    "start_s",
+    "end_s",
+    "start_time",
+    "end_time",
+    "phase",
+    "magnitude",
+    "unit",
+    "description",
+];
+
+/// anomalies.csv for the given reports.
+pub fn anomalies_csv(reports: &[&RunReport]) -> String {
+    let mut out = csv_line(&ANOMALY_COLUMNS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for r in reports {
+        for f in &r.findings {
+            out += &csv_line(&[
+                f.run.clone(),
+                f.kind.name().into(),
+                f.subject.clone(),
+                f.severity.name().into(),
+                cell(f.start_s, 0),
+                cell(f.end_s, 0),
+                at(r.started_at.as_deref(), f.start_s),
+                at(r.started_at.as_deref(), f.end_s + 1.0),
+                f.phase.clone(),
+                cell(f.magnitude, 3),
+                f.unit.clone(),
+                f.description.clone(),
+            ]);
+        }
+    }
+    out
+}
+
+/// Header of phases.csv.
+pub const PHASE_COLUMNS: &[&str] = &[
+    "run",
+    "phase",
+    "start_s",
+    "end_s",
+    "start_time",
+    "seconds",
+    "messages_sent",
+    "messages_received",
+    "throughput_msg_per_s",
+    "connections_opened",
+    "connections_failed",
+    "connect_success_rate",
+    "connections_closed_by_server",
+    "connections_peak",
+    "errors",
+    "error_rate",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_p999_ms",
+    "latency_max_ms",
+    "connect_p50_ms",
+    "connect_p95_ms",
+    "connect_p99_ms",
+    "percentile_source",
+];
+
+fn source_name(s: PercentileSource) -> &'static str {
+    match s {
+        PercentileSource::Hlog => "latency.hlog",
+        PercentileSource::Summary => "summary.json",
+        PercentileSource::Rows => "per-second rows (approximate)",
+    }
+}
+
+/// phases.csv for the given reports: every phase, then the whole run.
+pub fn phases_csv(reports: &[&RunReport]) -> String {
+    let mut out = csv_line(&PHASE_COLUMNS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for r in reports {
+        for w in r.phases.iter().chain(std::iter::once(&r.overall)) {
+            let (l, c) = (&w.latency_ms, &w.connect_ms);
+            out += &csv_line(&[
+                w.run.clone(),
+                w.phase.clone(),
+                cell(w.start_s, 0),
+                cell(w.end_s, 0),
+                at(r.started_at.as_deref(), w.start_s),
+                w.seconds.to_string(),
+                w.messages_sent.to_string(),
+                w.messages_received.to_string(),
+                cell(w.throughput_msg_per_s, 2),
+                w.connections_opened.to_string(),
+                w.connections_failed.to_string(),
+                cell(w.connect_success_rate, 6),
+                w.connections_closed_by_server.to_string(),
+                w.connections_peak.to_string(),
+                w.errors.to_string(),
+                cell(w.error_rate, 6),
+                pct_cell(l.count, l.p50),
+                pct_cell(l.count, l.p90),
+                pct_cell(l.count, l.p95),
+                pct_cell(l.count, l.p99),
+                pct_cell(l.count, l.p999),
+                pct_cell(l.count, l.max),
+                pct_cell(c.count, c.p50),
+                pct_cell(c.count, c.p95),
+                pct_cell(c.count, c.p99),
+                source_name(w.percentile_source).into(),
+            ]);
+        }
+    }
+    out
+}
+
+fn pct_cell(count: u64, v: f64) -> String {
+    if count > 0 { cell(v, 3) } else { String::new() }
+}
+
+fn ms(count: u64, v: f64) -> String {
+    if count > 0 && v.is_finite() { format!("{v:.3} ms") } else { "-".into() }
+}
+
+/// The run's report as Markdown.
+pub fn markdown(r: &RunReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# stampede analysis: {}\n", r.run);
+    if let Some(v) = &r.verdict {
+        let _ = writeln!(
+            s,
+            "Scenario `{}` against `{}`, started {}: **{v}**\n",
+            r.scenario.as_deref().unwrap_or("?"),
+            r.target.as_deref().unwrap_or("?"),
+            r.started_at.as_deref().unwrap_or("?")
+        );
+    }
+    let o = &r.overall;
+    let _ = writeln!(s, "## Run ({})\n", if o.phase == "all" { "warmup excluded" } else { &o.phase });
+    let _ = writeln!(s, "| figure | value |\n|---|---|");
+    let _ = writeln!(s, "| messages sent / received | {} / {} |", o.messages_sent, o.messages_received);
+    let _ = writeln!(s, "| throughput | {:.1} msg/s |", o.throughput_msg_per_s);
+    let _ =
+        writeln!(s, "| connections opened / failed | {} / {} |", o.connections_opened, o.connections_failed);
+    let _ = writeln!(s, "| connect success | {:.3} % |", o.connect_success_rate * 100.0);
+    let _ = writeln!(s, "| peak connections | {} |", o.connections_peak);
+    let _ = writeln!(s, "| errors | {} ({:.4} %) |", o.errors, o.error_rate * 100.0);
+    let l = &o.latency_ms;
+    let _ = writeln!(
+        s,
+        "| latency p50 / p95 / p99 / max | {} / {} / {} / {} |",
+        ms(l.count, l.p50),
+        ms(l.count, l.p95),
+        ms(l.count, l.p99),
+        ms(l.count, l.max)
+    );
+    let c = &o.connect_ms;
+    let _ = writeln!(
+        s,
+        "| connect p50 / p95 / p99 | {} / {} / {} |",
+        ms(c.count, c.p50),
+        ms(c.count, c.p95),
+        ms(c.count, c.p99)
+    );
+    let _ = writeln!(s, "| percentiles from | {} |\n", source_name(o.percentile_source));
+    if !r.errors_by_cause.is_empty() {
+        let causes: Vec<String> = r.errors_by_cause.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "Errors by cause: {}\n", causes.join(", "));
+    }
+    let _ = writeln!(s, "## Phases\n");
+    let _ = writeln!(
+        s,
+        "| phase | start (s) | length (s) | msg/s | peak conns | errors | p50 | p95 | p99 |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for w in &r.phases {
+        let l = &w.latency_ms;
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} |",
+            w.phase,
+            w.start_s,
+            w.end_s - w.start_s,
+            w.throughput_msg_per_s,
+            w.connections_peak,
+            w.errors,
+            ms(l.count, l.p50),
+            ms(l.count, l.p95),
+            ms(l.count, l.p99)
+        );
+    }
+    let _ = writeln!(s, "\n## Findings\n");
+    if r.findings.is_empty() {
+        let _ =
+            writeln!(s, "None: no latency spike, memory growth or connection drop beyond the thresholds.");
+    }
+    for f in &r.findings {
+        let _ = writeln!(
+            s,
+            "- **{}** {} ({}), {:.0}-{:.0} s, {}: {}",
+            f.severity.name(),
+            f.kind.name(),
+            f.subject,
+            f.start_s,
+            f.end_s,
+            f.phase,
+            f.description
+        );
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "\n## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
+}
+
+/// The comparison as Markdown.
+pub fn comparison_markdown(c: &Comparison) -> String {
+    let mut s = String::new();
+    let others: Vec<&str> =
+        c.metrics.first().map(|m| m.runs.iter().map(|r| r.0.as_str()).collect()).unwrap_or_default();
+    let _ = writeln!(s, "# Comparison against {}\n", c.baseline);
+    let _ = writeln!(s, "Regression: worse than the baseline by more than {:.0} %.\n", c.tolerance * 100.0);
+    let _ = write!(s, "| metric | {} (baseline) |", c.baseline);
+    for o in &others {
+        let _ = write!(s, " {o} | change |");
+    }
+    let _ = write!(s, "\n|---|---|");
+    for _ in &others {
+        let _ = write!(s, "---|---|");
+    }
+    let _ = writeln!(s);
+    for m in &c.metrics {
+        let arrow = match m.better {
+            Better::Lower => "lower is better",
+            Better::Higher => "higher is better",
+        };
+        let _ = write!(s, "| {} ({arrow}) | {} |", m.metric, cell(m.baseline, 3));
+        for (_, v, change, regressed) in &m.runs {
+            let change = if change.is_finite() { format!("{:+.1} %", change * 100.0) } else { "-".into() };
+            let flag = if *regressed { " **REGRESSION**" } else { "" };
+            let _ = write!(s, " {} | {change}{flag} |", cell(*v, 3));
+        }
+        let _ = writeln!(s);
+    }
+    s
+}
+
+/// Writes report.md, report.json, anomalies.csv and phases.csv of one run.
+pub fn write_run(r: &RunReport, out: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("report.md"), markdown(r))?;
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(r).expect("plain data") + "\n")?;
+    std::fs::write(out.join("anomalies.csv"), anomalies_csv(&[r]))?;
+    std::fs::write(out.join("phases.csv"), phases_csv(&[r]))?;
+    Ok(())
+}
+
+/// One self-contained HTML page: the Markdown report's content and the
+/// charts as inline SVG.
+pub fn html(r: &RunReport, charts: &[(String, String)]) -> String {
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>stampede: {}</title>\
+         <style>body{{font-family:sans-serif;max-width:1060px;margin:2em auto;color:#222}}\
+         pre{{white-space:pre-wrap;background:#f6f6f6;padding:1em}}figure{{margin:1.5em 0}}</style></head><body>",
+        esc(&r.run)
+    );
+    let _ = write!(s, "<pre>{}</pre>", esc(&markdown(r)));
+    for (title, svg) in charts {
+        let _ = write!(s, "<figure><figcaption>{}</figcaption>{svg}</figure>", esc(title));
+    }
+    s.push_str("</body></html>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_timestamped() {
+        assert_eq!(at(Some("2000-02-28T23:59:59.000Z"), 2.0), "2000-02-29T00:00:01.000Z");
+        assert_eq!(at(None, 1.0), "");
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_only_when_needed() {
+        assert_eq!(
+            csv_line(&["a".into(), "b,c".into(), "say \"x\"".into()]),
+            "a,\"b,c\",\"say \"\"x\"\"\"\n"
+        );
+    }
+}

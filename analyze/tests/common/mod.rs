@@ -1,0 +1,218 @@
+//! Synthetic results folders, written with the same schema types the
+//! controller uses, with anomalies injected at known times.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use stampede_proto::results::{
+    ConnectionFigures, METRICS_COLUMNS, MessageFigures, MetricsRow, Percentiles, PhaseSummary,
+    SUMMARY_SCHEMA_VERSION, Summary, WORKER_COLUMNS, WorkerRow,
+};
+
+/// What to inject.
+#[derive(Debug, Clone, Default)]
+pub struct Synth {
+    /// Seconds in all (phases: warmup 30, ramp-up 60, sustained, cooldown 30).
+    pub seconds: usize,
+    /// (start s, length s, p95 during it in ms).
+    pub latency_plateau: Option<(usize, usize, f64)>,
+    /// (start s, MB per minute) of the workers' summed RSS.
+    pub rss_rise: Option<(usize, f64)>,
+    /// (second, fraction of connections lost for good).
+    pub drop: Option<(usize, f64)>,
+    /// Write latency.hlog.
+    pub hlog: bool,
+}
+
+pub const CONNECTIONS: f64 = 1000.0;
+pub const STARTED: &str = "2026-11-23T04:00:00.000Z";
+const STARTED_UNIX: u64 = 1_795_406_400;
+
+/// Deterministic noise in [-1, 1).
+struct Noise(u64);
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+pub fn phase_of(s: usize, total: usize) -> &'static str {
+    match s {
+        s if s < 30 => "warmup",
+        s if s < 90 => "ramp-up",
+        s if s < total - 30 => "sustained",
+        _ => "cooldown",
+    }
+}
+
+fn iso(s: usize) -> String {
+    let t = STARTED_UNIX + s as u64;
+    let (h, m, sec) = (t / 3600 % 24, t / 60 % 60, t % 60);
+    format!("2026-11-23T{h:02}:{m:02}:{sec:02}.000Z")
+}
+
+impl Synth {
+    pub fn clean(seconds: usize) -> Synth {
+        Synth { seconds, hlog: true, ..Default::default() }
+    }
+
+    /// Writes the folder.
+    pub fn write(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let n = self.seconds;
+        let mut noise = Noise(42);
+        let mut rows = Vec::new();
+        let mut worker_rows = Vec::new();
+        let mut hists = Vec::new();
+        let mut lost = 0.0;
+        for s in 0..n {
+            let phase = phase_of(s, n);
+            let target = match phase {
+                "warmup" => 100.0 * (s as f64 + 1.0) / 30.0,
+                "ramp-up" => 100.0 + 900.0 * (s as f64 - 29.0) / 60.0,
+                "sustained" => CONNECTIONS,
+                _ => CONNECTIONS * (n - s - 1) as f64 / 30.0,
+            }
+            .round()
+            .min(CONNECTIONS);
+            if let Some((at, fraction)) = self.drop
+                && s == at
+            {
+                lost = (CONNECTIONS * fraction).round();
+            }
+            let active = (target - lost).max(0.0);
+            let closed = if self.drop.is_some_and(|(at, _)| s == at) { lost } else { 0.0 };
+            let mut p95 = 2.0 + 0.2 * noise.next();
+            if let Some((start, len, ms)) = self.latency_plateau
+                && (start..start + len).contains(&s)
+            {
+                p95 = ms + noise.next();
+            }
+            let mut rss = 50.0 + 0.3 * noise.next() + active * 0.004;
+            if let Some((start, per_min)) = self.rss_rise
+                && s >= start
+            {
+                rss += (s - start) as f64 * per_min / 60.0;
+            }
+            let sent = active;
+            let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+            h.record_n((p95 * 500.0) as u64, (sent * 0.9) as u64).unwrap();
+            h.record_n((p95 * 1000.0) as u64, (sent * 0.1).max(1.0) as u64).unwrap();
+            hists.push(h);
+            rows.push(MetricsRow {
+                elapsed_s: s as u64,
+                timestamp: iso(s),
+                phase: phase.into(),
+                connections_target: target as u64,
+                connections_active: active as u64,
+                connections_opened: if phase == "warmup" || phase == "ramp-up" { 17 } else { 0 },
+                connections_failed: 0,
+                connections_closed_by_server: closed as u64,
+                messages_sent: sent as u64,
+                messages_received: sent as u64,
+                messages_lost: 0,
+                latency_p50_ms: p95 / 2.0,
+                latency_p95_ms: p95,
+                latency_p99_ms: p95 * 1.2,
+                latency_max_ms: p95 * 1.5,
+                connect_p95_ms: 1.0,
+                errors: closed as u64,
+                worker_rss_mb: rss,
+                worker_cpu_pct: 20.0,
+                workers_reporting: 2,
+                target_rss_mb: 80.0 + 0.2 * noise.next(),
+                target_cpu_pct: 10.0,
+                target_connections: active,
+            });
+            for w in ["local-1", "local-2"] {
+                worker_rows.push(WorkerRow {
+                    elapsed_s: s as u64,
+                    timestamp: iso(s),
+                    worker: w.into(),
+                    connections_active: (active / 2.0) as u64,
+                    messages_sent: (sent / 2.0) as u64,
+                    messages_received: (sent / 2.0) as u64,
+                    rss_mb: rss / 2.0,
+                    cpu_pct: 10.0,
+                    reported: true,
+                    ..Default::default()
+                });
+            }
+        }
+        let mut csv = METRICS_COLUMNS.join(",") + "\n";
+        for r in &rows {
+            csv += &(r.csv_cells().join(",") + "\n");
+        }
+        std::fs::write(dir.join("metrics.csv"), csv).unwrap();
+        let mut wcsv = WORKER_COLUMNS.join(",") + "\n";
+        for r in &worker_rows {
+            wcsv += &(r.csv_cells().join(",") + "\n");
+        }
+        std::fs::write(dir.join("workers.csv"), wcsv).unwrap();
+        if self.hlog {
+            let mut buf = Vec::new();
+            let mut ser = V2DeflateSerializer::new();
+            let start = UNIX_EPOCH + Duration::from_secs(STARTED_UNIX);
+            let mut log = IntervalLogWriterBuilder::new()
+                .with_start_time(start)
+                .with_base_time(start)
+                .begin_log_with(&mut buf, &mut ser)
+                .unwrap();
+            for (s, h) in hists.iter().enumerate() {
+                let at = Duration::from_secs(s as u64);
+                log.write_histogram(h, at, Duration::from_secs(1), Tag::new("latency")).unwrap();
+                let mut c = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+                c.record(800).unwrap();
+                log.write_histogram(&c, at, Duration::from_secs(1), Tag::new("connect")).unwrap();
+            }
+            drop(log);
+            std::fs::write(dir.join("latency.hlog"), buf).unwrap();
+        }
+        let phase_names = ["warmup", "ramp-up", "sustained", "cooldown"];
+        let bounds = [(0, 30), (30, 90), (90, n - 30), (n - 30, n)];
+        let phases = phase_names
+            .iter()
+            .zip(bounds)
+            .map(|(name, (a, b))| PhaseSummary {
+                name: name.to_string(),
+                start_s: a as f64,
+                duration_s: (b - a) as f64,
+                errors: if self.drop.is_some_and(|(at, _)| phase_of(at, n) == *name) {
+                    BTreeMap::from([("closed_1011".to_string(), lost as u64)])
+                } else {
+                    BTreeMap::new()
+                },
+                ..Default::default()
+            })
+            .collect();
+        let summary = Summary {
+            schema_version: SUMMARY_SCHEMA_VERSION,
+            verdict: "PASS".into(),
+            aborted: None,
+            scenario: "synthetic".into(),
+            target: "ws://127.0.0.1:1/ws".into(),
+            started_at: STARTED.into(),
+            duration_s: n as f64,
+            workers: 2,
+            worker_details: vec![],
+            connections: ConnectionFigures::default(),
+            messages: MessageFigures::default(),
+            latency_ms: Percentiles::default(),
+            connect_ms: Percentiles::default(),
+            errors: BTreeMap::new(),
+            error_rate: 0.0,
+            throughput_msg_per_s: 0.0,
+            worker_rss_peak_mb: 0.0,
+            phases,
+            thresholds: vec![],
+        };
+        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap()).unwrap();
+    }
+}

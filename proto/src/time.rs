@@ -1,0 +1,58 @@
+//! The timestamp format of every results file: ISO 8601 UTC with
+//! milliseconds (`2026-11-23T04:24:23.013Z`), converted with the era-based
+//! civil-date method described by Howard Hinnant ("chrono-Compatible
+//! Low-Level Date Algorithms"), so no calendar crate is needed.
+
+/// Seconds since the Unix epoch as ISO 8601 UTC with milliseconds.
+pub fn iso8601(unix_s: f64) -> String {
+    let ms_total = (unix_s * 1000.0).round() as i64;
+    let (secs, ms) = (ms_total.div_euclid(1000), ms_total.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS(.fff)Z` back into seconds since the epoch.
+pub fn parse_iso8601(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut t = time.split(':').map(|p| p.parse::<f64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses_utc_timestamps() {
+        assert_eq!(iso8601(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_400.5), "2000-02-29T00:00:00.500Z");
+        assert_eq!(iso8601(1_795_406_400.0), "2026-11-23T04:00:00.000Z");
+        for s in ["2026-11-23T04:24:23.013Z", "2000-02-29T23:59:59.999Z", "1969-12-31T23:59:59.000Z"] {
+            assert_eq!(iso8601(parse_iso8601(s).unwrap()), s);
+        }
+        assert_eq!(parse_iso8601("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_iso8601("yesterday"), None);
+    }
+}
