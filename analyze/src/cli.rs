@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::compare::{Comparison, compare};
 use crate::detect::{self, DetectorParams};
-use crate::hlog::{distribution, merged};
+use crate::hlog::distribution;
 use crate::load::{Run, load};
 use crate::model::{Distribution, Finding};
 use crate::report::{self, RunReport};
@@ -147,17 +147,18 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
 
 fn latency_distribution(run: &Run, args: &Args) -> Option<Distribution> {
     let h = run.hlog.as_ref()?;
-    let phases = &run.timeline.phases;
-    let keep = |s: u64| {
-        let name =
-            phases.iter().find(|p| (s as f64) >= p.start_s && (s as f64) < p.end_s).map(|p| p.name.as_str());
-        match &args.phase {
-            Some(only) => name == Some(only.as_str()),
-            None => args.include_warmup || name != Some("warmup"),
-        }
-    };
-    let all = merged(&h.latency, keep);
-    (!all.is_empty()).then(|| distribution(&run.label, &all))
+    let names: Vec<&str> = run
+        .timeline
+        .phases
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|name| match &args.phase {
+            Some(only) => name == only,
+            None => args.include_warmup || *name != "warmup",
+        })
+        .collect();
+    let (latency, _) = h.merged(&names, args.phase.is_none());
+    (!latency.is_empty()).then(|| distribution(&run.label, &latency))
 }
 
 fn out_dir(args: &Args, run: &Run, several: bool) -> PathBuf {

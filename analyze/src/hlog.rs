@@ -12,15 +12,19 @@ use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use stampede_proto::histogram::new_histogram;
 use stampede_proto::results::{Percentiles, hlog_tags};
 
-use crate::model::Distribution;
+use crate::model::{Distribution, PhaseSpan};
 
-/// The histograms of one run, by second.
-#[derive(Debug, Default)]
+/// A run's histograms merged per phase while the log is read: a day-long
+/// run has ~100,000 seconds, and keeping each second's histogram (hundreds
+/// of KB unpacked) would not fit in memory.
+#[derive(Debug)]
 pub struct Hlog {
-    /// (second since run start, round trips in us).
-    pub latency: Vec<(u64, Histogram<u64>)>,
-    /// (second since run start, connect times in us).
-    pub connect: Vec<(u64, Histogram<u64>)>,
+    /// Per phase, in the order given: (name, round trips, connect times), us.
+    pub phases: Vec<(String, Histogram<u64>, Histogram<u64>)>,
+    /// Seconds outside every phase (the closing second after the last one).
+    pub outside: (Histogram<u64>, Histogram<u64>),
+    /// Intervals read.
+    pub intervals: usize,
 }
 
 /// Why the log cannot be read.
@@ -30,7 +34,7 @@ pub enum HlogError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// Not a valid interval log.
-    #[error("line {line}: {message}")]
+    #[error("entry {line}: {message}")]
     Format {
         /// Entry number.
         line: usize,
@@ -40,43 +44,63 @@ pub enum HlogError {
 }
 
 impl Hlog {
-    /// Reads a log file.
-    pub fn read(path: &Path) -> Result<Hlog, HlogError> {
+    /// Reads a log file, merging each second into the phase it falls in.
+    pub fn read(path: &Path, phases: &[PhaseSpan]) -> Result<Hlog, HlogError> {
         let bytes = std::fs::read(path)?;
-        let mut log = Hlog::default();
+        let mut log = Hlog {
+            phases: phases.iter().map(|p| (p.name.clone(), new_histogram(), new_histogram())).collect(),
+            outside: (new_histogram(), new_histogram()),
+            intervals: 0,
+        };
         let mut decoder = Deserializer::new();
+        let mut raw = Vec::new();
         for (i, entry) in IntervalLogIterator::new(&bytes).enumerate() {
             let format = |message: String| HlogError::Format { line: i + 1, message };
             let entry = entry.map_err(|e| format(format!("{e:?}")))?;
             let LogEntry::Interval(h) = entry else { continue };
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(h.encoded_histogram())
+            raw.clear();
+            base64::engine::general_purpose::STANDARD
+                .decode_vec(h.encoded_histogram(), &mut raw)
                 .map_err(|e| format(format!("bad base64: {e}")))?;
             let decoded: Histogram<u64> = decoder
                 .deserialize(&mut raw.as_slice())
                 .map_err(|e| format(format!("bad histogram: {e:?}")))?;
-            let mut hist = new_histogram();
-            hist.add(&decoded).map_err(|e| format(format!("histogram out of range: {e:?}")))?;
-            let second = h.start_timestamp().as_secs();
-            match h.tag().map(|t| t.as_str()) {
-                Some(hlog_tags::LATENCY) => log.latency.push((second, hist)),
-                Some(hlog_tags::CONNECT) => log.connect.push((second, hist)),
-                _ => {}
-            }
+            let second = h.start_timestamp().as_secs_f64();
+            let index = phases.iter().position(|p| second >= p.start_s && second < p.end_s);
+            let (latency, connect) = match index {
+                Some(k) => {
+                    let (_, l, c) = &mut log.phases[k];
+                    (l, c)
+                }
+                None => (&mut log.outside.0, &mut log.outside.1),
+            };
+            let into = match h.tag().map(|t| t.as_str()) {
+                Some(hlog_tags::LATENCY) => latency,
+                Some(hlog_tags::CONNECT) => connect,
+                _ => continue,
+            };
+            into.add(&decoded).map_err(|e| format(format!("histogram out of range: {e:?}")))?;
+            log.intervals += 1;
         }
         Ok(log)
     }
-}
 
-/// Merges the histograms whose second satisfies `keep`.
-pub fn merged(series: &[(u64, Histogram<u64>)], keep: impl Fn(u64) -> bool) -> Histogram<u64> {
-    let mut all = new_histogram();
-    for (second, h) in series {
-        if keep(*second) {
-            all.add(h).expect("same bounds");
+    /// Round trips and connect times of the phases named `names`, plus the
+    /// seconds outside every phase when `outside`.
+    pub fn merged(&self, names: &[&str], outside: bool) -> (Histogram<u64>, Histogram<u64>) {
+        let (mut latency, mut connect) = (new_histogram(), new_histogram());
+        let parts = self
+            .phases
+            .iter()
+            .filter(|(name, _, _)| names.contains(&name.as_str()))
+            .map(|(_, l, c)| (l, c))
+            .chain(outside.then_some((&self.outside.0, &self.outside.1)));
+        for (l, c) in parts {
+            latency.add(l).expect("same bounds");
+            connect.add(c).expect("same bounds");
         }
+        (latency, connect)
     }
-    all
 }
 
 /// Percentiles of a microsecond histogram, in ms.

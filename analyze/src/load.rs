@@ -78,7 +78,7 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
 
     let hlog_path = dir.join(files::LATENCY_HLOG);
     let hlog = if hlog_path.is_file() {
-        match Hlog::read(&hlog_path) {
+        match Hlog::read(&hlog_path, &timeline.phases) {
             Ok(h) => Some(h),
             Err(e) => {
                 notes.push(format!(

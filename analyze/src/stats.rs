@@ -5,7 +5,7 @@
 use serde::Serialize;
 use stampede_proto::results::Percentiles;
 
-use crate::hlog::{merged, percentiles};
+use crate::hlog::percentiles;
 use crate::load::Run;
 use crate::model::PhaseSpan;
 
@@ -99,8 +99,10 @@ fn ratio(num: f64, den: f64) -> f64 {
     if den > 0.0 { num / den } else { f64::NAN }
 }
 
-/// Figures of the seconds `[start, end)` of `run`, labelled `phase`.
-pub fn window(run: &Run, phase: &str, start: f64, end: f64) -> WindowStats {
+/// Figures of the seconds `[start, end)` of `run`, labelled `phase`; the
+/// percentiles merge the phases `phases` (and the seconds after the last
+/// phase when `outside`).
+pub fn window(run: &Run, phase: &str, start: f64, end: f64, phases: &[&str], outside: bool) -> WindowStats {
     let t = &run.timeline;
     let idx: Vec<usize> = (0..t.len()).filter(|&i| t.elapsed_s[i] >= start && t.elapsed_s[i] < end).collect();
     let sum = |v: &[f64]| idx.iter().map(|&i| v[i]).filter(|x| !x.is_nan()).sum::<f64>();
@@ -111,14 +113,12 @@ pub fn window(run: &Run, phase: &str, start: f64, end: f64) -> WindowStats {
     let errors = sum(&t.errors);
     let seconds = idx.len() as f64;
     let peak = idx.iter().map(|&i| t.connections_active[i]).fold(0.0, f64::max);
-    let in_window = |s: u64| (s as f64) >= start && (s as f64) < end;
 
     let (latency_ms, connect_ms, source) = match (&run.hlog, &run.summary) {
-        (Some(h), _) => (
-            percentiles(&merged(&h.latency, in_window)),
-            percentiles(&merged(&h.connect, in_window)),
-            PercentileSource::Hlog,
-        ),
+        (Some(h), _) => {
+            let (latency, connect) = h.merged(phases, outside);
+            (percentiles(&latency), percentiles(&connect), PercentileSource::Hlog)
+        }
         (None, Some(s)) if s.phases.iter().any(|p| p.name == phase) => {
             let p = s.phases.iter().find(|p| p.name == phase).expect("checked");
             (p.latency_ms.clone(), p.connect_ms.clone(), PercentileSource::Summary)
@@ -166,7 +166,8 @@ pub fn window(run: &Run, phase: &str, start: f64, end: f64) -> WindowStats {
 pub fn run_stats(run: &Run, include_warmup: bool, only: Option<&str>) -> (WindowStats, Vec<WindowStats>) {
     let phases: Vec<&PhaseSpan> =
         run.timeline.phases.iter().filter(|p| only.is_none_or(|o| o == p.name)).collect();
-    let per_phase = phases.iter().map(|p| window(run, &p.name, p.start_s, p.end_s)).collect();
+    let per_phase =
+        phases.iter().map(|p| window(run, &p.name, p.start_s, p.end_s, &[p.name.as_str()], false)).collect();
     let counted: Vec<&&PhaseSpan> = phases.iter().filter(|p| include_warmup || p.name != "warmup").collect();
     let start = counted.iter().map(|p| p.start_s).fold(f64::INFINITY, f64::min);
     let end = match only {
@@ -176,7 +177,8 @@ pub fn run_stats(run: &Run, include_warmup: bool, only: Option<&str>) -> (Window
     };
     let start = if start.is_finite() { start } else { 0.0 };
     let label = only.unwrap_or("all");
-    (window(run, label, start, end), per_phase)
+    let names: Vec<&str> = counted.iter().map(|p| p.name.as_str()).collect();
+    (window(run, label, start, end, &names, only.is_none()), per_phase)
 }
 
 #[cfg(test)]
