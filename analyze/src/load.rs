@@ -26,8 +26,9 @@ pub struct Run {
     pub timeline: Timeline,
     /// latency.hlog, if present.
     pub hlog: Option<Hlog>,
-    /// workers.csv, if present, for per-worker analysis.
-    pub workers: Option<LazyFrame>,
+    /// workers.csv's `elapsed_s`, `worker` and `rss_mb`, if present, read
+    /// once (a day of a large fleet is millions of rows).
+    pub workers: Option<DataFrame>,
     /// What is approximate or missing, for the report.
     pub notes: Vec<String>,
 }
@@ -101,9 +102,16 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
 
     let workers_path = dir.join(files::WORKERS_CSV);
     let workers = if workers_path.is_file() {
-        let lf = scan_csv(&workers_path)?;
-        timeline.worker_rss = per_worker_rss(&lf, &workers_path, &timeline)?;
-        Some(lf)
+        let df = scan_csv(&workers_path)?
+            .select([
+                col("elapsed_s").cast(DataType::Float64),
+                col("worker").cast(DataType::String),
+                col("rss_mb").cast(DataType::Float64),
+            ])
+            .collect()
+            .map_err(|e| invalid(&workers_path, e.to_string()))?;
+        timeline.worker_rss = per_worker_rss(&df, &workers_path, &timeline)?;
+        Some(df)
     } else {
         notes.push(format!("{} missing: per-worker memory not analyzed", files::WORKERS_CSV));
         None
@@ -262,13 +270,14 @@ fn phases(timeline: &Timeline, summary: Option<&Summary>) -> Vec<PhaseSpan> {
 
 /// Per-worker RSS series aligned with the timeline, for a few workers.
 fn per_worker_rss(
-    lf: &LazyFrame,
+    df: &DataFrame,
     path: &Path,
     timeline: &Timeline,
 ) -> Result<Vec<(String, Vec<f64>)>, LoadError> {
-    let ids = lf
+    let ids = df
         .clone()
-        .select([col("worker").cast(DataType::String)])
+        .lazy()
+        .select([col("worker")])
         .unique(None, UniqueKeepStrategy::First)
         .limit((MAX_PLOTTED_WORKERS + 1) as IdxSize)
         .collect()
@@ -277,17 +286,8 @@ fn per_worker_rss(
     if ids.len() > MAX_PLOTTED_WORKERS {
         return Ok(Vec::new());
     }
-    let df = lf
-        .clone()
-        .select([
-            col("elapsed_s").cast(DataType::Float64),
-            col("worker").cast(DataType::String),
-            col("rss_mb"),
-        ])
-        .collect()
-        .map_err(|e| invalid(path, e.to_string()))?;
     let (t, w, rss) =
-        (floats(&df, "elapsed_s", path)?, strings(&df, "worker", path)?, floats(&df, "rss_mb", path)?);
+        (floats(df, "elapsed_s", path)?, strings(df, "worker", path)?, floats(df, "rss_mb", path)?);
     let mut out: Vec<(String, Vec<f64>)> =
         ids.iter().map(|id| (id.clone(), vec![f64::NAN; timeline.len()])).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));

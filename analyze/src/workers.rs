@@ -11,7 +11,7 @@ use crate::model::{Finding, FindingKind, Severity};
 /// Workers whose resident memory grows linearly between `start_s` and
 /// `end_s` beyond the thresholds.
 pub fn memory_growth(
-    workers: &LazyFrame,
+    workers: &DataFrame,
     run: &str,
     phase: &str,
     start_s: f64,
@@ -22,6 +22,7 @@ pub fn memory_growth(
     let y = col("rss_mb").cast(DataType::Float64);
     let df = workers
         .clone()
+        .lazy()
         .filter(x.clone().gt_eq(lit(start_s)).and(x.clone().lt_eq(lit(end_s))).and(y.clone().is_not_null()))
         .group_by([col("worker").cast(DataType::String)])
         .agg([
