@@ -128,6 +128,10 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
     if let Some(only) = &args.phase {
         findings.retain(|f| &f.phase == only);
     }
+    let memory = [("worker_rss_mb", &t.worker_rss_mb), ("target_rss_mb", &t.target_rss_mb)]
+        .into_iter()
+        .filter_map(|(subject, series)| trend(t, subject, series))
+        .collect();
     findings.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
     let s = run.summary.as_ref();
     RunReport {
@@ -140,9 +144,27 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
         overall,
         phases,
         errors_by_cause: s.map(|s| s.errors.clone()).unwrap_or_default(),
+        memory,
         findings,
         notes: run.notes.clone(),
     }
+}
+
+/// The least-squares trend of `series` over the steady window.
+fn trend(t: &crate::model::Timeline, subject: &str, series: &[f64]) -> Option<report::MemoryTrend> {
+    let (first, last) = detect::steady_window(t)?;
+    let points: Vec<(f64, f64)> =
+        (first..=last).filter(|&i| !series[i].is_nan()).map(|i| (t.elapsed_s[i], series[i])).collect();
+    let line = stats::fit_line(&points)?;
+    Some(report::MemoryTrend {
+        subject: subject.to_string(),
+        start_s: points.first()?.0,
+        end_s: points.last()?.0,
+        mb_per_min: line.slope * 60.0,
+        r2: line.r2,
+        first_mb: points.first()?.1,
+        last_mb: points.last()?.1,
+    })
 }
 
 fn latency_distribution(run: &Run, args: &Args) -> Option<Distribution> {

@@ -35,10 +35,31 @@ pub struct RunReport {
     pub phases: Vec<WindowStats>,
     /// Errors by cause (summary.json).
     pub errors_by_cause: BTreeMap<String, u64>,
+    /// Memory trends over the steady window, found anomalous or not.
+    pub memory: Vec<MemoryTrend>,
     /// Anomalies.
     pub findings: Vec<Finding>,
     /// What is approximate or missing.
     pub notes: Vec<String>,
+}
+
+/// A memory series' linear trend.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryTrend {
+    /// `worker_rss_mb` or `target_rss_mb`.
+    pub subject: String,
+    /// Window start, s.
+    pub start_s: f64,
+    /// Window end, s.
+    pub end_s: f64,
+    /// Slope, MB per minute.
+    pub mb_per_min: f64,
+    /// Goodness of fit, 0..1.
+    pub r2: f64,
+    /// Memory at the window's start and end, MB.
+    pub first_mb: f64,
+    /// Memory at the window's end, MB.
+    pub last_mb: f64,
 }
 
 fn cell(v: f64, decimals: usize) -> String {
@@ -248,6 +269,17 @@ pub fn markdown(r: &RunReport) -> String {
             ms(l.count, l.p95),
             ms(l.count, l.p99)
         );
+    }
+    if !r.memory.is_empty() {
+        let _ = writeln!(s, "\n## Memory (steady window)\n");
+        let _ = writeln!(s, "| series | window (s) | from | to | trend | R^2 |\n|---|---|---|---|---|---|");
+        for m in &r.memory {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0}-{:.0} | {:.1} MB | {:.1} MB | {:+.3} MB/min | {:.2} |",
+                m.subject, m.start_s, m.end_s, m.first_mb, m.last_mb, m.mb_per_min, m.r2
+            );
+        }
     }
     let _ = writeln!(s, "\n## Findings\n");
     if r.findings.is_empty() {

@@ -80,7 +80,7 @@ pub fn memory_growth(
                 Severity::Info
             },
             description: format!(
-                "worker {} grows {per_min:.2} MB/min (R^2 {r2:.2}): {per_hour:.0} MB per hour if it goes on",
+                "worker {} grows {per_min:.2} MB/min (R^2 {r2:.2}): {per_hour:.0} MB per hour if it goes on; likely leak",
                 names[i]
             ),
         });
