@@ -420,6 +420,21 @@ mod tests {
     }
 
     #[test]
+    fn every_example_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let (sc, source) = Scenario::load(&path).unwrap();
+                Plan::new(&sc, &path, &source).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "examples/ holds the scenarios");
+    }
+
+    #[test]
     fn split_follows_capacity_and_adds_up() {
         assert_eq!(split(100, &[1000, 1000]), Some(vec![50, 50]));
         assert_eq!(split(101, &[1000, 1000]), Some(vec![51, 50]));
