@@ -102,14 +102,7 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
 
     let workers_path = dir.join(files::WORKERS_CSV);
     let workers = if workers_path.is_file() {
-        let df = scan_csv(&workers_path)?
-            .select([
-                col("elapsed_s").cast(DataType::Float64),
-                col("worker").cast(DataType::String),
-                col("rss_mb").cast(DataType::Float64),
-            ])
-            .collect()
-            .map_err(|e| invalid(&workers_path, e.to_string()))?;
+        let df = read_workers(dir, &workers_path)?;
         timeline.worker_rss = per_worker_rss(&df, &workers_path, &timeline)?;
         Some(df)
     } else {
@@ -117,6 +110,54 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
         None
     };
     Ok(Run { dir: dir.to_path_buf(), label, summary, timeline, hlog, workers, notes })
+}
+
+/// workers.csv above this size is cached as Parquet for the next analysis.
+pub const PARQUET_CACHE_ABOVE: u64 = 64 << 20;
+
+/// Where the Parquet copy of a large workers.csv is kept.
+pub fn workers_cache(dir: &Path) -> PathBuf {
+    dir.join("analysis").join("workers.parquet")
+}
+
+/// The columns of workers.csv the analysis needs. A day of a large fleet is
+/// a CSV of hundreds of MB; its Parquet copy (written beside the analysis,
+/// used while it is newer than the CSV) reads several times faster.
+fn read_workers(dir: &Path, csv: &Path) -> Result<DataFrame, LoadError> {
+    let cache = workers_cache(dir);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(c), Some(w)) = (modified(&cache), modified(csv))
+        && c >= w
+        && let Ok(df) =
+            LazyFrame::scan_parquet(PlRefPath::new(cache.to_string_lossy().as_ref()), Default::default())
+                .and_then(LazyFrame::collect)
+    {
+        return Ok(df);
+    }
+    let mut df = scan_csv(csv)?
+        .select([
+            col("elapsed_s").cast(DataType::Float64),
+            col("worker").cast(DataType::String),
+            col("rss_mb").cast(DataType::Float64),
+        ])
+        .collect()
+        .map_err(|e| invalid(csv, e.to_string()))?;
+    if std::fs::metadata(csv).is_ok_and(|m| m.len() > PARQUET_CACHE_ABOVE) {
+        // Best effort: a read-only results folder just gets no cache.
+        // Written aside and renamed, so an interrupted write leaves no cache.
+        let partial = cache.with_extension("parquet.partial");
+        let written = std::fs::create_dir_all(cache.parent().expect("has a parent"))
+            .map_err(PolarsError::from)
+            .and_then(|_| std::fs::File::create(&partial).map_err(PolarsError::from))
+            .and_then(|f| {
+                ParquetWriter::new(f).with_compression(ParquetCompression::Zstd(None)).finish(&mut df)
+            })
+            .and_then(|_| std::fs::rename(&partial, &cache).map_err(PolarsError::from));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+    }
+    Ok(df)
 }
 
 fn read_summary(path: &Path, notes: &mut Vec<String>) -> Result<Option<Summary>, LoadError> {
