@@ -102,7 +102,7 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
 
     let workers_path = dir.join(files::WORKERS_CSV);
     let workers = if workers_path.is_file() {
-        let df = read_workers(dir, &workers_path)?;
+        let df = read_workers(dir, &workers_path, PARQUET_CACHE_ABOVE)?;
         timeline.worker_rss = per_worker_rss(&df, &workers_path, &timeline)?;
         Some(df)
     } else {
@@ -123,7 +123,7 @@ pub fn workers_cache(dir: &Path) -> PathBuf {
 /// The columns of workers.csv the analysis needs. A day of a large fleet is
 /// a CSV of hundreds of MB; its Parquet copy (written beside the analysis,
 /// used while it is newer than the CSV) reads several times faster.
-fn read_workers(dir: &Path, csv: &Path) -> Result<DataFrame, LoadError> {
+fn read_workers(dir: &Path, csv: &Path, cache_above: u64) -> Result<DataFrame, LoadError> {
     let cache = workers_cache(dir);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if let (Some(c), Some(w)) = (modified(&cache), modified(csv))
@@ -142,7 +142,7 @@ fn read_workers(dir: &Path, csv: &Path) -> Result<DataFrame, LoadError> {
         ])
         .collect()
         .map_err(|e| invalid(csv, e.to_string()))?;
-    if std::fs::metadata(csv).is_ok_and(|m| m.len() > PARQUET_CACHE_ABOVE) {
+    if std::fs::metadata(csv).is_ok_and(|m| m.len() > cache_above) {
         // Best effort: a read-only results folder just gets no cache.
         // Written aside and renamed, so an interrupted write leaves no cache.
         let partial = cache.with_extension("parquet.partial");
@@ -343,4 +343,39 @@ fn per_worker_rss(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_worker_files_are_cached_as_parquet_while_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("workers.csv");
+        let header = stampede_proto::results::WORKER_COLUMNS.join(",");
+        std::fs::write(&csv, format!("{header}\n0,t,w1,1,0,0,1,1,0,10.0,1.0,1\n")).unwrap();
+        let first = read_workers(dir.path(), &csv, 0).unwrap();
+        assert!(workers_cache(dir.path()).is_file(), "written beside the analysis");
+        // The CSV changes but stays older than the cache: the cache is used.
+        std::fs::write(&csv, format!("{header}\n0,t,w1,1,0,0,1,1,0,99.0,1.0,1\n")).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&csv).unwrap().set_modified(old).unwrap();
+        assert_eq!(read_workers(dir.path(), &csv, 0).unwrap(), first);
+        // Newer than the cache: read again.
+        std::fs::File::options()
+            .write(true)
+            .open(&csv)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(workers_cache(dir.path()))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let fresh = read_workers(dir.path(), &csv, u64::MAX).unwrap();
+        assert_eq!(fresh.column("rss_mb").unwrap().f64().unwrap().get(0), Some(99.0));
+    }
 }
