@@ -220,7 +220,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         progress,
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
-    let interrupted = run.drive(&mut events, &mut local, &shutdown).await;
+    let interrupted = run.drive(&mut events, &shutdown).await;
 
     for m in &mut run.members {
         m.link = None; // ends the streams: workers see the run is over
@@ -348,12 +348,7 @@ impl Running<'_> {
     }
 
     /// Runs the schedule to its end; returns whether Ctrl-C ended it.
-    async fn drive(
-        &mut self,
-        events: &mut mpsc::Receiver<FleetEvent>,
-        local: &mut Option<LocalFleet>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    async fn drive(&mut self, events: &mut mpsc::Receiver<FleetEvent>, shutdown: &CancellationToken) -> bool {
         let mut interrupted = false;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let end = self.run_start + self.plan.duration();
@@ -381,7 +376,7 @@ impl Running<'_> {
                 Some((second, sample)) = self.target_rx.recv() => self.agg.add_target(second, sample),
                 _ = tick.tick() => {
                     self.write_rows(false).await;
-                    self.check_health(local).await;
+                    self.check_health().await;
                     if self.stopping.is_some_and(|deadline| Instant::now() >= deadline) {
                         self.log("stop grace over: workers still running are left behind".into()).await;
                         break;
@@ -507,7 +502,7 @@ impl Running<'_> {
     }
 
     /// Aborts on what makes going on pointless.
-    async fn check_health(&mut self, local: &mut Option<LocalFleet>) {
+    async fn check_health(&mut self) {
         if self.stopping.is_some() {
             return;
         }
@@ -525,8 +520,6 @@ impl Running<'_> {
         }
         if self.members.iter().all(|m| m.link.is_none()) {
             self.abort("every worker was lost".into()).await;
-            return;
         }
-        let _ = local;
     }
 }
