@@ -122,7 +122,7 @@ impl Default for LoadSection {
             payload_bytes: PayloadBytes(64),
             connect_timeout_s: Seconds(10.0),
             reconnect: true,
-            buffer_bytes: 1024,
+            buffer_bytes: 512,
         }
     }
 }

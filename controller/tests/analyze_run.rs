@@ -22,7 +22,7 @@ name = "faults"
 bundled = true
 bundled_delay_ms = 2
 bundled_fault_slow = { start_s = 12, length_s = 8, extra_ms = 40 }
-bundled_fault_drop = { at_s = 26, fraction = 0.3 }
+bundled_fault_drop = { at_s = 26.5, fraction = 0.3 }
 [load]
 connections = 200
 message_interval_s = 0.2

@@ -163,7 +163,7 @@ async fn live(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                close_by_us(ctx, slot, &mut ws, &mut ex).await;
+                Box::pin(close_by_us(ctx, slot, &mut ws, &mut ex)).await;
                 break End::ByUs;
             }
             msg = ws.next() => match msg {
@@ -175,7 +175,7 @@ async fn live(
                     rec.record_error(Cause::ClosedByServer(code));
                     // tungstenite has queued our reply; flush it and let the
                     // server close TCP (RFC 6455 section 7.1.1).
-                    let _ = timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+                    let _ = Box::pin(timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = ws.next().await {} })).await;
                     break End::Dropped { lived: opened.elapsed() };
                 }
                 // Pings are answered by tungstenite; the pong goes out with
@@ -214,7 +214,7 @@ async fn live(
                 };
                 match sent {
                     None => {
-                        close_by_us(ctx, slot, &mut ws, &mut ex).await;
+                        Box::pin(close_by_us(ctx, slot, &mut ws, &mut ex)).await;
                         break End::ByUs;
                     }
                     Some(Ok(())) => {
@@ -311,4 +311,37 @@ fn classify(err: &tungstenite::Error) -> Cause {
 /// connections opened together do not send together.
 fn stagger(slot: u64) -> f64 {
     (slot as f64 * 0.618_033_988_749_895).fract()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each open connection is one spawned task holding this future: its size
+    /// is most of the worker's memory per idle connection (DEPENDENCIES.md).
+    #[test]
+    fn a_connection_slot_stays_small() {
+        let target = crate::target::Target::parse("ws://127.0.0.1:9/ws").unwrap();
+        let ctx = std::sync::Arc::new(super::RunContext {
+            recorder: Default::default(),
+            target,
+            epoch: std::time::Instant::now(),
+            interval: None,
+            payload_bytes: 64,
+            connect_timeout: std::time::Duration::from_secs(1),
+            reconnect: false,
+            sources: vec![],
+            ws_config: Default::default(),
+        });
+        let slot = super::run_slot(ctx, 0, Default::default());
+        let size = std::mem::size_of_val(&slot);
+        assert!(size <= 2048, "the slot future grew to {size} bytes: box what is rarely awaited");
+    }
+
+    #[test]
+    fn stagger_spreads_slots_over_the_interval() {
+        let mut fractions: Vec<f64> = (0..100).map(super::stagger).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        fractions.sort_by(f64::total_cmp);
+        let widest_gap = fractions.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        assert!(widest_gap < 0.05, "100 slots leave no gap wider than 5% of the interval: {widest_gap}");
+    }
 }
