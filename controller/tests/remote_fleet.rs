@@ -1,0 +1,73 @@
+//! A remote fleet: workers started on their own, before the controller is
+//! up, dial in with backoff; the controller waits for them instead of
+//! starting local ones.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{ONE_RUN_AT_A_TIME, Scratch, controller, num, read_json};
+
+#[test]
+fn workers_started_first_join_a_remote_fleet_controller() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let workers: Vec<_> = (1..=2)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_controller"))
+                .args(["worker", "--controller", &url, "--id", &format!("remote-{i}"), "--once"])
+                .args(["--join-timeout", "60"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Nothing listens yet: the workers are retrying with backoff.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let path = scratch.file(
+        "remote.toml",
+        &format!(
+            r#"
+name = "remote"
+[target]
+bundled = true
+[load]
+connections = 50
+message_interval_s = 0.5
+[phases]
+warmup_s = 0
+ramp_up_s = 2
+sustained_s = 3
+cooldown_s = 1
+[fleet]
+remote = true
+workers = 2
+listen = "127.0.0.1:{port}"
+join_timeout_s = 20
+"#
+        ),
+    );
+    let out = scratch.results_parent();
+    let run = controller(
+        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let summary = read_json(&scratch.results().join("summary.json"));
+    let mut ids: Vec<&str> =
+        summary["worker_details"].as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["remote-1", "remote-2"]);
+    assert_eq!(num(&summary, "connections.opened"), 50.0);
+    assert_eq!(num(&summary, "messages.received"), num(&summary, "messages.sent"));
+    for mut w in workers {
+        let status = w.wait().unwrap();
+        assert!(status.success(), "a --once worker leaves cleanly after its run: {status}");
+    }
+}
