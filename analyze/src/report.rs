@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
+use stampede_proto::results::csv_line;
 use stampede_proto::time::{iso8601, parse_iso8601};
 
 use crate::compare::{Better, Comparison};
@@ -66,14 +67,6 @@ fn cell(v: f64, decimals: usize) -> String {
     if v.is_finite() { format!("{v:.decimals$}") } else { String::new() }
 }
 
-fn csv_escape(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
-
-fn csv_line(cells: &[String]) -> String {
-    cells.iter().map(|c| csv_escape(c)).collect::<Vec<_>>().join(",") + "\n"
-}
-
 /// `started_at + offset_s` as ISO 8601 (empty when the start is unknown).
 fn at(started_at: Option<&str>, offset_s: f64) -> String {
     started_at.and_then(parse_iso8601).map(|t| iso8601(t + offset_s)).unwrap_or_default()
@@ -97,7 +90,7 @@ pub const ANOMALY_COLUMNS: &[&str] = &[
 
 /// anomalies.csv for the given reports.
 pub fn anomalies_csv(reports: &[&RunReport]) -> String {
-    let mut out = csv_line(&ANOMALY_COLUMNS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let mut out = csv_line(ANOMALY_COLUMNS);
     for r in reports {
         for f in &r.findings {
             out += &csv_line(&[
@@ -159,7 +152,7 @@ fn source_name(s: PercentileSource) -> &'static str {
 
 /// phases.csv for the given reports: every phase, then the whole run.
 pub fn phases_csv(reports: &[&RunReport]) -> String {
-    let mut out = csv_line(&PHASE_COLUMNS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let mut out = csv_line(PHASE_COLUMNS);
     for r in reports {
         for w in r.phases.iter().chain(std::iter::once(&r.overall)) {
             let (l, c) = (&w.latency_ms, &w.connect_ms);
@@ -378,13 +371,5 @@ mod tests {
     fn offsets_are_timestamped() {
         assert_eq!(at(Some("2000-02-28T23:59:59.000Z"), 2.0), "2000-02-29T00:00:01.000Z");
         assert_eq!(at(None, 1.0), "");
-    }
-
-    #[test]
-    fn csv_cells_are_quoted_only_when_needed() {
-        assert_eq!(
-            csv_line(&["a".into(), "b,c".into(), "say \"x\"".into()]),
-            "a,\"b,c\",\"say \"\"x\"\"\"\n"
-        );
     }
 }

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use stampede_proto::results::{
-    METRICS_COLUMNS, MetricsRow, Summary, WORKER_COLUMNS, WorkerRow, files, hlog_tags,
+    METRICS_COLUMNS, MetricsRow, Summary, WORKER_COLUMNS, WorkerRow, csv_line, files, hlog_tags,
 };
 use tokio::sync::mpsc;
 
@@ -210,27 +210,5 @@ impl Streams {
 }
 
 fn write_csv_row(out: &mut impl Write, cells: &[String]) -> io::Result<()> {
-    let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
-    writeln!(out, "{}", line.join(","))
-}
-
-/// Quotes a cell that holds a comma, quote or newline (RFC 4180).
-fn csv_cell(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quotes_only_what_needs_it() {
-        assert_eq!(csv_cell("sustained"), "sustained");
-        assert_eq!(csv_cell("a,b"), "\"a,b\"");
-        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-    }
+    out.write_all(csv_line(cells).as_bytes())
 }

@@ -146,6 +146,27 @@ impl MetricsRow {
     }
 }
 
+/// One CSV line (with its newline) of `cells`, quoting a cell that holds a
+/// comma, quote or line break (RFC 4180), as every results CSV is written.
+pub fn csv_line<S: AsRef<str>>(cells: &[S]) -> String {
+    let mut line = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        let cell = cell.as_ref();
+        if i > 0 {
+            line.push(',');
+        }
+        if cell.contains([',', '"', '\n', '\r']) {
+            line.push('"');
+            line.push_str(&cell.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(cell);
+        }
+    }
+    line.push('\n');
+    line
+}
+
 /// A number with `decimals` places; NaN (no sample) is an empty cell.
 fn num(v: f64, decimals: usize) -> String {
     if v.is_nan() { String::new() } else { format!("{v:.decimals$}") }
@@ -371,4 +392,18 @@ pub struct Summary {
     pub phases: Vec<PhaseSummary>,
     /// Thresholds and their outcome.
     pub thresholds: Vec<ThresholdOutcome>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_quoted_only_when_needed() {
+        assert_eq!(
+            csv_line(&["sustained", "a,b", "say \"hi\"", ""]),
+            "sustained,\"a,b\",\"say \"\"hi\"\"\",\n"
+        );
+        assert_eq!(csv_line(METRICS_COLUMNS), METRICS_COLUMNS.join(",") + "\n");
+    }
 }
