@@ -253,6 +253,9 @@ pub fn main(args: Args) -> i32 {
 /// returns the exit code.
 pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
     let (paths, mut errors) = expand(&args.paths);
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
     let several = paths.len() > 1;
     let mut analyzed: Vec<(Run, RunReport)> = Vec::new();
     for path in &paths {

@@ -67,16 +67,19 @@ fn bad_folders_are_named_and_good_ones_still_analyzed() {
     .unwrap();
 
     let missing = root.path().join("missing");
+    let nothing = format!("{}/none-*", root.path().display());
     let (code, stdout, stderr) = analyze(&[
         good.to_str().unwrap(),
         truncated.to_str().unwrap(),
         foreign.to_str().unwrap(),
         newer.to_str().unwrap(),
         missing.to_str().unwrap(),
+        &nothing,
     ]);
     assert_eq!(code, 2, "stderr:\n{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 4, "one line per bad folder:\n{stderr}");
+    assert_eq!(errors.len(), 5, "one line per bad folder or empty pattern:\n{stderr}");
+    assert!(stderr.contains("none-*: no results folder matches"), "{stderr}");
     assert!(stderr.contains("truncated/metrics.csv"), "{stderr}");
     assert!(stderr.contains("foreign/metrics.csv: not a stampede metrics file"), "{stderr}");
     assert!(stderr.contains("newer/summary.json: schema version 99 is newer"), "{stderr}");
