@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Scratch, controller, num, read_json};
+use common::{Scratch, num, read_json};
 
 #[test]
 fn an_injected_20ms_delay_is_measured_as_20ms() {
@@ -30,11 +30,7 @@ cooldown_s = 1
 workers = 2
 "#,
     );
-    let out = scratch.results_parent();
-    let run = controller(
-        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
-        Duration::from_secs(90),
-    );
+    let run = scratch.run(&path, Duration::from_secs(90));
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let summary = read_json(&scratch.results().join("summary.json"));
     assert_eq!(summary["workers"], 2);

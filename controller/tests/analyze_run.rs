@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{ONE_RUN_AT_A_TIME, Scratch, controller};
+use common::{ONE_RUN_AT_A_TIME, Scratch};
 
 #[test]
 fn analyze_finds_the_injected_faults_of_a_real_run() {
@@ -36,11 +36,7 @@ cooldown_s = 2
 workers = 2
 "#,
     );
-    let out = scratch.results_parent();
-    let run = controller(
-        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
-        Duration::from_secs(90),
-    );
+    let run = scratch.run(&path, Duration::from_secs(90));
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let dir = scratch.results();
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ONE_RUN_AT_A_TIME, Scratch, controller, num, read_csv, read_json};
+use common::{ONE_RUN_AT_A_TIME, Scratch, num, read_csv, read_json};
 
 /// metrics.csv as (elapsed_s, cells by column name).
 struct Csv {
@@ -70,11 +70,7 @@ sustained_s = 21
 cooldown_s = 2
 "#,
     );
-    let out = scratch.results_parent();
-    let run = controller(
-        &["run", path.to_str().unwrap(), "--quiet", "--output", out.to_str().unwrap()],
-        Duration::from_secs(90),
-    );
+    let run = scratch.run(&path, Duration::from_secs(90));
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let dir = scratch.results();
     let summary = read_json(&dir.join("summary.json"));
@@ -131,11 +127,7 @@ sustained_s = 7
 cooldown_s = 1
 "#,
     );
-    let out = scratch.results_parent();
-    let run = controller(
-        &["run", path.to_str().unwrap(), "--quiet", "--output", out.to_str().unwrap()],
-        Duration::from_secs(60),
-    );
+    let run = scratch.run(&path, Duration::from_secs(60));
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let dir = scratch.results();
     let summary = read_json(&dir.join("summary.json"));

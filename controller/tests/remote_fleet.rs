@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ONE_RUN_AT_A_TIME, Scratch, controller, num, read_json};
+use common::{ONE_RUN_AT_A_TIME, Scratch, num, read_json};
 
 #[test]
 fn workers_started_first_join_a_remote_fleet_controller() {
@@ -53,11 +53,7 @@ join_timeout_s = 20
 "#
         ),
     );
-    let out = scratch.results_parent();
-    let run = controller(
-        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
-        Duration::from_secs(60),
-    );
+    let run = scratch.run(&path, Duration::from_secs(60));
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let summary = read_json(&scratch.results().join("summary.json"));
     let mut ids: Vec<&str> =

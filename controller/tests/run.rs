@@ -133,11 +133,7 @@ latency_p95_ms = "< 1"
 error_rate = "< 0.01"
 "#,
     );
-    let out = scratch.results_parent();
-    let run = controller(
-        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
-        Duration::from_secs(60),
-    );
+    let run = scratch.run(&path, Duration::from_secs(60));
     assert_eq!(run.code, 99, "stderr:\n{}", run.stderr);
     let summary = read_json(&scratch.results().join("summary.json"));
     assert_eq!(summary["verdict"], "FAIL");
@@ -241,11 +237,7 @@ cooldown_s = 1
 workers = 2
 "#,
     );
-    let out = scratch.results_parent();
-    let run = controller(
-        &["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()],
-        Duration::from_secs(60),
-    );
+    let run = scratch.run(&path, Duration::from_secs(60));
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let summary = read_json(&scratch.results().join("summary.json"));
     assert_eq!(num(&summary, "connections.opened"), 200.0);

@@ -9,8 +9,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::common::{
-    DrawResult, GRID, INK, MUTED, draw_text_at, finite_max, finite_min, fmt_num, fmt_value, message_chart,
-    palette, run_name, text, titled,
+    DrawResult, GRID, INK, MUTED, draw_legend, draw_text_at, finite_max, finite_min, fmt_num, fmt_value,
+    message_chart, palette, run_name, text, titled,
 };
 use super::timechart::{Line, Stroke, TimeChart};
 use crate::model::{Distribution, Timeline};
@@ -141,15 +141,7 @@ where
             mark_percentiles(area, &mut chart, &c.points)?;
         }
     } else {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .margin(8)
-            .legend_area_size(26)
-            .label_font(text(13, INK))
-            .background_style(WHITE.mix(0.85))
-            .border_style(GRID.stroke_width(1))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
 }

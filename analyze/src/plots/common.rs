@@ -190,6 +190,28 @@ where
     Ok(())
 }
 
+/// Draws the legend of `chart` in the house style at `position`.
+pub(super) fn draw_legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .margin(8)
+        .legend_area_size(26)
+        .label_font(text(13, INK))
+        .background_style(WHITE.mix(0.85))
+        .border_style(GRID.stroke_width(1))
+        .draw()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::common::{
-    DrawResult, GRID, INK, MUTED, draw_text_at, finite_max, finite_min, fit_text, fmt_num, segments, text,
-    titled,
+    DrawResult, GRID, INK, MUTED, draw_legend, draw_text_at, finite_max, finite_min, fit_text, fmt_num,
+    segments, text, titled,
 };
 use crate::model::PhaseSpan;
 
@@ -205,15 +205,7 @@ impl TimeChart<'_> {
         }
 
         if legend_rows > 0 {
-            chart
-                .configure_series_labels()
-                .position(corner)
-                .margin(8)
-                .legend_area_size(26)
-                .label_font(text(13, INK))
-                .background_style(WHITE.mix(0.85))
-                .border_style(GRID.stroke_width(1))
-                .draw()?;
+            draw_legend(&mut chart, corner)?;
         }
 
         self.draw_phase_names(area, &chart, x_end)?;

@@ -33,6 +33,12 @@ impl Scratch {
         self.dir.path().join("results")
     }
 
+    /// Runs `controller run SCENARIO --output <scratch>/results`, killed after `limit`.
+    pub fn run(&self, scenario: &Path, limit: Duration) -> Run {
+        let out = self.results_parent();
+        controller(&["run", scenario.to_str().unwrap(), "--output", out.to_str().unwrap()], limit)
+    }
+
     /// The one results folder a run wrote.
     pub fn results(&self) -> PathBuf {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.results_parent())
