@@ -3,37 +3,20 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use clap::Parser;
+use common::{Client, STEP, connect, recv};
 use futures_util::{SinkExt, StreamExt};
 use stampede_relay::config::{DropAt, Faults, RelayArgs, SlowWindow};
 use stampede_relay::{Relay, RelayConfig};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-const STEP: Duration = Duration::from_secs(5);
-
-type Client = WebSocketStream<TcpStream>;
-
 async fn start(faults: Faults) -> (Relay, CancellationToken) {
-    let token = CancellationToken::new();
-    let config = RelayConfig { faults, ..RelayConfig::default() };
-    let relay = Relay::start(config, token.clone()).await.expect("relay starts");
-    (relay, token)
-}
-
-async fn connect(relay: &Relay) -> Client {
-    let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
-    let (ws, resp) = tokio_tungstenite::client_async(relay.ws_url(), tcp).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn recv(ws: &mut Client) -> Message {
-    timeout(STEP, ws.next()).await.expect("timely").expect("open").expect("ok")
+    common::start(RelayConfig { faults, ..RelayConfig::default() }).await
 }
 
 /// Time for one echo.

@@ -2,12 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{STEP, connect, recv, start};
 use futures_util::{SinkExt, StreamExt};
 use stampede_relay::{Relay, RelayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -15,29 +17,9 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const STEP: Duration = Duration::from_secs(5);
-
-type Client = WebSocketStream<TcpStream>;
-
-async fn start(config: RelayConfig) -> (Relay, CancellationToken) {
-    let token = CancellationToken::new();
-    let relay = Relay::start(config, token.clone()).await.expect("relay starts");
-    (relay, token)
-}
 
 async fn start_default() -> (Relay, CancellationToken) {
     start(RelayConfig::default()).await
-}
-
-async fn connect(relay: &Relay) -> Client {
-    let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
-    let (ws, resp) = tokio_tungstenite::client_async(relay.ws_url(), tcp).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn recv(ws: &mut Client) -> Message {
-    timeout(STEP, ws.next()).await.expect("timely").expect("open").expect("ok")
 }
 
 /// Sends a raw request and returns the whole response (the relay closes).
