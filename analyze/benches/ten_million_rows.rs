@@ -13,7 +13,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use stampede_proto::results::{METRICS_COLUMNS, WORKER_COLUMNS};
+use stampede_model::results::{METRICS_COLUMNS, WORKER_COLUMNS};
 
 const WORKERS: usize = 100;
 const SECONDS: usize = 28 * 3600;

@@ -9,8 +9,8 @@ use base64::Engine;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use stampede_proto::histogram::new_histogram;
-use stampede_proto::results::{Percentiles, hlog_tags};
+use stampede_model::histogram::new_histogram;
+use stampede_model::results::{Percentiles, hlog_tags};
 
 use crate::model::{Distribution, PhaseSpan};
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use stampede_proto::results::{METRICS_COLUMNS, SUMMARY_SCHEMA_VERSION, Summary, files};
+use stampede_model::results::{METRICS_COLUMNS, SUMMARY_SCHEMA_VERSION, Summary, files};
 
 use crate::hlog::Hlog;
 use crate::model::{PhaseSpan, Timeline};
@@ -353,7 +353,7 @@ mod tests {
     fn large_worker_files_are_cached_as_parquet_while_fresh() {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("workers.csv");
-        let header = stampede_proto::results::WORKER_COLUMNS.join(",");
+        let header = stampede_model::results::WORKER_COLUMNS.join(",");
         std::fs::write(&csv, format!("{header}\n0,t,w1,1,0,0,1,1,0,10.0,1.0,1\n")).unwrap();
         let first = read_workers(dir.path(), &csv, 0).unwrap();
         assert!(workers_cache(dir.path()).is_file(), "written beside the analysis");

@@ -4,6 +4,7 @@
 //! read them, so none of those depends on how the files were read.
 
 use serde::Serialize;
+use stampede_model::{Counters, figures};
 
 /// A phase of a run, in seconds since its start.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,8 +45,10 @@ pub struct Timeline {
     pub connections_opened: Vec<f64>,
     /// Connection attempts failed during the second.
     pub connections_failed: Vec<f64>,
-    /// Connections the server closed or dropped during the second.
+    /// Connections the server closed with a close frame during the second.
     pub connections_closed_by_server: Vec<f64>,
+    /// Connections that ended without a close frame (reset, EOF) during the second.
+    pub connections_dropped: Vec<f64>,
     /// Messages sent per second.
     pub messages_sent: Vec<f64>,
     /// Echoes received per second (throughput).
@@ -62,6 +65,13 @@ pub struct Timeline {
     pub target_cpu_pct: Vec<f64>,
     /// Per worker (from workers.csv): id and resident memory, MB, per second.
     pub worker_rss: Vec<(String, Vec<f64>)>,
+    /// Seconds in which the load generator could not keep its schedule
+    /// (latency there measures stampede, not the target).
+    pub generator_stalled: Vec<bool>,
+    /// Every counter of each second, exact (the f64 series above are the
+    /// same numbers, for charts and detectors). Empty for a timeline built
+    /// without them (the figures then come from the f64 series).
+    pub counters: Vec<Counters>,
 }
 
 impl Timeline {
@@ -75,13 +85,17 @@ impl Timeline {
         self.elapsed_s.is_empty()
     }
 
-    /// Errors per (connection attempt + message sent) in each second, 0..1.
+    /// The error rate of each second, 0..1, as [`figures::error_rate`]
+    /// defines it (errors over connection attempts plus messages scheduled).
     pub fn error_rate(&self) -> Vec<f64> {
         (0..self.len())
             .map(|i| {
-                let attempts =
-                    self.connections_opened[i] + self.connections_failed[i] + self.messages_sent[i];
-                if attempts > 0.0 { self.errors[i] / attempts } else { 0.0 }
+                let counters = self.counters.get(i).copied().unwrap_or_else(|| Counters {
+                    connections_attempted: (self.connections_opened[i] + self.connections_failed[i]) as u64,
+                    messages_sent: self.messages_sent[i] as u64,
+                    ..Default::default()
+                });
+                figures::error_rate(self.errors[i] as u64, &counters)
             })
             .collect()
     }
@@ -89,6 +103,17 @@ impl Timeline {
     /// The phase at second `t`, if any.
     pub fn phase_at(&self, t: f64) -> Option<&str> {
         self.phases.iter().find(|p| t >= p.start_s && t < p.end_s).map(|p| p.name.as_str())
+    }
+
+    /// The names of the phases the rows belong to, in order of first appearance.
+    pub fn phase_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.phase {
+            if names.last() != Some(&p.as_str()) && !names.contains(&p.as_str()) {
+                names.push(p);
+            }
+        }
+        names
     }
 }
 
@@ -102,6 +127,8 @@ pub enum FindingKind {
     MemoryGrowth,
     /// Connections lost at once.
     ConnectionDrop,
+    /// Seconds in which the load generator could not keep its schedule.
+    GeneratorStalled,
 }
 
 impl FindingKind {
@@ -111,6 +138,7 @@ impl FindingKind {
             FindingKind::LatencySpike => "latency_spike",
             FindingKind::MemoryGrowth => "memory_growth",
             FindingKind::ConnectionDrop => "connection_drop",
+            FindingKind::GeneratorStalled => "generator_stalled",
         }
     }
 }

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
-use stampede_proto::results::csv_line;
-use stampede_proto::time::{iso8601, parse_iso8601};
+use stampede_model::results::csv_line;
+use stampede_model::time::{iso8601, parse_iso8601};
 
 use crate::compare::{Better, Comparison};
 use crate::model::Finding;

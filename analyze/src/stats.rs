@@ -3,7 +3,7 @@
 //! histograms, never averaged per-second percentiles).
 
 use serde::Serialize;
-use stampede_proto::results::Percentiles;
+use stampede_model::results::Percentiles;
 
 use crate::hlog::percentiles;
 use crate::load::Run;

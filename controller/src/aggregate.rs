@@ -4,21 +4,38 @@
 //!
 //! A second becomes a row once every live worker has reported it (or, for a
 //! straggler, after a grace period). A snapshot that arrives after its row
-//! was written still counts in the totals, so the summary loses nothing.
+//! was written is not lost: it goes into the totals and, for seconds still
+//! held (the last [`CORRECTABLE_S`]), into a corrected row that the results
+//! writer appends (metrics.csv, workers.csv, latency.hlog).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
-use stampede_proto::fleet::{Counters, Gauges, Snapshot};
-use stampede_proto::histogram::new_histogram;
-use stampede_proto::results::{MetricsRow, Percentiles, WorkerRow};
+use stampede_model::Counters;
+use stampede_model::clock::RunClock;
+use stampede_model::histogram::new_histogram;
+use stampede_model::results::{MetricsRow, Percentiles, WorkerRow};
+use stampede_proto::fleet::{Gauges, Snapshot};
 
 use crate::plan::Plan;
 use crate::target_metrics::TargetSample;
 
 /// Seconds a row waits for a late worker before it is written without it.
 pub const GRACE_S: u64 = 3;
+/// Seconds after which a written row can no longer be corrected (its
+/// histograms are let go; later data still counts in the totals).
+pub const CORRECTABLE_S: u64 = 60;
+/// A snapshot taken this much after its due time means the worker process
+/// itself stalled.
+pub const STALL: Duration = Duration::from_millis(500);
+/// A second in which at least this share of a worker's sends left late
+/// (and at least [`LATE_SENDS_MIN`]) is one where it could not keep its
+/// schedule.
+pub const LATE_SENDS_SHARE: f64 = 0.05;
+/// See [`LATE_SENDS_SHARE`].
+pub const LATE_SENDS_MIN: u64 = 5;
 
 /// Running totals of a phase or of the whole run.
 #[derive(Debug, Clone)]
@@ -31,12 +48,6 @@ pub struct Totals {
     pub connect: Histogram<u64>,
     /// Errors by cause.
     pub errors: BTreeMap<String, u64>,
-    /// Most connections open at once, from the rows.
-    pub peak_active: u64,
-    /// Most connections planned at once, from the rows.
-    pub peak_target: u64,
-    /// Peak worker RSS summed over workers, bytes.
-    pub peak_rss: u64,
 }
 
 impl Default for Totals {
@@ -46,34 +57,15 @@ impl Default for Totals {
             latency: new_histogram(),
             connect: new_histogram(),
             errors: BTreeMap::new(),
-            peak_active: 0,
-            peak_target: 0,
-            peak_rss: 0,
         }
     }
 }
 
-/// Adds `b` into `a` field by field.
-pub fn add_counters(a: &mut Counters, b: &Counters) {
-    a.connections_attempted += b.connections_attempted;
-    a.connections_opened += b.connections_opened;
-    a.connections_failed += b.connections_failed;
-    a.connections_closed_by_server += b.connections_closed_by_server;
-    a.connections_closed_by_client += b.connections_closed_by_client;
-    a.connections_dropped += b.connections_dropped;
-    a.messages_sent += b.messages_sent;
-    a.messages_received += b.messages_received;
-    a.messages_lost += b.messages_lost;
-    a.messages_out_of_order += b.messages_out_of_order;
-    a.messages_unmatched += b.messages_unmatched;
-    a.bytes_sent += b.bytes_sent;
-    a.bytes_received += b.bytes_received;
-    a.sends_late += b.sends_late;
-}
-
-/// Errors of every cause in a set of counters.
-pub fn error_count(c: &Counters) -> u64 {
-    c.connections_failed + c.connections_closed_by_server + c.connections_dropped + c.messages_lost
+impl Totals {
+    /// Errors of every cause.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
 }
 
 /// Merges `from` into `into`; both share stampede's bounds, so this cannot
@@ -94,26 +86,38 @@ pub enum AggregateError {
     /// Undecodable or out-of-range histogram.
     #[error("bad histogram in snapshot: {0}")]
     Histogram(String),
+    /// Counters the model does not know.
+    #[error("bad snapshot: {0}")]
+    Wire(#[from] stampede_proto::WireError),
 }
 
-/// A second still waiting for reports.
-struct Pending {
+/// One worker's report for one second.
+#[derive(Debug, Default, Clone, Copy)]
+struct Report {
     counters: Counters,
-    cpu_us: u64,
+    errors: u64,
+    gauges: Gauges,
+    stalled: bool,
+}
+
+/// A second: what the workers reported for it so far.
+struct Second {
     latency: Histogram<u64>,
     connect: Histogram<u64>,
-    /// Per worker: its counters and last gauges of this second.
-    workers: BTreeMap<usize, (Counters, Gauges)>,
+    errors: u64,
+    workers: BTreeMap<usize, Report>,
+    /// Corrections written so far.
+    revision: u32,
 }
 
-impl Default for Pending {
+impl Default for Second {
     fn default() -> Self {
-        Pending {
-            counters: Counters::default(),
-            cpu_us: 0,
+        Second {
             latency: new_histogram(),
             connect: new_histogram(),
+            errors: 0,
             workers: BTreeMap::new(),
+            revision: 0,
         }
     }
 }
@@ -124,7 +128,6 @@ struct WorkerState {
     id: String,
     applied_seq: u64,
     reported_up_to: Option<u64>,
-    gauges: Gauges,
     live: bool,
 }
 
@@ -132,48 +135,64 @@ struct WorkerState {
 pub struct Row {
     /// The CSV/JSON row.
     pub metrics: MetricsRow,
-    /// The second's merged round trips.
+    /// Round trips to add to the log for this second (for a correction:
+    /// only the late ones).
     pub latency: Histogram<u64>,
-    /// The second's merged connect times.
+    /// Connect times to add likewise.
     pub connect: Histogram<u64>,
-    /// The second of each worker.
+    /// The second of each worker (for a correction: the late workers).
     pub workers: Vec<WorkerRow>,
 }
 
 /// The controller's one aggregator.
 pub struct Aggregator {
     plan: Plan,
-    run_start_unix_s: f64,
+    clock: RunClock,
     workers: Vec<WorkerState>,
-    pending: BTreeMap<u64, Pending>,
+    /// Seconds not yet written.
+    pending: BTreeMap<u64, Second>,
+    /// Written seconds that can still be corrected.
+    written: BTreeMap<u64, Second>,
+    /// Last known gauges per worker, carried into seconds it did not report.
+    gauges: Vec<Gauges>,
     target: BTreeMap<u64, TargetSample>,
     next_row: u64,
+    /// Every row, final values (corrections applied), by second.
+    pub rows: Vec<MetricsRow>,
+    /// Rows corrected since the last [`Aggregator::take_corrections`].
+    corrections: Vec<Row>,
     /// Whole run.
     pub run: Totals,
     /// Per phase, in plan order.
     pub phases: Vec<Totals>,
-    /// Snapshots received.
+    /// Snapshots received per worker.
     pub snapshots: Vec<u64>,
+    /// Snapshots too late to correct their row (counted in the totals only).
+    pub too_late: u64,
     decoder: Deserializer,
 }
 
 impl Aggregator {
-    /// An aggregator for the workers `ids` of a run started at
-    /// `run_start_unix_s` (seconds since the epoch).
-    pub fn new(plan: &Plan, ids: &[String], run_start_unix_s: f64) -> Self {
+    /// An aggregator for the workers `ids` of a run on `clock`.
+    pub fn new(plan: &Plan, ids: &[String], clock: RunClock) -> Self {
         Aggregator {
             plan: plan.clone(),
-            run_start_unix_s,
+            clock,
             workers: ids
                 .iter()
                 .map(|id| WorkerState { id: id.clone(), live: true, ..Default::default() })
                 .collect(),
             pending: BTreeMap::new(),
+            written: BTreeMap::new(),
+            gauges: vec![Gauges::default(); ids.len()],
             target: BTreeMap::new(),
             next_row: 0,
+            rows: Vec::new(),
+            corrections: Vec::new(),
             run: Totals::default(),
             phases: vec![Totals::default(); plan.phases.len()],
             snapshots: vec![0; ids.len()],
+            too_late: 0,
             decoder: Deserializer::new(),
         }
     }
@@ -185,39 +204,65 @@ impl Aggregator {
 
     /// Takes one snapshot; `Ok(false)` for a duplicate (already applied).
     pub fn add(&mut self, worker: usize, snap: &Snapshot) -> Result<bool, AggregateError> {
-        let state = &mut self.workers[worker];
-        if snap.seq <= state.applied_seq {
+        if snap.seq <= self.workers[worker].applied_seq {
             return Ok(false);
         }
+        let counters = snap.model_counters()?;
         let latency = self.decode(&snap.latency_histogram)?;
         let connect = self.decode(&snap.connect_histogram)?;
         let state = &mut self.workers[worker];
         state.applied_seq = snap.seq;
         state.reported_up_to = Some(state.reported_up_to.map_or(snap.second, |r| r.max(snap.second)));
         self.snapshots[worker] += 1;
-        let counters = snap.counters.unwrap_or_default();
-        let gauges = snap.gauges.unwrap_or_default();
+        let errors: u64 = snap.errors.values().fold(0u64, |a, n| a.saturating_add(*n));
+        let late_share = counters.sends_late as f64 / counters.messages_sent.max(1) as f64;
+        let report = Report {
+            counters,
+            errors,
+            gauges: snap.gauges.unwrap_or_default(),
+            stalled: snap.taken_late() > STALL
+                || (counters.sends_late >= LATE_SENDS_MIN && late_share >= LATE_SENDS_SHARE),
+        };
 
-        let phase = self.plan.phase_at(std::time::Duration::from_secs(snap.second));
+        let phase = self.plan.phase_at(Duration::from_secs(snap.second));
         for totals in [&mut self.run, &mut self.phases[phase]] {
-            add_counters(&mut totals.counters, &counters);
+            totals.counters.add(&counters);
             merge(&mut totals.latency, &latency)?;
             merge(&mut totals.connect, &connect)?;
             for (cause, n) in &snap.errors {
-                *totals.errors.entry(cause.clone()).or_default() += n;
+                let e = totals.errors.entry(cause.clone()).or_default();
+                *e = e.saturating_add(*n);
             }
         }
-        if snap.second >= self.next_row {
-            let p = self.pending.entry(snap.second).or_default();
-            add_counters(&mut p.counters, &counters);
-            p.cpu_us += gauges.cpu_us;
-            merge(&mut p.latency, &latency)?;
-            merge(&mut p.connect, &connect)?;
-            let (c, g) = p.workers.entry(worker).or_default();
-            add_counters(c, &counters);
-            *g = gauges;
+        let s = snap.second;
+        let late = s < self.next_row;
+        let second = if late {
+            match self.written.get_mut(&s) {
+                Some(second) => second,
+                None => {
+                    self.too_late += 1;
+                    return Ok(true);
+                }
+            }
         } else {
-            tracing::debug!("late snapshot for second {} from worker {worker}", snap.second);
+            self.pending.entry(s).or_default()
+        };
+        merge(&mut second.latency, &latency)?;
+        merge(&mut second.connect, &connect)?;
+        second.errors = second.errors.saturating_add(errors);
+        let r = second.workers.entry(worker).or_default();
+        r.counters.add(&report.counters);
+        r.errors = r.errors.saturating_add(report.errors);
+        r.gauges = report.gauges;
+        r.stalled |= report.stalled;
+        if late {
+            second.revision += 1;
+            let mut row = self.build_row(s, &self.written[&s]);
+            row.latency = latency;
+            row.connect = connect;
+            row.workers.retain(|w| w.worker == self.workers[worker].id);
+            self.rows[s as usize] = row.metrics.clone();
+            self.corrections.push(row);
         }
         Ok(true)
     }
@@ -257,83 +302,135 @@ impl Aggregator {
             if !(all_reported || (data_ahead && (overdue || flush))) {
                 return rows;
             }
-            rows.push(self.finish_row(s));
+            let second = self.pending.remove(&s).unwrap_or_default();
+            for (w, r) in &second.workers {
+                self.gauges[*w] = r.gauges;
+            }
+            let row = self.build_row(s, &second);
+            self.rows.push(row.metrics.clone());
+            rows.push(row);
+            self.written.insert(s, second);
+            self.written.retain(|k, _| k + CORRECTABLE_S > s);
+            self.target.retain(|k, _| *k > s);
             self.next_row += 1;
         }
     }
 
-    fn finish_row(&mut self, s: u64) -> Row {
-        let p = self.pending.remove(&s).unwrap_or_default();
-        let timestamp = stampede_proto::time::iso8601(self.run_start_unix_s + s as f64);
+    /// Rows corrected by late snapshots since the last call.
+    pub fn take_corrections(&mut self) -> Vec<Row> {
+        std::mem::take(&mut self.corrections)
+    }
+
+    /// Seconds flagged as a generator stall, in order.
+    pub fn stalled_seconds(&self, phase: Option<usize>) -> Vec<u64> {
+        let name = phase.map(|p| self.plan.phases[p].name);
+        self.rows
+            .iter()
+            .filter(|r| r.generator_stalled > 0 && name.is_none_or(|n| r.phase == n))
+            .map(|r| r.elapsed_s)
+            .collect()
+    }
+
+    /// Rows (seconds) of a phase, or of the run.
+    pub fn row_count(&self, phase: Option<usize>) -> u64 {
+        match phase {
+            None => self.rows.len() as u64,
+            Some(p) => self.rows.iter().filter(|r| r.phase == self.plan.phases[p].name).count() as u64,
+        }
+    }
+
+    /// Peak connections of a phase, or of the run ([`stampede_model::figures::peak`]).
+    pub fn peak(&self, phase: Option<usize>) -> u64 {
+        let Some(p) = phase else {
+            return stampede_model::figures::peak(0, self.rows.iter().map(|r| r.connections_active));
+        };
+        let name = self.plan.phases[p].name;
+        let first = self.rows.iter().position(|r| r.phase == name);
+        let before = first.and_then(|i| i.checked_sub(1)).map_or(0, |i| self.rows[i].connections_active);
+        stampede_model::figures::peak(
+            before,
+            self.rows.iter().filter(|r| r.phase == name).map(|r| r.connections_active),
+        )
+    }
+
+    /// Most connections planned at once in a phase, or in the run (from the rows).
+    pub fn peak_target(&self, phase: Option<usize>) -> u64 {
+        let name = phase.map(|p| self.plan.phases[p].name);
+        self.rows
+            .iter()
+            .filter(|r| name.is_none_or(|n| r.phase == n))
+            .map(|r| r.connections_target)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Peak worker memory, bytes (from the rows).
+    pub fn peak_rss_mb(&self) -> f64 {
+        self.rows.iter().map(|r| r.worker_rss_mb).fold(0.0, f64::max)
+    }
+
+    /// The row of second `s` from what the workers reported for it, gauges
+    /// carried from earlier seconds for workers that did not.
+    fn build_row(&self, s: u64, second: &Second) -> Row {
+        let timestamp = self.clock.timestamp_of(s);
         let mut workers = Vec::with_capacity(self.workers.len());
-        let (mut active, mut rss) = (0, 0);
-        for (i, w) in self.workers.iter_mut().enumerate() {
-            let this = p.workers.get(&i);
-            if let Some((_, g)) = this {
-                w.gauges = *g;
-            }
+        let (mut active, mut rss, mut cpu_us, mut stalled) = (0, 0, 0, false);
+        let mut counters = Counters::default();
+        for (i, w) in self.workers.iter().enumerate() {
+            let this = second.workers.get(&i);
             if !w.live && this.is_none() {
                 continue;
             }
-            active += w.gauges.connections_active;
-            rss += w.gauges.rss_bytes;
-            let c = this.map(|(c, _)| *c).unwrap_or_default();
+            let gauges = this.map_or(self.gauges[i], |r| r.gauges);
+            let r = this.copied().unwrap_or_default();
+            counters.add(&r.counters);
+            active += gauges.connections_active;
+            rss += gauges.rss_bytes;
+            cpu_us += r.gauges.cpu_us;
+            stalled |= r.stalled;
             workers.push(WorkerRow {
                 elapsed_s: s,
                 timestamp: timestamp.clone(),
                 worker: w.id.clone(),
-                connections_active: w.gauges.connections_active,
-                connections_opened: c.connections_opened,
-                connections_failed: c.connections_failed,
-                messages_sent: c.messages_sent,
-                messages_received: c.messages_received,
-                errors: error_count(&c),
-                rss_mb: w.gauges.rss_bytes as f64 / 1e6,
-                cpu_pct: this.map_or(0.0, |(_, g)| g.cpu_us as f64 / 1e4),
+                connections_active: gauges.connections_active,
+                connections_opened: r.counters.connections_opened,
+                connections_failed: r.counters.connections_failed,
+                messages_sent: r.counters.messages_sent,
+                messages_received: r.counters.messages_received,
+                errors: r.errors,
+                rss_mb: gauges.rss_bytes as f64 / 1e6,
+                cpu_pct: r.gauges.cpu_us as f64 / 1e4,
                 reported: this.is_some(),
             });
         }
-        let target_sample = self.target.remove(&s);
-        self.target.retain(|second, _| *second > s);
-        let t = std::time::Duration::from_secs(s);
-        let phase = self.plan.phase_at(t);
-        let target = self.plan.level_at(t + std::time::Duration::from_secs(1));
-        for totals in [&mut self.run, &mut self.phases[phase]] {
-            totals.peak_active = totals.peak_active.max(active);
-            totals.peak_target = totals.peak_target.max(target);
-            totals.peak_rss = totals.peak_rss.max(rss);
-        }
-        let lat = percentiles(&p.latency);
-        let conn = percentiles(&p.connect);
+        let ts = self.target.get(&s).cloned().unwrap_or_default();
+        let t = Duration::from_secs(s);
+        let lat = percentiles(&second.latency);
+        let conn = percentiles(&second.connect);
         let or_nan = |count: u64, v: f64| if count > 0 { v } else { f64::NAN };
-        let c = &p.counters;
-        let ts = target_sample.unwrap_or_default();
         let metrics = MetricsRow {
             elapsed_s: s,
             timestamp,
-            phase: self.plan.phases[phase].name.to_string(),
-            connections_target: target,
+            phase: self.plan.phases[self.plan.phase_at(t)].name.to_string(),
+            revision: second.revision,
+            connections_target: self.plan.level_at(t + Duration::from_secs(1)),
             connections_active: active,
-            connections_opened: c.connections_opened,
-            connections_failed: c.connections_failed,
-            connections_closed_by_server: c.connections_closed_by_server + c.connections_dropped,
-            messages_sent: c.messages_sent,
-            messages_received: c.messages_received,
-            messages_lost: c.messages_lost,
+            counters,
+            errors: second.errors,
             latency_p50_ms: or_nan(lat.count, lat.p50),
             latency_p95_ms: or_nan(lat.count, lat.p95),
             latency_p99_ms: or_nan(lat.count, lat.p99),
             latency_max_ms: or_nan(lat.count, lat.max),
             connect_p95_ms: or_nan(conn.count, conn.p95),
-            errors: error_count(c),
+            generator_stalled: u8::from(stalled),
             worker_rss_mb: rss as f64 / 1e6,
-            worker_cpu_pct: p.cpu_us as f64 / 1e6 * 100.0,
-            workers_reporting: p.workers.len() as u32,
+            worker_cpu_pct: cpu_us as f64 / 1e6 * 100.0,
+            workers_reporting: second.workers.len() as u32,
             target_rss_mb: ts.rss_bytes.map_or(f64::NAN, |b| b / 1e6),
             target_cpu_pct: ts.cpu_pct.unwrap_or(f64::NAN),
             target_connections: ts.connections.unwrap_or(f64::NAN),
         };
-        Row { metrics, latency: p.latency, connect: p.connect, workers }
+        Row { metrics, latency: second.latency.clone(), connect: second.connect.clone(), workers }
     }
 }
 
@@ -341,6 +438,7 @@ impl Aggregator {
 mod tests {
     use super::*;
     use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+    use stampede_proto::counters_to_wire;
     use std::path::Path;
 
     fn plan() -> Plan {
@@ -349,8 +447,9 @@ mod tests {
         Plan::new(&sc, Path::new("t"), text).unwrap()
     }
 
-    fn ids(n: usize) -> Vec<String> {
-        (1..=n).map(|i| format!("w{i}")).collect()
+    fn agg(n: usize) -> Aggregator {
+        let ids: Vec<String> = (1..=n).map(|i| format!("w{i}")).collect();
+        Aggregator::new(&plan(), &ids, RunClock::starting_in(Duration::ZERO))
     }
 
     fn snapshot(seq: u64, second: u64, latencies_us: &[u64], sent: u64, active: u64) -> Snapshot {
@@ -358,20 +457,13 @@ mod tests {
         latencies_us.iter().for_each(|v| h.record(*v).unwrap());
         let mut bytes = Vec::new();
         V2DeflateSerializer::new().serialize(&h, &mut bytes).unwrap();
+        let counters =
+            Counters { messages_sent: sent, messages_received: latencies_us.len() as u64, ..Default::default() };
         Snapshot {
             seq,
             second,
-            counters: Some(Counters {
-                messages_sent: sent,
-                messages_received: latencies_us.len() as u64,
-                ..Default::default()
-            }),
-            gauges: Some(Gauges {
-                connections_active: active,
-                rss_bytes: 10_000_000,
-                cpu_us: 250_000,
-                ..Default::default()
-            }),
+            counters: counters_to_wire(&counters),
+            gauges: Some(Gauges { connections_active: active, rss_bytes: 10_000_000, cpu_us: 250_000 }),
             latency_histogram: bytes,
             ..Default::default()
         }
@@ -379,7 +471,7 @@ mod tests {
 
     #[test]
     fn percentiles_come_from_merged_histograms_not_averages() {
-        let mut agg = Aggregator::new(&plan(), &ids(2), 0.0);
+        let mut agg = agg(2);
         // Worker 0: 90 fast echoes; worker 1: 10 slow ones.
         agg.add(0, &snapshot(1, 0, &[1_000; 90], 90, 5)).unwrap();
         agg.add(1, &snapshot(1, 0, &[100_000; 10], 10, 5)).unwrap();
@@ -389,31 +481,44 @@ mod tests {
         // Averaging the two workers' p50s would say ~50 ms.
         assert!((row.latency_p50_ms - 1.0).abs() < 0.01, "p50 {}", row.latency_p50_ms);
         assert!((row.latency_p95_ms - 100.0).abs() < 0.1, "p95 {}", row.latency_p95_ms);
-        assert_eq!(row.messages_sent, 100);
+        assert_eq!(row.counters.messages_sent, 100);
         assert_eq!(row.connections_active, 10);
         assert!((row.worker_rss_mb - 20.0).abs() < 1e-9);
         assert!((row.worker_cpu_pct - 50.0).abs() < 1e-9);
         assert_eq!(agg.run.latency.len(), 100);
-        assert_eq!(agg.run.peak_active, 10);
+        assert_eq!(agg.peak(None), 10);
     }
 
     #[test]
-    fn rows_wait_for_every_worker_then_for_the_grace_period() {
-        let mut agg = Aggregator::new(&plan(), &ids(2), 0.0);
+    fn a_late_snapshot_corrects_its_row_instead_of_vanishing() {
+        let mut agg = agg(2);
         agg.add(0, &snapshot(1, 0, &[500], 1, 1)).unwrap();
         assert!(agg.ready_rows(1.5, false).is_empty(), "worker 1 has not reported");
         let rows = agg.ready_rows(1.0 + GRACE_S as f64, false);
         assert_eq!(rows.len(), 1, "written without the straggler after the grace period");
         assert_eq!(rows[0].metrics.workers_reporting, 1);
-        // The straggler's snapshot arrives late: not in the row, but in the totals.
-        agg.add(1, &snapshot(1, 0, &[700], 1, 1)).unwrap();
+        assert_eq!(rows[0].metrics.revision, 0);
+        // The straggler (frozen for 2 s) reports late.
+        let mut late = snapshot(1, 0, &[700_000], 1, 1);
+        late.taken_late_us = 2_000_000;
+        agg.add(1, &late).unwrap();
+        let fixed = agg.take_corrections();
+        assert_eq!(fixed.len(), 1);
+        let m = &fixed[0].metrics;
+        assert_eq!((m.elapsed_s, m.revision, m.workers_reporting), (0, 1, 2));
+        assert_eq!(m.counters.messages_sent, 2, "the row now holds both workers");
+        assert_eq!(m.generator_stalled, 1, "a snapshot taken 2 s late flags its second");
+        assert_eq!(fixed[0].latency.len(), 1, "only the late histogram is appended to the log");
+        assert_eq!(fixed[0].workers.len(), 1);
+        assert_eq!(fixed[0].workers[0].worker, "w2");
+        assert_eq!(agg.rows[0].csv_cells(), m.csv_cells(), "the final rows carry the correction");
         assert_eq!(agg.run.counters.messages_sent, 2);
-        assert_eq!(agg.phases[0].latency.len(), 2);
+        assert_eq!(agg.stalled_seconds(None), [0]);
     }
 
     #[test]
     fn duplicates_are_ignored_and_gauges_carry_forward() {
-        let mut agg = Aggregator::new(&plan(), &ids(1), 0.0);
+        let mut agg = agg(1);
         let first = snapshot(1, 0, &[500], 1, 3);
         assert!(agg.add(0, &first).unwrap());
         assert!(!agg.add(0, &first).unwrap(), "a resent snapshot counts once");
@@ -427,13 +532,23 @@ mod tests {
         assert!(rows[1].metrics.latency_p50_ms.is_nan(), "no samples: no number");
         let phases: Vec<&str> = rows.iter().map(|r| r.metrics.phase.as_str()).collect();
         assert_eq!(phases, ["warmup", "warmup", "ramp-up"]);
+        assert_eq!(agg.peak(Some(1)), 4);
+        assert_eq!(agg.peak(Some(0)), 3);
     }
 
     #[test]
-    fn a_foreign_histogram_is_an_error_not_a_panic() {
-        let mut agg = Aggregator::new(&plan(), &ids(1), 0.0);
+    fn hostile_snapshots_are_errors_not_panics() {
+        let mut agg = agg(1);
         let mut snap = snapshot(1, 0, &[], 0, 0);
         snap.latency_histogram = b"not a histogram".to_vec();
         assert!(agg.add(0, &snap).is_err());
+        let mut snap = snapshot(2, 0, &[], 0, 0);
+        snap.counters.insert("no_such_counter".into(), 1);
+        assert!(agg.add(0, &snap).is_err());
+        let mut snap = snapshot(3, 0, &[], u64::MAX, 0);
+        snap.errors.insert("refused".into(), u64::MAX);
+        agg.add(0, &snap).unwrap();
+        agg.add(0, &snapshot(4, 0, &[], u64::MAX, 0)).unwrap();
+        assert_eq!(agg.run.counters.messages_sent, u64::MAX, "saturates, never wraps");
     }
 }

@@ -1,38 +1,13 @@
-//! Command-line interface of `controller`.
+//! The `controller run` and `controller check` commands; the executable
+//! (crate `stampede`) parses the command line and calls them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::Overrides;
 use crate::run::{RunError, RunOptions, run};
 use crate::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS};
-
-/// stampede: distributed WebSocket load testing.
-#[derive(Debug, Parser)]
-#[command(name = "controller", version)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run a scenario file; exit 0 on PASS, 99 on FAIL, 2 on a bad scenario.
-    Run(RunArgs),
-    /// Check a scenario file without running it.
-    Check {
-        /// The scenario file.
-        scenario: PathBuf,
-    },
-    /// Act as a worker (what the local fleet starts; same flags as `worker`).
-    Worker(stampede_worker::WorkerOptions),
-    /// Run the bundled relay (what big bundled runs start; same flags as `relay`).
-    Relay(stampede_relay::config::RelayArgs),
-}
 
 /// Flags of `controller run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -94,57 +69,43 @@ impl RunArgs {
     }
 }
 
-/// Runs the command; returns the process exit code.
-pub async fn main(cli: Cli, shutdown: CancellationToken) -> i32 {
-    match cli.command {
-        Command::Run(args) => match run(args.options(), shutdown).await {
-            Ok(outcome) if outcome.interrupted => EXIT_INTERRUPTED,
-            Ok(outcome) if outcome.summary.verdict == "PASS" => EXIT_PASS,
-            Ok(_) => EXIT_FAIL,
-            Err(err @ RunError::Scenario(_)) => {
-                eprintln!("error: {err}");
-                EXIT_CONFIG
-            }
-            Err(RunError::Interrupted) => EXIT_INTERRUPTED,
-            Err(err) => {
-                eprintln!("error: {err}");
-                EXIT_ERROR
-            }
-        },
-        Command::Check { scenario } => {
-            let checked = crate::scenario::Scenario::load(&scenario)
-                .and_then(|(sc, source)| crate::plan::Plan::new(&sc, &scenario, &source));
-            match checked {
-                Ok(plan) => {
-                    println!(
-                        "{}: ok ({} phases, {:.0} s, peak {} connections, {} thresholds)",
-                        scenario.display(),
-                        plan.phases.len(),
-                        plan.duration().as_secs_f64(),
-                        plan.peak(),
-                        plan.thresholds.len()
-                    );
-                    EXIT_PASS
-                }
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    EXIT_CONFIG
-                }
-            }
+/// `controller run`: runs the scenario; returns the process exit code.
+pub async fn run_command(args: RunArgs, shutdown: CancellationToken) -> i32 {
+    match run(args.options(), shutdown).await {
+        Ok(outcome) if outcome.interrupted => EXIT_INTERRUPTED,
+        Ok(outcome) if outcome.summary.verdict == "PASS" => EXIT_PASS,
+        Ok(_) => EXIT_FAIL,
+        Err(err @ RunError::Scenario(_)) => {
+            eprintln!("error: {err}");
+            EXIT_CONFIG
         }
-        Command::Relay(args) => match stampede_relay::config::serve(&args, shutdown).await {
-            Ok(()) => EXIT_PASS,
-            Err(err) => {
-                eprintln!("error: {err}");
-                EXIT_ERROR
-            }
-        },
-        Command::Worker(opts) => match stampede_worker::run(opts, shutdown).await {
-            Ok(()) => EXIT_PASS,
-            Err(err) => {
-                eprintln!("error: {err}");
-                EXIT_ERROR
-            }
-        },
+        Err(RunError::Interrupted) => EXIT_INTERRUPTED,
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// `controller check`: validates the scenario; returns the process exit code.
+pub fn check_command(scenario: &Path) -> i32 {
+    let checked = crate::scenario::Scenario::load(scenario)
+        .and_then(|(sc, source)| crate::plan::Plan::new(&sc, scenario, &source));
+    match checked {
+        Ok(plan) => {
+            println!(
+                "{}: ok ({} phases, {:.0} s, peak {} connections, {} thresholds)",
+                scenario.display(),
+                plan.phases.len(),
+                plan.duration().as_secs_f64(),
+                plan.peak(),
+                plan.thresholds.len()
+            );
+            EXIT_PASS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_CONFIG
+        }
     }
 }

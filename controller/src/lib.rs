@@ -2,7 +2,8 @@
 //! workers joined over gRPC, merges their measurements and writes a results
 //! folder with a PASS/FAIL verdict.
 //!
-//! `main.rs` parses flags and calls [`cli::main`]; tests call [`run::run`].
+//! The `controller` executable (crate `stampede`) parses flags and calls
+//! [`cli::run_command`]; tests call [`run::run`].
 
 pub mod aggregate;
 pub mod bundled;
@@ -28,3 +29,5 @@ pub const EXIT_CONFIG: i32 = 2;
 pub const EXIT_FAIL: i32 = 99;
 /// Exit code of a run ended by Ctrl-C (results are still written).
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code of a run ended by SIGTERM (results are still written).
+pub const EXIT_TERMINATED: i32 = 143;

@@ -3,9 +3,9 @@
 
 use std::cell::Cell;
 
-use stampede_proto::results::MetricsRow;
+use stampede_model::results::MetricsRow;
 
-use crate::aggregate::{Totals, error_count};
+use crate::aggregate::Totals;
 use crate::plan::Plan;
 
 /// Seconds between two progress lines.
@@ -40,26 +40,29 @@ impl Progress {
     }
 }
 
-/// One progress line.
+/// One progress line: where the run is, the last second's figures, then the
+/// run's totals so far, each labelled.
 pub fn render(row: &MetricsRow, plan: &Plan, elapsed_s: f64, run: &Totals) -> String {
     let total = plan.duration().as_secs_f64();
     let done = if total > 0.0 { (elapsed_s / total * 100.0).min(100.0) } else { 100.0 };
     let left = (total - elapsed_s).max(0.0) as u64;
     let c = &run.counters;
-    let attempts = c.connections_attempted + c.messages_sent;
-    let err_pct = if attempts > 0 { error_count(c) as f64 / attempts as f64 * 100.0 } else { 0.0 };
+    let errors = run.errors_total();
+    let rate = stampede_model::figures::error_rate(errors, c) * 100.0;
     let p95 =
         if row.latency_p95_ms.is_nan() { "-".to_string() } else { format!("{:.2} ms", row.latency_p95_ms) };
+    let stalled = if row.generator_stalled > 0 { " GENERATOR STALLED" } else { "" };
     format!(
-        "[{:<9} {:>3.0}%] {:02}:{:02} left | conns {}/{} | msgs sent {} recv {} | p95 {p95} | errors {:.2}%",
+        "[{:<9} {:>3.0}%] {:02}:{:02} left | conns {}/{} | second {}: {} msg/s, p95 {p95}{stalled} | run: sent {} recv {}, errors {errors} ({rate:.2}%)",
         row.phase,
         done,
         left / 60,
         left % 60,
         row.connections_active,
         row.connections_target,
+        row.elapsed_s,
+        row.counters.messages_received,
         c.messages_sent,
         c.messages_received,
-        err_pct
     )
 }

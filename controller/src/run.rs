@@ -6,13 +6,16 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use stampede_proto::fleet::{
     Assign, ControllerMessage, Hello, PhaseStart, SnapshotAck, Stop, controller_message::Body as Cmd,
     worker_message::Body,
 };
-use stampede_proto::results::{MetricsRow, Summary, WorkerInfo};
+use stampede_model::TargetUrl;
+use stampede_model::clock::RunClock;
+use stampede_model::results::{Summary, WorkerInfo};
+use stampede_proto::us_or_zero;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -95,20 +98,37 @@ pub enum RunError {
     Interrupted,
 }
 
+/// Seconds without a snapshot after which a worker is reported silent.
+const SILENT_AFTER: Duration = Duration::from_secs(3);
+
 /// A worker of this run.
 struct Member {
     hello: Hello,
     link: Option<Link>,
     offset_us: i64,
     finished: bool,
+    /// When its last snapshot arrived.
+    last_heard: Instant,
+    /// Reported silent and not heard from since.
+    silent: bool,
 }
 
 impl Member {
-    fn send(&self, body: Cmd) {
-        if let Some(link) = &self.link {
-            // Commands are few and the channel is bounded; a full channel
-            // means the worker stopped reading, which its Left event reports.
-            let _ = link.try_send(Ok(ControllerMessage { body: Some(body) }));
+    fn new(hello: Hello, link: Link, offset_us: i64) -> Member {
+        Member { hello, link: Some(link), offset_us, finished: false, last_heard: Instant::now(), silent: false }
+    }
+
+    /// Sends a command; false if it could not be delivered (the worker has
+    /// stopped reading or is gone). Never waits: the run loop must not stall
+    /// on one worker.
+    fn send(&self, body: Cmd) -> bool {
+        let Some(link) = &self.link else { return false };
+        let ack = matches!(body, Cmd::SnapshotAck(_));
+        match link.try_send(Ok(ControllerMessage { body: Some(body) })) {
+            Ok(()) => true,
+            // Acknowledgements are cumulative: a later one covers this one.
+            Err(mpsc::error::TrySendError::Full(_)) if ack => true,
+            Err(_) => false,
         }
     }
 
@@ -175,9 +195,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         )));
     }
 
-    let run_start = Instant::now() + Duration::from_millis(200);
-    let run_start_wall = SystemTime::now() + Duration::from_millis(200);
-    let run_start_us = (unix_s(run_start_wall) * 1e6) as i64;
+    let clock = RunClock::starting_in(Duration::from_millis(200));
+    let run_start = Instant::from_std(clock.mono);
+    let run_start_wall = clock.wall;
+    let run_start_us = clock.unix_us();
     let writer = ResultsWriter::create(&plan.output_dir, &plan.name, run_start_wall, &scenario_toml)?;
     let run_id = format!("{}-{}", plan.name, run_start_us);
     if let Some(relay) = &mut relay {
@@ -195,7 +216,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         m.send(Cmd::Assign(Assign {
             run_id: run_id.clone(),
             target_url: target_url.clone(),
-            message_interval_us: plan.message_interval.map_or(0, |d| d.as_micros() as u64),
+            message_interval_us: us_or_zero(plan.message_interval),
             payload_bytes: plan.payload_bytes,
             connect_timeout_us: plan.connect_timeout.as_micros() as u64,
             run_start_unix_us: run_start_us,
@@ -208,10 +229,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let mut run = Running {
         plan: &plan,
         members,
-        agg: Aggregator::new(&plan, &ids, unix_s(run_start_wall)),
+        agg: Aggregator::new(&plan, &ids, clock),
         target_rx,
         writer,
-        rows: Vec::new(),
         run_start,
         run_id,
         next_phase: 0,
@@ -249,10 +269,11 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     };
     let summary = summary::build(&plan, &run.agg, facts);
     let human = summary::render(&summary, run.writer.dir());
-    let dir = run.writer.finish(&summary, &run.rows, human.clone()).await?;
+    // The verdict is printed even when a results file could not be written.
     if !opts.quiet {
         eprintln!("\n{human}");
     }
+    let dir = run.writer.finish(&summary, &run.agg.rows, human).await?;
     if let Some(relay) = relay {
         relay.finish().await;
     }
@@ -267,8 +288,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
 /// for a second at 14,000 per address, not at 10,000).
 fn local_sources(plan: &Plan, target_url: &str, workers: usize) -> Vec<Vec<String>> {
     const PER_WORKER: usize = 2;
-    let loopback_target = stampede_worker::target::Target::parse(target_url)
-        .is_ok_and(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()));
+    let loopback_target = TargetUrl::parse(target_url)
+        .is_ok_and(|t| matches!(t.ip(), Some(IpAddr::V4(ip)) if ip.is_loopback()));
     if plan.fleet.local.is_none() || !loopback_target {
         return Vec::new();
     }
@@ -306,7 +327,7 @@ async fn wait_for_workers(
                         continue;
                     }
                     tracing::info!("worker {} joined", hello.worker_id);
-                    members.push(Member { hello, link: Some(link), offset_us, finished: false });
+                    members.push(Member::new(hello, link, offset_us));
                 }
                 Some(FleetEvent::Left { worker, reason }) => {
                     members.retain(|m| m.hello.worker_id != worker);
@@ -327,7 +348,6 @@ struct Running<'a> {
     agg: Aggregator,
     target_rx: mpsc::Receiver<(u64, TargetSample)>,
     writer: ResultsWriter,
-    rows: Vec<MetricsRow>,
     run_start: Instant,
     run_id: String,
     next_phase: usize,
@@ -376,6 +396,7 @@ impl Running<'_> {
                 Some((second, sample)) = self.target_rx.recv() => self.agg.add_target(second, sample),
                 _ = tick.tick() => {
                     self.write_rows(false).await;
+                    self.check_silence().await;
                     self.check_health().await;
                     if self.stopping.is_some_and(|deadline| Instant::now() >= deadline) {
                         self.log("stop grace over: workers still running are left behind".into()).await;
@@ -395,14 +416,21 @@ impl Running<'_> {
         let phase = &self.plan.phases[index];
         let capacities: Vec<u64> = self.members.iter().map(Member::max_connections).collect();
         let shares = split(phase.to, &capacities).unwrap_or_else(|| capacities.clone());
-        for (m, share) in self.members.iter().zip(shares) {
-            m.send(Cmd::PhaseStart(PhaseStart {
+        let mut undelivered = Vec::new();
+        for (i, (m, share)) in self.members.iter().zip(shares).enumerate() {
+            let sent = m.send(Cmd::PhaseStart(PhaseStart {
                 index: index as u32,
                 name: phase.name.to_string(),
                 connections: share,
                 ramp_us: phase.ramp.saturating_sub(elapsed_in_phase).as_micros() as u64,
                 duration_us: phase.duration.as_micros() as u64,
             }));
+            if !sent && m.link.is_some() {
+                undelivered.push(i);
+            }
+        }
+        for i in undelivered {
+            self.lose(i, "a phase command could not be delivered").await;
         }
         self.log(format!(
             "phase {} started: {} -> {} connections over {:.1} s, lasts {:.1} s",
@@ -416,10 +444,24 @@ impl Running<'_> {
     }
 
     fn stop(&mut self, reason: &str) {
-        for m in &self.members {
-            m.send(Cmd::Stop(Stop { reason: reason.to_string() }));
+        for m in &mut self.members {
+            if !m.send(Cmd::Stop(Stop { reason: reason.to_string() })) {
+                // It cannot hear us: do not wait for it to finish.
+                m.link = None;
+            }
         }
         self.stopping = Some(Instant::now() + STOP_GRACE);
+    }
+
+    /// Marks worker `i` lost: rows stop waiting for it.
+    async fn lose(&mut self, i: usize, reason: &str) {
+        let m = &mut self.members[i];
+        m.link = None;
+        if !m.finished {
+            self.agg.set_live(i, false);
+            let id = m.hello.worker_id.clone();
+            self.log(format!("worker {id} lost: {reason}")).await;
+        }
     }
 
     async fn abort(&mut self, why: String) {
@@ -441,12 +483,22 @@ impl Running<'_> {
             FleetEvent::Message { worker, body } => {
                 let Some(i) = self.member(&worker) else { return };
                 match body {
-                    Body::Snapshot(snap) => match self.agg.add(i, &snap) {
-                        Ok(_) => self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq })),
-                        Err(err) => {
-                            self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq)).await
+                    Body::Snapshot(snap) => {
+                        let m = &mut self.members[i];
+                        m.last_heard = Instant::now();
+                        if std::mem::take(&mut m.silent) {
+                            self.log(format!("worker {worker} heard from again (snapshot for second {})", snap.second))
+                                .await;
                         }
-                    },
+                        match self.agg.add(i, &snap) {
+                            Ok(_) => {
+                                self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
+                            }
+                            Err(err) => {
+                                self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq)).await
+                            }
+                        }
+                    }
                     Body::Finished(_) => {
                         self.members[i].finished = true;
                         self.log(format!("worker {worker} finished")).await;
@@ -460,11 +512,7 @@ impl Running<'_> {
             }
             FleetEvent::Left { worker, reason } => {
                 let Some(i) = self.member(&worker) else { return };
-                self.members[i].link = None;
-                if !self.members[i].finished {
-                    self.agg.set_live(i, false);
-                    self.log(format!("worker {worker} lost: {reason}")).await;
-                }
+                self.lose(i, &reason).await;
             }
             FleetEvent::Joined { hello, link, offset_us } => {
                 let known = self.member(&hello.worker_id);
@@ -474,6 +522,7 @@ impl Running<'_> {
                         let m = &mut self.members[i];
                         m.link = Some(link);
                         m.offset_us = offset_us;
+                        m.last_heard = Instant::now();
                         self.agg.set_live(i, true);
                         // Its engine kept the last phase it heard of; repeat
                         // the current one in case it missed a change.
@@ -494,10 +543,37 @@ impl Running<'_> {
 
     async fn write_rows(&mut self, flush: bool) {
         let elapsed = self.elapsed_s();
+        for row in self.agg.take_corrections() {
+            let workers: Vec<&str> = row.workers.iter().map(|w| w.worker.as_str()).collect();
+            let line = format!(
+                "late data from {} for second {}: row corrected (revision {})",
+                workers.join(", "),
+                row.metrics.elapsed_s,
+                row.metrics.revision
+            );
+            self.log(line).await;
+            self.writer.correction(row).await;
+        }
         for row in self.agg.ready_rows(elapsed, flush) {
             self.progress.row(&row.metrics, self.plan, elapsed, &self.agg.run);
-            self.rows.push(row.metrics.clone());
             self.writer.row(row).await;
+        }
+    }
+
+    /// Reports workers that have sent nothing for a while (a frozen
+    /// process, a stalled link), once per silence.
+    async fn check_silence(&mut self) {
+        let mut silent = Vec::new();
+        for m in &mut self.members {
+            let quiet_for = m.last_heard.elapsed();
+            if m.link.is_some() && !m.finished && !m.silent && quiet_for >= SILENT_AFTER {
+                m.silent = true;
+                silent.push(format!("worker {} silent for {:.0} s", m.hello.worker_id, quiet_for.as_secs_f64()));
+            }
+        }
+        for line in silent {
+            self.progress.line(line.clone());
+            self.log(line).await;
         }
     }
 
@@ -506,7 +582,7 @@ impl Running<'_> {
         if self.stopping.is_some() {
             return;
         }
-        let c = &self.agg.run.counters;
+        let c = self.agg.run.counters;
         let need = UNREACHABLE_AFTER.min(self.plan.peak()).max(1);
         if c.connections_opened == 0 && c.connections_failed >= need {
             let causes: Vec<String> = self.agg.run.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();

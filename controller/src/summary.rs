@@ -4,11 +4,13 @@
 
 use std::fmt::Write;
 
-use stampede_proto::results::{
+use stampede_model::results::{
     ConnectionFigures, MessageFigures, PhaseSummary, SUMMARY_SCHEMA_VERSION, Summary, WorkerInfo,
 };
 
-use crate::aggregate::{Aggregator, Totals, error_count, percentiles};
+use stampede_model::figures::{error_rate, throughput};
+
+use crate::aggregate::{Aggregator, Totals, percentiles};
 use crate::plan::Plan;
 use crate::threshold::evaluate;
 
@@ -26,11 +28,11 @@ pub struct RunFacts {
     pub aborted: Option<String>,
 }
 
-fn connections(t: &Totals) -> ConnectionFigures {
+fn connections(agg: &Aggregator, phase: Option<usize>, t: &Totals) -> ConnectionFigures {
     let c = &t.counters;
     ConnectionFigures {
-        target: t.peak_target,
-        peak: t.peak_active,
+        target: agg.peak_target(phase),
+        peak: agg.peak(phase),
         attempted: c.connections_attempted,
         opened: c.connections_opened,
         failed: c.connections_failed,
@@ -45,16 +47,15 @@ fn messages(t: &Totals) -> MessageFigures {
         sent: c.messages_sent,
         received: c.messages_received,
         lost: c.messages_lost,
+        duplicated: c.messages_duplicated,
+        corrupted: c.messages_corrupted,
         out_of_order: c.messages_out_of_order,
         unmatched: c.messages_unmatched,
+        unsent: c.messages_unsent,
         late_sends: c.sends_late,
         bytes_sent: c.bytes_sent,
         bytes_received: c.bytes_received,
     }
-}
-
-fn per_second(count: u64, seconds: f64) -> f64 {
-    if seconds > 0.0 { count as f64 / seconds } else { 0.0 }
 }
 
 /// Builds the summary and decides the verdict.
@@ -64,19 +65,22 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         .phases
         .iter()
         .zip(&agg.phases)
-        .map(|(p, t)| PhaseSummary {
+        .enumerate()
+        .map(|(i, (p, t))| PhaseSummary {
             name: p.name.to_string(),
             start_s: p.start.as_secs_f64(),
             duration_s: p.duration.as_secs_f64(),
-            connections: connections(t),
+            connections: connections(agg, Some(i), t),
             messages: messages(t),
             latency_ms: percentiles(&t.latency),
             connect_ms: percentiles(&t.connect),
             errors: t.errors.clone(),
-            throughput_msg_per_s: per_second(t.counters.messages_received, p.duration.as_secs_f64()),
+            errors_total: t.errors_total(),
+            throughput_msg_per_s: throughput(t.counters.messages_received, agg.row_count(Some(i))),
+            counters: t.counters,
+            generator_stalled_seconds: agg.stalled_seconds(Some(i)),
         })
         .collect();
-    let c = &run.counters;
     let mut summary = Summary {
         schema_version: SUMMARY_SCHEMA_VERSION,
         verdict: String::new(),
@@ -87,17 +91,17 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         duration_s: facts.duration_s,
         workers: facts.workers.len() as u32,
         worker_details: facts.workers,
-        connections: connections(run),
+        connections: connections(agg, None, run),
         messages: messages(run),
         latency_ms: percentiles(&run.latency),
         connect_ms: percentiles(&run.connect),
         errors: run.errors.clone(),
-        error_rate: {
-            let den = c.connections_attempted + c.messages_sent;
-            if den > 0 { error_count(c) as f64 / den as f64 } else { 0.0 }
-        },
-        throughput_msg_per_s: per_second(c.messages_received, facts.duration_s),
-        worker_rss_peak_mb: run.peak_rss as f64 / 1e6,
+        errors_total: run.errors_total(),
+        error_rate: error_rate(run.errors_total(), &run.counters),
+        throughput_msg_per_s: throughput(run.counters.messages_received, agg.row_count(None)),
+        counters: run.counters,
+        generator_stalled_seconds: agg.stalled_seconds(None),
+        worker_rss_peak_mb: agg.peak_rss_mb(),
         phases,
         thresholds: Vec::new(),
     };
@@ -105,6 +109,21 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
     let pass = summary.aborted.is_none() && summary.thresholds.iter().all(|t| t.pass);
     summary.verdict = if pass { "PASS" } else { "FAIL" }.to_string();
     summary
+}
+
+/// Consecutive seconds as ranges: `12-21, 40`.
+fn spans(seconds: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seconds.len() {
+        let mut j = i;
+        while j + 1 < seconds.len() && seconds[j + 1] == seconds[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j { seconds[i].to_string() } else { format!("{}-{}", seconds[i], seconds[j]) });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 /// The human summary, in the spirit of a "TEST SUMMARY" block.
@@ -126,10 +145,15 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let m = &s.messages;
     let _ = writeln!(
         out,
-        "Messages:            sent {}, received {}, lost {}, out of order {}, late sends {}",
-        m.sent, m.received, m.lost, m.out_of_order, m.late_sends
+        "Messages:            sent {}, received {}, lost {}, unsent {}, late sends {}",
+        m.sent, m.received, m.lost, m.unsent, m.late_sends
     );
-    let _ = writeln!(out, "Throughput:          {:.1} msg/s", s.throughput_msg_per_s);
+    let _ = writeln!(
+        out,
+        "Delivery:            duplicated {}, corrupted {}, out of order {}, unmatched {}",
+        m.duplicated, m.corrupted, m.out_of_order, m.unmatched
+    );
+    let _ = writeln!(out, "Throughput:          {:.1} msg/s (received, per second of the run)", s.throughput_msg_per_s);
     if l.count > 0 {
         let _ = writeln!(
             out,
@@ -148,12 +172,19 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     } else {
         let _ = writeln!(out, "Connect time (ms):   no connection opened");
     }
-    let _ = writeln!(out, "Error rate:          {:.4}%", s.error_rate * 100.0);
+    let _ = writeln!(out, "Errors:              {} ({:.4}% of attempts and scheduled sends)", s.errors_total, s.error_rate * 100.0);
     if !s.errors.is_empty() {
         let causes: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "Errors by cause:     {}", causes.join(", "));
     }
     let _ = writeln!(out, "Worker RSS peak:     {:.1} MB", s.worker_rss_peak_mb);
+    if !s.generator_stalled_seconds.is_empty() {
+        let _ = writeln!(
+            out,
+            "WARNING:             the load generator stalled in seconds {}: latency there measures stampede, not the target",
+            spans(&s.generator_stalled_seconds)
+        );
+    }
     let _ = writeln!(out, "\nPhases:");
     for p in &s.phases {
         let p95 = if p.latency_ms.count > 0 { format!("{:.3}", p.latency_ms.p95) } else { "-".into() };
@@ -166,7 +197,7 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
             p.messages.sent,
             p.messages.received,
             p95,
-            p.errors.values().sum::<u64>()
+            p.errors_total
         );
     }
     if !s.thresholds.is_empty() {

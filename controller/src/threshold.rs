@@ -5,7 +5,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use stampede_proto::results::{Percentiles, Summary, ThresholdOutcome};
+use stampede_model::results::{Percentiles, Summary, ThresholdOutcome};
 
 macro_rules! metrics {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
@@ -13,20 +13,30 @@ macro_rules! metrics {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Metric {
             $(#[doc = $doc] $variant,)*
+            /// Any counter of the model, by its name (`messages_unmatched`,
+            /// `messages_duplicated`, ...), summed over the run.
+            Counter(&'static str),
         }
 
         impl Metric {
-            /// Every metric, in documentation order.
+            /// Every figure besides the counters, in documentation order.
             pub const ALL: &[Metric] = &[$(Metric::$variant),*];
 
             /// The name used in scenarios and reports.
             pub fn name(self) -> &'static str {
-                match self { $(Metric::$variant => $name),* }
+                match self { $(Metric::$variant => $name,)* Metric::Counter(name) => name }
             }
 
             /// What it measures.
             pub fn doc(self) -> &'static str {
-                match self { $(Metric::$variant => $doc),* }
+                match self { $(Metric::$variant => $doc,)* Metric::Counter(_) => "a counter, summed over the run" }
+            }
+
+            /// The metric called `name`: a figure, else a counter.
+            pub fn from_name(name: &str) -> Option<Metric> {
+                Metric::ALL.iter().copied().find(|m| m.name() == name).or_else(|| {
+                    stampede_model::Counters::NAMES.iter().find(|n| **n == name).map(|n| Metric::Counter(n))
+                })
             }
         }
     };
@@ -44,7 +54,9 @@ metrics! {
     ConnectP95 => "connect_p95_ms", "95th percentile connect time, ms";
     ConnectP99 => "connect_p99_ms", "99th percentile connect time, ms";
     ConnectMax => "connect_max_ms", "slowest connect, ms";
-    ErrorRate => "error_rate", "errors / (connection attempts + messages sent), 0..1";
+    ErrorRate => "error_rate", "errors / (connection attempts + scheduled sends), 0..1";
+    ErrorsTotal => "errors_total", "errors of every cause, count";
+    GeneratorStalled => "generator_stalled_seconds", "seconds in which the load generator could not keep its schedule, count";
     ConnectSuccessRate => "connect_success_rate", "opened / attempted connections, 0..1";
     MessageLossRate => "message_loss_rate", "lost / sent messages, 0..1";
     ConnectionsFailed => "connections_failed", "failed connection attempts, count";
@@ -79,6 +91,9 @@ impl Metric {
             Metric::ConnectP99 => pct(c, |p| p.p99),
             Metric::ConnectMax => pct(c, |p| p.max),
             Metric::ErrorRate => Some(s.error_rate),
+            Metric::ErrorsTotal => Some(s.errors_total as f64),
+            Metric::GeneratorStalled => Some(s.generator_stalled_seconds.len() as f64),
+            Metric::Counter(name) => s.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| v as f64),
             Metric::ConnectSuccessRate => ratio(s.connections.opened, s.connections.attempted),
             Metric::MessageLossRate => ratio(s.messages.lost, s.messages.sent),
             Metric::ConnectionsFailed => Some(s.connections.failed as f64),
@@ -93,8 +108,9 @@ impl Metric {
 impl<'de> Deserialize<'de> for Metric {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
-        Metric::ALL.iter().copied().find(|m| m.name() == name).ok_or_else(|| {
-            let known: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        Metric::from_name(&name).ok_or_else(|| {
+            let known: Vec<&str> =
+                Metric::ALL.iter().map(|m| m.name()).chain(stampede_model::Counters::NAMES.iter().copied()).collect();
             serde::de::Error::custom(format!(
                 "unknown threshold metric `{name}`; use one of: {}",
                 known.join(", ")

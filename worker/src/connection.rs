@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use std::task::Poll;
 use std::time::Instant;
-use tokio::net::TcpStream;
 
+use futures_util::{SinkExt, StreamExt};
+use stampede_model::Cause;
+use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -23,9 +25,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::{Delivery, Echo};
 use crate::handshake::{connect_tcp, upgrade};
 use crate::payload::Stamp;
-use crate::recorder::{Cause, Recorder};
+use crate::recorder::Recorder;
 use crate::target::Target;
 
 /// How long we wait for the server's answer to our close frame.
@@ -104,7 +107,6 @@ async fn open(
     cancel: &CancellationToken,
 ) -> Option<Result<WebSocketStream<TcpStream>, ()>> {
     let rec = &ctx.recorder;
-    rec.counters.connections_attempted.fetch_add(1, Relaxed);
     let started = Instant::now();
     let source = (!ctx.sources.is_empty()).then(|| ctx.sources[slot as usize % ctx.sources.len()]);
     let attempt = async {
@@ -115,13 +117,13 @@ async fn open(
             .map_err(|_| Cause::Timeout)?
     };
     let result = tokio::select! {
-        _ = cancel.cancelled() => {
-            // The run ended before the attempt did: not the target's fault.
-            rec.counters.connections_attempted.fetch_sub(1, Relaxed);
-            return None;
-        }
+        // The run ended before the attempt did: not counted at all (an
+        // attempt is counted when it ends, so no later snapshot takes back
+        // what an earlier one reported).
+        _ = cancel.cancelled() => return None,
         result = attempt => result,
     };
+    rec.counters.connections_attempted.fetch_add(1, Relaxed);
     Some(match result {
         Ok(ws) => {
             rec.record_connect(started.elapsed());
@@ -138,9 +140,68 @@ async fn open(
 
 /// Where a connection is in its message exchange.
 struct Exchange {
+    /// Which messages came back.
+    delivery: Delivery,
+    /// Messages actually sent.
     sent: u64,
-    received: u64,
-    highest_seen: Option<u64>,
+    /// Intended time of message 0 since the epoch; message `n` was due
+    /// `n` intervals later.
+    first_due: Duration,
+    /// A message accepted by the schedule, waiting for room in the sink.
+    pending: Option<Message>,
+    /// Something (a message, a pong) is written but not yet flushed.
+    unflushed: bool,
+}
+
+impl Exchange {
+    fn new(first_due: Duration) -> Self {
+        Exchange { delivery: Delivery::default(), sent: 0, first_due, pending: None, unflushed: false }
+    }
+
+    fn busy(&self) -> bool {
+        self.pending.is_some() || self.unflushed
+    }
+}
+
+/// What woke the connection up.
+enum Io {
+    Read(Option<Result<Message, tungstenite::Error>>),
+    Written(Result<(), tungstenite::Error>),
+}
+
+/// Reads the next frame while writing out what is pending: a large message
+/// being written must never stop us from reading (the server may be
+/// blocked writing its echoes to us), and reading never waits for the write.
+fn poll_io(
+    ws: &mut WebSocketStream<TcpStream>,
+    ex: &mut Exchange,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Io> {
+    if let Poll::Ready(frame) = ws.poll_next_unpin(cx) {
+        return Poll::Ready(Io::Read(frame));
+    }
+    if let Some(msg) = ex.pending.take() {
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                if let Err(e) = ws.start_send_unpin(msg) {
+                    return Poll::Ready(Io::Written(Err(e)));
+                }
+                ex.unflushed = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
+            Poll::Pending => {
+                ex.pending = Some(msg);
+                return Poll::Pending;
+            }
+        }
+    }
+    if ex.unflushed {
+        if let Poll::Ready(r) = ws.poll_flush_unpin(cx) {
+            ex.unflushed = false;
+            return Poll::Ready(Io::Written(r));
+        }
+    }
+    Poll::Pending
 }
 
 /// Drives an open connection until it ends.
@@ -153,11 +214,11 @@ async fn live(
     let rec = &ctx.recorder;
     rec.active.fetch_add(1, Relaxed);
     let opened = Instant::now();
-    let mut ex = Exchange { sent: 0, received: 0, highest_seen: None };
     // The schedule: intended send times, kept whatever happens to the sends.
     let mut next_send = opened + ctx.interval.map_or(Duration::ZERO, |iv| iv.mul_f64(stagger(slot)));
+    let mut ex = Exchange::new(next_send.duration_since(ctx.epoch));
     let mut send_timer = stampede_timer::sleep_until(next_send);
-    let mut payload = String::with_capacity(ctx.payload_bytes);
+    let mut payload = String::new();
 
     let end = loop {
         tokio::select! {
@@ -166,10 +227,10 @@ async fn live(
                 Box::pin(close_by_us(ctx, slot, &mut ws, &mut ex)).await;
                 break End::ByUs;
             }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => on_echo(ctx, slot, &mut ex, t.as_bytes()),
-                Some(Ok(Message::Binary(b))) => on_echo(ctx, slot, &mut ex, &b),
-                Some(Ok(Message::Close(frame))) => {
+            io = std::future::poll_fn(|cx| poll_io(&mut ws, &mut ex, cx)) => match io {
+                Io::Read(Some(Ok(Message::Text(t)))) => on_echo(ctx, slot, &mut ex, t.as_bytes()),
+                Io::Read(Some(Ok(Message::Binary(b)))) => on_echo(ctx, slot, &mut ex, &b),
+                Io::Read(Some(Ok(Message::Close(frame)))) => {
                     let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                     rec.counters.connections_closed_by_server.fetch_add(1, Relaxed);
                     rec.record_error(Cause::ClosedByServer(code));
@@ -178,16 +239,16 @@ async fn live(
                     let _ = Box::pin(timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = ws.next().await {} })).await;
                     break End::Dropped { lived: opened.elapsed() };
                 }
-                // Pings are answered by tungstenite; the pong goes out with
-                // the next write or flush.
-                Some(Ok(Message::Ping(_))) => { let _ = ws.flush().await; }
-                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Err(err)) => {
+                // tungstenite queues the pong; it goes out with the next flush.
+                Io::Read(Some(Ok(Message::Ping(_)))) => ex.unflushed = true,
+                Io::Read(Some(Ok(Message::Pong(_) | Message::Frame(_)))) => {}
+                Io::Written(Ok(())) => {}
+                Io::Read(Some(Err(err))) | Io::Written(Err(err)) => {
                     rec.counters.connections_dropped.fetch_add(1, Relaxed);
                     rec.record_error(classify(&err));
                     break End::Dropped { lived: opened.elapsed() };
                 }
-                None => {
+                Io::Read(None) => {
                     rec.counters.connections_dropped.fetch_add(1, Relaxed);
                     rec.record_error(Cause::Eof);
                     break End::Dropped { lived: opened.elapsed() };
@@ -198,42 +259,38 @@ async fn live(
                 let intended = next_send;
                 next_send += iv;
                 send_timer.reset(next_send);
+                let seq = ex.delivery.next_seq();
+                if ex.busy() {
+                    // The previous message is still being written: the link
+                    // or the server cannot take the schedule. Count it, do
+                    // not queue it (memory stays bounded).
+                    ex.delivery.skipped(seq);
+                    rec.counters.messages_unsent.fetch_add(1, Relaxed);
+                    rec.record_error(Cause::MessageUnsent);
+                    continue;
+                }
                 if Instant::now().duration_since(intended) > Duration::from_millis(1) {
                     rec.counters.sends_late.fetch_add(1, Relaxed);
                 }
-                let stamp = Stamp {
-                    conn: slot,
-                    seq: ex.sent,
-                    intended_us: intended.duration_since(ctx.epoch).as_micros() as u64,
-                };
+                let stamp = Stamp { conn: slot, seq, intended_us: due_us(&ex, seq, iv) };
                 stamp.encode(ctx.payload_bytes, &mut payload);
-                let len = payload.len() as u64;
-                let sent = tokio::select! {
-                    _ = cancel.cancelled() => None,
-                    r = ws.send(Message::text(payload.as_str())) => Some(r),
-                };
-                match sent {
-                    None => {
-                        Box::pin(close_by_us(ctx, slot, &mut ws, &mut ex)).await;
-                        break End::ByUs;
-                    }
-                    Some(Ok(())) => {
-                        ex.sent += 1;
-                        rec.counters.messages_sent.fetch_add(1, Relaxed);
-                        rec.counters.bytes_sent.fetch_add(len, Relaxed);
-                    }
-                    Some(Err(err)) => {
-                        rec.counters.connections_dropped.fetch_add(1, Relaxed);
-                        rec.record_error(classify(&err));
-                        break End::Dropped { lived: opened.elapsed() };
-                    }
-                }
+                ex.sent += 1;
+                rec.counters.messages_sent.fetch_add(1, Relaxed);
+                rec.counters.bytes_sent.fetch_add(payload.len() as u64, Relaxed);
+                ex.pending = Some(Message::text(std::mem::take(&mut payload)));
             }
         }
     };
-    rec.counters.messages_lost.fetch_add(ex.sent.saturating_sub(ex.received), Relaxed);
+    let lost = ex.delivery.outstanding() + ex.delivery.take_given_up();
+    rec.counters.messages_lost.fetch_add(lost, Relaxed);
+    rec.record_errors(Cause::MessageLost, lost);
     rec.active.fetch_sub(1, Relaxed);
     end
+}
+
+/// Intended send time of message `seq`, microseconds since the epoch.
+fn due_us(ex: &Exchange, seq: u64, interval: Duration) -> u64 {
+    (ex.first_due.as_nanos() + interval.as_nanos() * u128::from(seq)).div_euclid(1000) as u64
 }
 
 /// Ends a connection the way a well-behaved client does: stop sending, let
@@ -244,9 +301,12 @@ async fn live(
 async fn close_by_us(ctx: &RunContext, slot: u64, ws: &mut WebSocketStream<TcpStream>, ex: &mut Exchange) {
     ctx.recorder.counters.connections_closed_by_client.fetch_add(1, Relaxed);
     let _ = timeout(DRAIN_WAIT, async {
-        while ex.received < ex.sent {
-            if !read_echo(ctx, slot, ws, ex).await {
-                break;
+        while ex.busy() || ex.delivery.outstanding() > 0 {
+            match std::future::poll_fn(|cx| poll_io(ws, ex, cx)).await {
+                Io::Read(Some(Ok(Message::Text(t)))) => on_echo(ctx, slot, ex, t.as_bytes()),
+                Io::Read(Some(Ok(Message::Binary(b)))) => on_echo(ctx, slot, ex, &b),
+                Io::Read(Some(Ok(Message::Close(_)) | Err(_)) | None) | Io::Written(Err(_)) => return,
+                Io::Read(Some(Ok(_))) | Io::Written(Ok(())) => {}
             }
         }
     })
@@ -255,45 +315,47 @@ async fn close_by_us(ctx: &RunContext, slot: u64, ws: &mut WebSocketStream<TcpSt
     if ws.close(Some(frame)).await.is_err() {
         return;
     }
-    let _ = timeout(CLOSE_WAIT, async { while read_echo(ctx, slot, ws, ex).await {} }).await;
+    let _ = timeout(CLOSE_WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => on_echo(ctx, slot, ex, t.as_bytes()),
+                Some(Ok(Message::Binary(b))) => on_echo(ctx, slot, ex, &b),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
 }
 
-/// Reads one frame, counting it if it is an echo; false when the stream ended.
-async fn read_echo(
-    ctx: &RunContext,
-    slot: u64,
-    ws: &mut WebSocketStream<TcpStream>,
-    ex: &mut Exchange,
-) -> bool {
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) => on_echo(ctx, slot, ex, t.as_bytes()),
-        Some(Ok(Message::Binary(b))) => on_echo(ctx, slot, ex, &b),
-        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
-        Some(Ok(_)) => {}
-    }
-    true
-}
-
+/// Classifies a frame received on connection `slot` and counts it.
 fn on_echo(ctx: &RunContext, slot: u64, ex: &mut Exchange, payload: &[u8]) {
     let rec = &ctx.recorder;
     let now = Instant::now();
-    match Stamp::decode(payload) {
-        Some(stamp) if stamp.conn == slot && stamp.seq < ex.sent => {
-            let intended = ctx.epoch + Duration::from_micros(stamp.intended_us);
+    let Some((stamp, iv)) = Stamp::decode(payload).filter(|s| s.conn == slot).zip(ctx.interval) else {
+        rec.counters.messages_unmatched.fetch_add(1, Relaxed);
+        return;
+    };
+    // The intended time comes from the schedule, never from the echo: a
+    // corrupted stamp cannot fake a latency.
+    let due = due_us(ex, stamp.seq, iv);
+    let intact = stamp.intended_us == due && stamp.is_encoded_in(ctx.payload_bytes, payload);
+    match ex.delivery.echo(stamp.seq, intact) {
+        Echo::Delivered { reordered } => {
+            let intended = ctx.epoch + Duration::from_micros(due);
             rec.record_latency(now.saturating_duration_since(intended));
-            ex.received += 1;
             rec.counters.messages_received.fetch_add(1, Relaxed);
             rec.counters.bytes_received.fetch_add(payload.len() as u64, Relaxed);
-            match ex.highest_seen {
-                Some(high) if stamp.seq < high => {
-                    rec.counters.messages_out_of_order.fetch_add(1, Relaxed);
-                }
-                _ => ex.highest_seen = Some(stamp.seq),
+            if reordered {
+                rec.counters.messages_out_of_order.fetch_add(1, Relaxed);
             }
         }
-        _ => {
-            rec.counters.messages_unmatched.fetch_add(1, Relaxed);
+        Echo::Duplicate => _ = rec.counters.messages_duplicated.fetch_add(1, Relaxed),
+        Echo::Corrupted => {
+            rec.counters.messages_corrupted.fetch_add(1, Relaxed);
+            rec.record_error(Cause::MessageCorrupted);
         }
+        Echo::Unmatched => _ = rec.counters.messages_unmatched.fetch_add(1, Relaxed),
     }
 }
 
@@ -319,7 +381,10 @@ mod tests {
     /// is most of the worker's memory per idle connection (DEPENDENCIES.md).
     #[test]
     fn a_connection_slot_stays_small() {
-        let target = crate::target::Target::parse("ws://127.0.0.1:9/ws").unwrap();
+        let target = crate::target::Target {
+            url: stampede_model::TargetUrl::parse("ws://127.0.0.1:9/ws").unwrap(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
         let ctx = std::sync::Arc::new(super::RunContext {
             recorder: Default::default(),
             target,

@@ -6,6 +6,7 @@
 
 pub mod capacity;
 pub mod connection;
+pub mod delivery;
 pub mod engine;
 pub mod handshake;
 pub mod link;

@@ -186,7 +186,7 @@ async fn handle(cmd: Cmd, tx: &mpsc::Sender<WorkerMessage>, run: &mut Option<Run
                 return; // a resumed run: already running
             }
             let (snap_tx, snap_rx) = mpsc::channel(8);
-            match Engine::start(&assign, &opts.source_addresses, snap_tx) {
+            match Engine::start(&assign, &opts.source_addresses, snap_tx).await {
                 Ok(engine) => {
                     *run = Some(Run {
                         id: assign.run_id,

@@ -33,6 +33,18 @@ impl Stamp {
         }
     }
 
+    /// Whether `payload` is exactly what [`Stamp::encode`] makes of this
+    /// stamp at `size` bytes: an echo that decodes but is truncated, padded
+    /// or altered is not intact.
+    pub fn is_encoded_in(&self, size: usize, payload: &[u8]) -> bool {
+        let mut prefix = String::with_capacity(48);
+        write!(prefix, "c={};s={};t={};", self.conn, self.seq, self.intended_us)
+            .expect("writing to a String cannot fail");
+        payload.len() == size.max(prefix.len())
+            && payload.starts_with(prefix.as_bytes())
+            && payload[prefix.len()..].iter().all(|&b| b == b'x')
+    }
+
     /// Reads the fields back from an echo; `None` if it is not ours.
     pub fn decode(payload: &[u8]) -> Option<Stamp> {
         let mut fields = payload.split(|&b| b == b';');
@@ -78,6 +90,23 @@ mod tests {
         let widest = Stamp { conn: u64::MAX, seq: u64::MAX, intended_us: u64::MAX };
         widest.encode(MIN_PAYLOAD, &mut buf);
         assert_eq!(Stamp::decode(buf.as_bytes()), Some(widest), "the payload grows rather than truncates");
+    }
+
+    #[test]
+    fn only_the_exact_bytes_are_intact() {
+        let stamp = Stamp { conn: 3, seq: 9, intended_us: 77 };
+        let mut buf = String::new();
+        stamp.encode(100, &mut buf);
+        assert!(stamp.is_encoded_in(100, buf.as_bytes()));
+        assert!(!stamp.is_encoded_in(100, &buf.as_bytes()[..50]), "truncated");
+        let mut altered = buf.clone().into_bytes();
+        altered[80] = b'y';
+        assert!(!stamp.is_encoded_in(100, &altered), "altered padding");
+        assert!(!stamp.is_encoded_in(100, format!("{buf}x").as_bytes()), "padded");
+        let mut zero_padded = buf.replacen("s=9;", "s=09;", 1);
+        zero_padded.pop();
+        let decoded = Stamp::decode(zero_padded.as_bytes()).unwrap();
+        assert!(!decoded.is_encoded_in(100, zero_padded.as_bytes()), "not how we write numbers");
     }
 
     #[test]

@@ -1,27 +1,29 @@
-//! A parsed `ws://` target URL, resolved once per run rather than per
-//! connection.
+//! Where connections go: the model's parsed URL plus its address, resolved
+//! once per run, asynchronously (a slow resolver never blocks a runtime
+//! thread).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
-/// Where connections go.
+use stampede_model::target::{Scheme, TargetUrl, UrlError};
+
+/// A target ready to connect to.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The URL as given.
-    pub url: String,
+    /// The URL.
+    pub url: TargetUrl,
     /// Resolved address.
     pub addr: SocketAddr,
-    /// Value of the Host header.
-    pub host_header: String,
-    /// Path and query of the request line.
-    pub path: String,
 }
 
 /// Why a target URL cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    /// Not a ws:// URL.
-    #[error("target {0:?} is not a ws:// URL (wss:// is not supported yet)")]
-    Scheme(String),
+    /// Not a usable URL.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// A scheme this worker cannot speak yet.
+    #[error("target {0:?}: wss:// is not supported yet")]
+    Tls(String),
     /// The host does not resolve.
     #[error("target {url:?}: cannot resolve {host:?}: {reason}")]
     Resolve {
@@ -36,34 +38,22 @@ pub enum TargetError {
 
 impl Target {
     /// Parses and resolves `url`.
-    pub fn parse(url: &str) -> Result<Target, TargetError> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| TargetError::Scheme(url.to_string()))?;
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-            None => (rest, "/".to_string()),
-        };
-        if authority.is_empty() {
-            return Err(TargetError::Scheme(url.to_string()));
+    pub async fn resolve(url: &str) -> Result<Target, TargetError> {
+        let parsed = TargetUrl::parse(url)?;
+        if parsed.scheme == Scheme::Wss {
+            return Err(TargetError::Tls(url.to_string()));
         }
-        let with_port = if authority.starts_with('[') {
-            if authority.contains("]:") { authority.to_string() } else { format!("{authority}:80") }
-        } else if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
+        let resolve_err =
+            |reason: String| TargetError::Resolve { url: url.to_string(), host: parsed.host.clone(), reason };
+        let addr = match parsed.ip() {
+            Some(ip) => SocketAddr::new(ip, parsed.port),
+            None => tokio::net::lookup_host((parsed.host.as_str(), parsed.port))
+                .await
+                .map_err(|e| resolve_err(e.to_string()))?
+                .next()
+                .ok_or_else(|| resolve_err("no address".into()))?,
         };
-        let resolve_err = |reason: String| TargetError::Resolve {
-            url: url.to_string(),
-            host: authority.to_string(),
-            reason,
-        };
-        let addr = with_port
-            .to_socket_addrs()
-            .map_err(|e| resolve_err(e.to_string()))?
-            .next()
-            .ok_or_else(|| resolve_err("no address".into()))?;
-        Ok(Target { url: url.to_string(), addr, host_header: authority.to_string(), path })
+        Ok(Target { url: parsed, addr })
     }
 }
 
@@ -71,22 +61,14 @@ impl Target {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_host_port_path() {
-        let t = Target::parse("ws://127.0.0.1:9001/ws?room=1").unwrap();
+    #[tokio::test]
+    async fn resolves_literals_and_refuses_what_it_cannot_speak() {
+        let t = Target::resolve("ws://127.0.0.1:9001/ws?room=1").await.unwrap();
         assert_eq!(t.addr, "127.0.0.1:9001".parse().unwrap());
-        assert_eq!(t.host_header, "127.0.0.1:9001");
-        assert_eq!(t.path, "/ws?room=1");
-        let t = Target::parse("ws://[::1]/").unwrap();
+        assert_eq!(t.url.request_target(), "/ws?room=1");
+        let t = Target::resolve("ws://[::1]/").await.unwrap();
         assert_eq!(t.addr, "[::1]:80".parse().unwrap());
-        let t = Target::parse("ws://127.0.0.1:1?x").unwrap();
-        assert_eq!(t.path, "/?x");
-    }
-
-    #[test]
-    fn refuses_other_schemes() {
-        assert!(matches!(Target::parse("http://x/"), Err(TargetError::Scheme(_))));
-        assert!(matches!(Target::parse("wss://x/"), Err(TargetError::Scheme(_))));
-        assert!(matches!(Target::parse("ws:///ws"), Err(TargetError::Scheme(_))));
+        assert!(matches!(Target::resolve("wss://x/").await, Err(TargetError::Tls(_))));
+        assert!(matches!(Target::resolve("http://x/").await, Err(TargetError::Url(_))));
     }
 }

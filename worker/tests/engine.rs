@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
-use stampede_proto::fleet::{Assign, Counters, PhaseStart, Snapshot};
+use stampede_model::Counters;
+use stampede_proto::fleet::{Assign, PhaseStart, Snapshot};
 use stampede_relay::{Relay, RelayConfig};
 use stampede_worker::engine::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +34,7 @@ fn assign(url: &str, interval_ms: u64, reconnect: bool) -> Assign {
 /// returns every snapshot.
 async fn drive(assign: &Assign, connections: u64, hold: Duration, mid: impl AsyncFnOnce()) -> Vec<Snapshot> {
     let (tx, mut rx) = mpsc::channel(64);
-    let engine = Engine::start(assign, &[], tx).unwrap();
+    let engine = Engine::start(assign, &[], tx).await.unwrap();
     let phase =
         PhaseStart { index: 0, name: "test".into(), connections, ramp_us: 0, duration_us: 60_000_000 };
     engine.phase(phase).await;
@@ -51,7 +52,7 @@ async fn drive(assign: &Assign, connections: u64, hold: Duration, mid: impl Asyn
 }
 
 fn total(snaps: &[Snapshot], f: impl Fn(&Counters) -> u64) -> u64 {
-    snaps.iter().map(|s| f(s.counters.as_ref().unwrap())).sum()
+    snaps.iter().map(|s| f(&s.model_counters().unwrap())).sum()
 }
 
 fn errors(snaps: &[Snapshot], cause: &str) -> u64 {

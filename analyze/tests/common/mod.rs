@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use stampede_proto::results::{
+use stampede_model::results::{
     ConnectionFigures, METRICS_COLUMNS, MessageFigures, MetricsRow, Percentiles, PhaseSummary,
     SUMMARY_SCHEMA_VERSION, Summary, WORKER_COLUMNS, WorkerRow,
 };

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Counters;
+
 /// Schema version written into `summary.json`.
-pub const SUMMARY_SCHEMA_VERSION: u32 = 1;
+pub const SUMMARY_SCHEMA_VERSION: u32 = 2;
 
 /// Names of the files in a results folder.
 pub mod files {
@@ -44,22 +46,20 @@ pub struct MetricsRow {
     pub timestamp: String,
     /// Phase the second belongs to.
     pub phase: String,
+    /// 0 for the row as first written; n for its n-th correction, appended
+    /// when a worker's snapshot for this second arrived after the row was
+    /// written (readers keep the highest revision of each second; a run that
+    /// ends normally rewrites the file in order with only the final rows).
+    pub revision: u32,
     /// Connections the plan asked for at the end of this second.
     pub connections_target: u64,
     /// Open connections at the end of this second.
     pub connections_active: u64,
-    /// Connections opened during this second.
-    pub connections_opened: u64,
-    /// Connection attempts that failed during this second.
-    pub connections_failed: u64,
-    /// Connections the server closed or dropped during this second.
-    pub connections_closed_by_server: u64,
-    /// Messages sent during this second.
-    pub messages_sent: u64,
-    /// Echoes received during this second.
-    pub messages_received: u64,
-    /// Messages found lost during this second.
-    pub messages_lost: u64,
+    /// Every counter of the model, counted during this second.
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// Errors of every cause during this second: the sum of the causes.
+    pub errors: u64,
     /// Median round trip, ms.
     pub latency_p50_ms: f64,
     /// 95th percentile round trip, ms.
@@ -70,13 +70,15 @@ pub struct MetricsRow {
     pub latency_max_ms: f64,
     /// 95th percentile connect time, ms.
     pub connect_p95_ms: f64,
-    /// Errors of every cause during this second.
-    pub errors: u64,
+    /// 1 when a worker could not keep its schedule during this second (its
+    /// process stalled, or many of its sends left late): the latency of this
+    /// second then measures the load generator, not the target.
+    pub generator_stalled: u8,
     /// Resident memory of all workers together, MB (10^6 bytes).
     pub worker_rss_mb: f64,
     /// CPU of all workers together, percent of one core.
     pub worker_cpu_pct: f64,
-    /// Workers that reported this second.
+    /// Workers whose report for this second is in the row.
     pub workers_reporting: u32,
     /// Target server's resident memory, MB, from its /metrics (NaN: none).
     pub target_rss_mb: f64,
@@ -86,25 +88,18 @@ pub struct MetricsRow {
     pub target_connections: f64,
 }
 
-/// Column names of `metrics.csv`, in order.
-pub const METRICS_COLUMNS: &[&str] = &[
-    "elapsed_s",
-    "timestamp",
-    "phase",
-    "connections_target",
-    "connections_active",
-    "connections_opened",
-    "connections_failed",
-    "connections_closed_by_server",
-    "messages_sent",
-    "messages_received",
-    "messages_lost",
+/// Columns of `metrics.csv` before the counters.
+const METRICS_HEAD: [&str; 6] =
+    ["elapsed_s", "timestamp", "phase", "revision", "connections_target", "connections_active"];
+/// Columns of `metrics.csv` after the counters.
+const METRICS_TAIL: [&str; 13] = [
+    "errors",
     "latency_p50_ms",
     "latency_p95_ms",
     "latency_p99_ms",
     "latency_max_ms",
     "connect_p95_ms",
-    "errors",
+    "generator_stalled",
     "worker_rss_mb",
     "worker_cpu_pct",
     "workers_reporting",
@@ -113,36 +108,42 @@ pub const METRICS_COLUMNS: &[&str] = &[
     "target_connections",
 ];
 
+/// Column names of `metrics.csv`, in order: the head, every counter of the
+/// model under its own name, then the figures.
+pub fn metrics_columns() -> Vec<&'static str> {
+    METRICS_HEAD.iter().chain(Counters::NAMES).chain(METRICS_TAIL.iter()).copied().collect()
+}
+
 impl MetricsRow {
-    /// The row as CSV cells, in [`METRICS_COLUMNS`] order; NaN (no sample)
+    /// The row as CSV cells, in [`metrics_columns`] order; NaN (no sample)
     /// is an empty cell.
-    pub fn csv_cells(&self) -> [String; 23] {
+    pub fn csv_cells(&self) -> Vec<String> {
         let ms = |v: f64| num(v, 3);
-        [
+        let mut cells = vec![
             self.elapsed_s.to_string(),
             self.timestamp.clone(),
             self.phase.clone(),
+            self.revision.to_string(),
             self.connections_target.to_string(),
             self.connections_active.to_string(),
-            self.connections_opened.to_string(),
-            self.connections_failed.to_string(),
-            self.connections_closed_by_server.to_string(),
-            self.messages_sent.to_string(),
-            self.messages_received.to_string(),
-            self.messages_lost.to_string(),
+        ];
+        cells.extend(self.counters.iter().map(|(_, v)| v.to_string()));
+        cells.extend([
+            self.errors.to_string(),
             ms(self.latency_p50_ms),
             ms(self.latency_p95_ms),
             ms(self.latency_p99_ms),
             ms(self.latency_max_ms),
             ms(self.connect_p95_ms),
-            self.errors.to_string(),
+            self.generator_stalled.to_string(),
             num(self.worker_rss_mb, 1),
             num(self.worker_cpu_pct, 1),
             self.workers_reporting.to_string(),
             num(self.target_rss_mb, 1),
             num(self.target_cpu_pct, 1),
             num(self.target_connections, 0),
-        ]
+        ]);
+        cells
     }
 }
 
@@ -263,7 +264,8 @@ pub struct Percentiles {
 pub struct ConnectionFigures {
     /// Connections the plan asked for at its peak.
     pub target: u64,
-    /// Most connections open at once (per-second samples).
+    /// Most connections open at once: the highest count at a second's end
+    /// during the phase, or at its start (see [`crate::figures::peak`]).
     pub peak: u64,
     /// Connection attempts.
     pub attempted: u64,
@@ -282,14 +284,21 @@ pub struct ConnectionFigures {
 pub struct MessageFigures {
     /// Messages sent.
     pub sent: u64,
-    /// Echoes received and matched.
+    /// Messages whose echo came back intact (each counted once).
     pub received: u64,
     /// Messages never echoed (outstanding when their connection ended).
     pub lost: u64,
+    /// Further echoes of a message already echoed.
+    pub duplicated: u64,
+    /// Echoes that carried our stamp but not the bytes sent (truncated, altered).
+    pub corrupted: u64,
     /// Echoes that arrived after a later message's echo.
     pub out_of_order: u64,
     /// Frames received that were not an echo of ours.
     pub unmatched: u64,
+    /// Sends the schedule asked for that never left (the previous message
+    /// was still being written).
+    pub unsent: u64,
     /// Sends that left later than their intended time (by more than 1 ms).
     pub late_sends: u64,
     /// Payload bytes sent.
@@ -317,8 +326,14 @@ pub struct PhaseSummary {
     pub connect_ms: Percentiles,
     /// Errors by cause.
     pub errors: BTreeMap<String, u64>,
-    /// Messages received per second, averaged over the phase.
+    /// Errors of every cause: the sum of `errors`.
+    pub errors_total: u64,
+    /// Messages received per second of the phase's rows in metrics.csv.
     pub throughput_msg_per_s: f64,
+    /// Every counter of the model.
+    pub counters: Counters,
+    /// Seconds (elapsed_s) in which the load generator could not keep its schedule.
+    pub generator_stalled_seconds: Vec<u64>,
 }
 
 /// One threshold's outcome.
@@ -382,10 +397,17 @@ pub struct Summary {
     pub connect_ms: Percentiles,
     /// Errors by cause.
     pub errors: BTreeMap<String, u64>,
-    /// Errors over connection attempts plus messages sent.
+    /// Errors of every cause: the sum of `errors`.
+    pub errors_total: u64,
+    /// Errors over connection attempts plus messages scheduled (sent + unsent).
     pub error_rate: f64,
-    /// Messages received per second over the whole run.
+    /// Messages received per second of the run's rows in metrics.csv.
     pub throughput_msg_per_s: f64,
+    /// Every counter of the model.
+    pub counters: Counters,
+    /// Seconds (elapsed_s) in which the load generator could not keep its
+    /// schedule: latency there measures stampede, not the target.
+    pub generator_stalled_seconds: Vec<u64>,
     /// Peak resident memory of all workers together, MB.
     pub worker_rss_peak_mb: f64,
     /// Per-phase figures.
@@ -404,6 +426,10 @@ mod tests {
             csv_line(&["sustained", "a,b", "say \"hi\"", ""]),
             "sustained,\"a,b\",\"say \"\"hi\"\"\",\n"
         );
-        assert_eq!(csv_line(METRICS_COLUMNS), METRICS_COLUMNS.join(",") + "\n");
+        let columns = metrics_columns();
+        assert_eq!(csv_line(&columns), columns.join(",") + "\n");
+        let row = MetricsRow { timestamp: "2026-11-23T04:00:00.000Z".into(), ..Default::default() };
+        assert_eq!(row.csv_cells().len(), columns.len(), "one cell per column");
+        assert!(columns.contains(&"messages_duplicated"), "every counter is a column");
     }
 }

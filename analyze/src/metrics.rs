@@ -1,0 +1,290 @@
+//! Reads `metrics.csv` and checks every cell: a damaged file (cut short,
+//! edited, out of order, absurd values) is an error naming its row, never a
+//! NaN or a silently wrong figure. Late corrections (rows of revision > 0,
+//! appended when a worker's snapshot came after its second was written) replace
+//! the row of their second.
+
+use std::path::Path;
+
+use polars::prelude::*;
+use stampede_model::Counters;
+use stampede_model::histogram::MAX_US;
+use stampede_model::results::{MetricsRow, metrics_columns};
+
+use crate::load::LoadError;
+
+/// The largest `elapsed_s` accepted: 10^7 s is 116 days, beyond any run.
+pub const MAX_ELAPSED_S: u64 = 10_000_000;
+/// The largest count accepted for one second. A trillion events in a second
+/// is no real run; it also keeps a sum over [`MAX_ELAPSED_S`] rows within u64.
+pub const MAX_PER_SECOND: u64 = 1_000_000_000_000;
+/// The largest latency a row can hold: the histograms' upper bound, ms.
+const MAX_LATENCY_MS: f64 = MAX_US as f64 / 1000.0;
+/// The largest memory, CPU or connection gauge accepted.
+const MAX_GAUGE: f64 = 1e12;
+
+/// Columns added after the first stampede versions: absent means "not
+/// measured", never damage.
+const OPTIONAL_COLUMNS: &[&str] = &["workers_reporting", "target_rss_mb", "target_cpu_pct", "target_connections"];
+
+/// The final rows of `metrics.csv`, one per second in order, and how many
+/// corrections were applied.
+pub struct Rows {
+    /// One row per second, each at its highest revision.
+    pub rows: Vec<MetricsRow>,
+    /// Rows of revision > 0 that replaced an earlier row.
+    pub corrections: usize,
+}
+
+/// An error at data row `row` (1-based) of the file.
+fn at_row(path: &Path, row: usize, message: impl Into<String>) -> LoadError {
+    LoadError::Row { path: path.to_path_buf(), row, message: message.into() }
+}
+
+fn at_line(path: &Path, line: usize, message: impl Into<String>) -> LoadError {
+    LoadError::Line { path: path.to_path_buf(), line, message: message.into() }
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> LoadError {
+    LoadError::Invalid { path: path.to_path_buf(), message: message.into() }
+}
+
+/// Reads and checks the file.
+pub fn read(path: &Path) -> Result<Rows, LoadError> {
+    check_complete(path)?;
+    // Every column as text: each cell is then parsed and range-checked here,
+    // so a bad cell is reported with its row instead of becoming a null or
+    // turning its whole column into floats.
+    let df = LazyCsvReader::new(PlRefPath::new(path.to_string_lossy().as_ref()))
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .finish()
+        .and_then(LazyFrame::collect)
+        .map_err(|e| invalid(path, e.to_string()))?;
+    let names: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
+    let missing: Vec<&str> = metrics_columns()
+        .into_iter()
+        .filter(|c| !OPTIONAL_COLUMNS.contains(c) && !names.iter().any(|n| n == c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid(
+            path,
+            format!("not a stampede metrics file: missing columns {}", missing.join(", ")),
+        ));
+    }
+    if df.height() == 0 {
+        return Err(at_line(path, 2, "no rows after the header (the run wrote no second)"));
+    }
+    let columns = Cells::new(&df, path)?;
+    let mut rows = Vec::with_capacity(df.height());
+    for i in 0..df.height() {
+        rows.push(columns.row(i).map_err(|message| at_row(path, i + 1, message))?);
+    }
+    resolve(path, rows)
+}
+
+/// The file must end with a newline: the controller writes whole lines, so
+/// anything else is a file cut short (crash, disk full, interrupted copy).
+fn check_complete(path: &Path) -> Result<(), LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| invalid(path, e.to_string()))?;
+    match bytes.last() {
+        None => Err(at_line(path, 1, "empty file (0 bytes): the run wrote nothing")),
+        Some(b'\n') => Ok(()),
+        Some(_) => {
+            let complete = bytes.iter().filter(|&&b| b == b'\n').count();
+            if complete == 0 {
+                Err(at_line(path, 1, "truncated: the header line is incomplete"))
+            } else {
+                Err(at_row(path, complete, "truncated: the last line is incomplete (the file was cut short)"))
+            }
+        }
+    }
+}
+
+/// The columns as text, by name.
+struct Cells<'a> {
+    columns: Vec<(&'static str, Vec<Option<&'a str>>)>,
+}
+
+impl<'a> Cells<'a> {
+    fn new(df: &'a DataFrame, path: &Path) -> Result<Cells<'a>, LoadError> {
+        let mut columns = Vec::new();
+        for name in metrics_columns() {
+            let Ok(column) = df.column(name) else { continue };
+            let text = column.str().map_err(|e| invalid(path, format!("column {name}: {e}")))?;
+            columns.push((name, text.iter().collect()));
+        }
+        Ok(Cells { columns })
+    }
+
+    /// The cell of column `name` in row `i`, trimmed; `None` when empty or
+    /// when the column is absent.
+    fn get(&self, name: &str, i: usize) -> Option<&'a str> {
+        let (_, cells) = self.columns.iter().find(|(n, _)| *n == name)?;
+        cells[i].map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.columns.iter().any(|(n, _)| *n == name)
+    }
+
+    /// A count that must be present, at most `max`.
+    fn count(&self, name: &str, i: usize, max: u64) -> Result<u64, String> {
+        let text = self.get(name, i).ok_or_else(|| format!("no {name} (empty cell): cut or edited row"))?;
+        count(name, text, max)
+    }
+
+    /// A measurement; empty means "no sample" (NaN) when `may_be_empty`.
+    fn float(&self, name: &str, i: usize, max: f64, may_be_empty: bool) -> Result<f64, String> {
+        match self.get(name, i) {
+            None if may_be_empty || !self.has(name) => Ok(f64::NAN),
+            None => Err(format!("no {name} (empty cell): cut or edited row")),
+            Some(text) => float(name, text, max),
+        }
+    }
+
+    fn row(&self, i: usize) -> Result<MetricsRow, String> {
+        let elapsed_s = self.count("elapsed_s", i, MAX_ELAPSED_S)?;
+        let phase = self.get("phase", i).ok_or("no phase (empty cell): cut or edited row")?;
+        let revision = self.count("revision", i, u64::from(u32::MAX))? as u32;
+        let mut counters = Counters::default();
+        for name in Counters::NAMES {
+            *counters.get_mut(name).expect("a counter's own name") = self.count(name, i, MAX_PER_SECOND)?;
+        }
+        let stalled = self.count("generator_stalled", i, 1)?;
+        Ok(MetricsRow {
+            elapsed_s,
+            timestamp: self.get("timestamp", i).unwrap_or_default().to_string(),
+            phase: phase.to_string(),
+            revision,
+            connections_target: self.count("connections_target", i, MAX_PER_SECOND)?,
+            connections_active: self.count("connections_active", i, MAX_PER_SECOND)?,
+            counters,
+            errors: self.count("errors", i, MAX_PER_SECOND)?,
+            latency_p50_ms: self.float("latency_p50_ms", i, MAX_LATENCY_MS, true)?,
+            latency_p95_ms: self.float("latency_p95_ms", i, MAX_LATENCY_MS, true)?,
+            latency_p99_ms: self.float("latency_p99_ms", i, MAX_LATENCY_MS, true)?,
+            latency_max_ms: self.float("latency_max_ms", i, MAX_LATENCY_MS, true)?,
+            connect_p95_ms: self.float("connect_p95_ms", i, MAX_LATENCY_MS, true)?,
+            generator_stalled: stalled as u8,
+            worker_rss_mb: self.float("worker_rss_mb", i, MAX_GAUGE, false)?,
+            worker_cpu_pct: self.float("worker_cpu_pct", i, MAX_GAUGE, false)?,
+            workers_reporting: match self.get("workers_reporting", i) {
+                Some(text) => count("workers_reporting", text, u64::from(u32::MAX))? as u32,
+                None => 0,
+            },
+            target_rss_mb: self.float("target_rss_mb", i, MAX_GAUGE, true)?,
+            target_cpu_pct: self.float("target_cpu_pct", i, MAX_GAUGE, true)?,
+            target_connections: self.float("target_connections", i, MAX_GAUGE, true)?,
+        })
+    }
+}
+
+/// A whole number in `0..=max`, or what is wrong with `text`.
+fn count(name: &str, text: &str, max: u64) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(v) if v <= max => Ok(v),
+        Ok(v) => Err(format!("{name} {v} is out of range (at most {max})")),
+        Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("{name} {text} is out of range (beyond u64)"))
+        }
+        Err(_) => Err(match text.parse::<f64>() {
+            Ok(v) if !v.is_finite() => format!("{name} {text} is not a finite number"),
+            Ok(v) if v < 0.0 => format!("{name} {text} is negative"),
+            Ok(_) => format!("{name} {text} is not a whole number"),
+            Err(_) => format!("{name} {text:?} is not a number"),
+        }),
+    }
+}
+
+/// A finite number in `0..=max`, or what is wrong with `text`.
+fn float(name: &str, text: &str, max: f64) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if !v.is_finite() => Err(format!("{name} {text} is not a finite number")),
+        Ok(v) if v < 0.0 => Err(format!("{name} {text} is negative")),
+        Ok(v) if v > max => Err(format!("{name} {text} is out of range (at most {max})")),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("{name} {text:?} is not a number")),
+    }
+}
+
+/// Keeps, for each second, the row of the highest revision (the last of
+/// equal ones). Rows of revision 0 are the seconds as first written and must
+/// be in order; a correction must replace one of them.
+fn resolve(path: &Path, rows: Vec<MetricsRow>) -> Result<Rows, LoadError> {
+    let mut out: Vec<MetricsRow> = Vec::with_capacity(rows.len());
+    let mut corrections: Vec<(usize, MetricsRow)> = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        if row.revision > 0 {
+            corrections.push((i + 1, row));
+            continue;
+        }
+        if let Some(last) = out.last()
+            && row.elapsed_s <= last.elapsed_s
+        {
+            return Err(at_row(
+                path,
+                i + 1,
+                format!("elapsed_s {} after {}: rows out of order", row.elapsed_s, last.elapsed_s),
+            ));
+        }
+        out.push(row);
+    }
+    let applied = corrections.len();
+    for (number, row) in corrections {
+        let Ok(k) = out.binary_search_by_key(&row.elapsed_s, |r| r.elapsed_s) else {
+            return Err(at_row(
+                path,
+                number,
+                format!(
+                    "correction (revision {}) of second {}, which has no row of revision 0",
+                    row.revision, row.elapsed_s
+                ),
+            ));
+        };
+        if row.revision >= out[k].revision {
+            out[k] = row;
+        }
+    }
+    Ok(Rows { rows: out, corrections: applied })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_say_what_is_wrong() {
+        assert_eq!(count("x", "12", 100), Ok(12));
+        assert_eq!(count("x", "101", 100).unwrap_err(), "x 101 is out of range (at most 100)");
+        assert!(count("x", "99999999999999999999999", u64::MAX).unwrap_err().contains("beyond u64"));
+        assert_eq!(count("x", "-3", 100).unwrap_err(), "x -3 is negative");
+        assert_eq!(count("x", "1.5", 100).unwrap_err(), "x 1.5 is not a whole number");
+        assert_eq!(count("x", "NaN", 100).unwrap_err(), "x NaN is not a finite number");
+        assert_eq!(count("x", "abc", 100).unwrap_err(), "x \"abc\" is not a number");
+        assert_eq!(float("y", "2.5", 10.0), Ok(2.5));
+        assert_eq!(float("y", "inf", 10.0).unwrap_err(), "y inf is not a finite number");
+        assert_eq!(float("y", "-0.5", 10.0).unwrap_err(), "y -0.5 is negative");
+    }
+
+    fn row(elapsed_s: u64, revision: u32, received: u64) -> MetricsRow {
+        let counters = Counters { messages_received: received, ..Default::default() };
+        MetricsRow { elapsed_s, revision, counters, ..Default::default() }
+    }
+
+    #[test]
+    fn the_highest_revision_of_each_second_wins() {
+        let p = Path::new("metrics.csv");
+        let rows = vec![row(0, 0, 1), row(1, 0, 2), row(2, 0, 3), row(1, 2, 7), row(1, 1, 5)];
+        let r = resolve(p, rows).unwrap();
+        let got: Vec<(u64, u32, u64)> =
+            r.rows.iter().map(|r| (r.elapsed_s, r.revision, r.counters.messages_received)).collect();
+        assert_eq!(got, [(0, 0, 1), (1, 2, 7), (2, 0, 3)]);
+        assert_eq!(r.corrections, 2);
+
+        let err = resolve(p, vec![row(0, 0, 1), row(5, 0, 1), row(3, 0, 1)]).err().unwrap();
+        assert_eq!(err.to_string(), "metrics.csv row 3: elapsed_s 3 after 5: rows out of order");
+        let err = resolve(p, vec![row(0, 0, 1), row(4, 1, 1)]).err().unwrap();
+        assert!(err.to_string().starts_with("metrics.csv row 2: correction (revision 1) of second 4"), "{err}");
+    }
+}
