@@ -35,10 +35,12 @@ pub struct Args {
     /// What to print on stdout; `html` also writes report.html with the charts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Only this phase (e.g. sustained).
+    /// Only this phase (e.g. sustained); an unknown name is an error that
+    /// lists the run's phases.
     #[arg(long, value_name = "NAME")]
     pub phase: Option<String>,
-    /// Count the warmup phase in the run's figures and detectors.
+    /// Count the warmup phase in the run's figures and detectors (excluded
+    /// by default, and every output says so next to the figures).
     #[arg(long)]
     pub include_warmup: bool,
     /// Comparison: relative worsening that counts as a regression.
@@ -98,6 +100,7 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
     let t = &run.timeline;
     let p = &args.detectors;
     let mut findings: Vec<Finding> = Vec::new();
+    findings.extend(detect::generator_stalls(t, args.include_warmup));
     findings.extend(detect::latency_spikes(t, "latency_p95_ms", &t.latency_p95_ms, p, args.include_warmup));
     findings.extend(detect::memory_growth(t, "worker_rss_mb", &t.worker_rss_mb, p));
     findings.extend(detect::memory_growth(t, "target_rss_mb", &t.target_rss_mb, p));
@@ -133,6 +136,20 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
         .filter_map(|(subject, series)| trend(t, subject, series))
         .collect();
     findings.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
+    let mut notes = run.notes.clone();
+    if overall.seconds == 0 {
+        notes.push(format!(
+            "no row in the phases counted ({}): the run's figures are empty",
+            if overall.scope.is_empty() { "none" } else { &overall.scope }
+        ));
+    }
+    for w in phases.iter().chain([&overall]) {
+        for n in &w.notes {
+            if !notes.contains(n) {
+                notes.push(n.clone());
+            }
+        }
+    }
     let s = run.summary.as_ref();
     RunReport {
         run: run.label.clone(),
@@ -143,10 +160,9 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
         started_at: s.map(|s| s.started_at.clone()),
         overall,
         phases,
-        errors_by_cause: s.map(|s| s.errors.clone()).unwrap_or_default(),
         memory,
         findings,
-        notes: run.notes.clone(),
+        notes,
     }
 }
 
@@ -167,20 +183,24 @@ fn trend(t: &crate::model::Timeline, subject: &str, series: &[f64]) -> Option<re
     })
 }
 
+/// The latency distribution of the phases the headline figures cover.
 fn latency_distribution(run: &Run, args: &Args) -> Option<Distribution> {
     let h = run.hlog.as_ref()?;
-    let names: Vec<&str> = run
-        .timeline
-        .phases
-        .iter()
-        .map(|p| p.name.as_str())
-        .filter(|name| match &args.phase {
-            Some(only) => name == only,
-            None => args.include_warmup || *name != "warmup",
-        })
-        .collect();
-    let (latency, _) = h.merged(&names, args.phase.is_none());
+    let (names, _) = stats::counted_phases(run, args.include_warmup, args.phase.as_deref());
+    let (latency, _) = h.merged(&names);
     (!latency.is_empty()).then(|| distribution(&run.label, &latency))
+}
+
+/// An error when `--phase` names no phase of the run.
+fn check_phase(run: &Run, args: &Args) -> Result<(), String> {
+    match &args.phase {
+        Some(only) if !run.timeline.phase_names().contains(&only.as_str()) => Err(format!(
+            "{}: --phase {only}: no such phase in this run (phases: {})",
+            run.dir.display(),
+            run.timeline.phase_names().join(", ")
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn out_dir(args: &Args, run: &Run, several: bool) -> PathBuf {
@@ -193,16 +213,20 @@ fn out_dir(args: &Args, run: &Run, several: bool) -> PathBuf {
 
 fn text(r: &RunReport, out: &Path) -> String {
     let o = &r.overall;
-    let l = &o.latency_ms;
+    // Each figure carries what it covers (warmup excluded, approximate).
+    let (scope, pct) = (o.scope_tag(), o.percentile_tag());
+    let latency = match &o.latency_ms {
+        Some(l) => format!("p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms{pct}", l.p50, l.p95, l.p99),
+        None => format!("no latency percentiles ({})", o.percentiles_from),
+    };
     let mut s = format!(
-        "{}: {}{} msg/s, p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, peak {} connections, errors {:.4} %\n",
+        "{}: {}{}\n  throughput {:.1} msg/s{scope}, {latency}, peak {} connections{scope}, errors {} = {:.4} %{scope}\n",
         r.run,
-        r.verdict.as_ref().map(|v| format!("{v}, ")).unwrap_or_default(),
-        format_args!("{:.1}", o.throughput_msg_per_s),
-        l.p50,
-        l.p95,
-        l.p99,
+        r.verdict.as_deref().unwrap_or("no verdict"),
+        if o.phases.is_empty() { String::new() } else { format!(", phases {}", o.phases) },
+        o.throughput_msg_per_s,
         o.connections_peak,
+        o.errors,
         o.error_rate * 100.0
     );
     if r.findings.is_empty() {
@@ -259,11 +283,11 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
     let several = paths.len() > 1;
     let mut analyzed: Vec<(Run, RunReport)> = Vec::new();
     for path in &paths {
-        let run = match load(path) {
+        let run = match load(path).map_err(|e| e.to_string()).and_then(|run| check_phase(&run, &args).map(|_| run)) {
             Ok(run) => run,
             Err(e) => {
-                errors.push(e.to_string());
                 eprintln!("error: {e}");
+                errors.push(e);
                 continue;
             }
         };
@@ -284,14 +308,14 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
     }
 
     let baseline = match &args.baseline {
-        Some(path) => match load(path) {
+        Some(path) => match load(path).map_err(|e| e.to_string()).and_then(|run| check_phase(&run, &args).map(|_| run)) {
             Ok(run) => {
                 let r = analyze(&run, &args);
                 Some((run, r))
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                errors.push(e.to_string());
+                errors.push(e);
                 None
             }
         },

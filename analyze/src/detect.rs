@@ -153,6 +153,23 @@ pub fn latency_spikes(
                 r if r >= 3.0 => Severity::Warning,
                 _ => Severity::Info,
             };
+            let mut description = format!(
+                "{subject} rose to {peak:.2} ms ({ratio:.1}x the baseline of {base:.2} ms) for {} s",
+                e - s + 1
+            );
+            // A stalled generator sends late and measures its own delay:
+            // the spike then says nothing about the target.
+            let stalled: Vec<String> = stalled_spans(t)
+                .into_iter()
+                .filter(|&(a, b)| a <= e && b >= s)
+                .map(|(a, b)| seconds_text(t, a, b))
+                .collect();
+            if !stalled.is_empty() {
+                description += &format!(
+                    ", while the load generator stalled (seconds {}): this latency measures the load generator, not the target",
+                    stalled.join(", ")
+                );
+            }
             Finding {
                 run: t.label.clone(),
                 kind: FindingKind::LatencySpike,
@@ -163,11 +180,48 @@ pub fn latency_spikes(
                 magnitude: peak - base,
                 unit: "ms".into(),
                 severity,
-                description: format!(
-                    "{subject} rose to {peak:.2} ms ({ratio:.1}x the baseline of {base:.2} ms) for {} s",
-                    e - s + 1
-                ),
+                description,
             }
+        })
+        .collect()
+}
+
+/// Runs `[first, last]` (indices) of seconds flagged `generator_stalled`.
+fn stalled_spans(t: &Timeline) -> Vec<(usize, usize)> {
+    spans(&t.generator_stalled[..t.generator_stalled.len().min(t.len())], 0)
+}
+
+/// `12-21` (or `12`) for the seconds of indices `a..=b`.
+fn seconds_text(t: &Timeline, a: usize, b: usize) -> String {
+    if a == b {
+        format!("{:.0}", t.elapsed_s[a])
+    } else {
+        format!("{:.0}-{:.0}", t.elapsed_s[a], t.elapsed_s[b])
+    }
+}
+
+/// Seconds in which the load generator could not keep its schedule (the
+/// rows' `generator_stalled`): latency there measures stampede, not the
+/// target. One finding per run of stalled seconds.
+pub fn generator_stalls(t: &Timeline, include_warmup: bool) -> Vec<Finding> {
+    let flags: Vec<bool> =
+        (0..t.len()).map(|i| t.generator_stalled.get(i) == Some(&true) && in_scope(t, i, include_warmup)).collect();
+    spans(&flags, 0)
+        .into_iter()
+        .map(|(s, e)| Finding {
+            run: t.label.clone(),
+            kind: FindingKind::GeneratorStalled,
+            subject: "generator_stalled".into(),
+            start_s: t.elapsed_s[s],
+            end_s: t.elapsed_s[e],
+            phase: phase_of(t, s),
+            magnitude: (e - s + 1) as f64,
+            unit: "s".into(),
+            severity: Severity::Warning,
+            description: format!(
+                "generator stalled in seconds {}: latency there measures the load generator, not the target",
+                seconds_text(t, s, e)
+            ),
         })
         .collect()
 }
@@ -291,7 +345,10 @@ pub fn connection_drops(
             }
             let before = (i.saturating_sub(w)..i).map(short).fold(f64::INFINITY, f64::min);
             let fell = if before.is_finite() { short(i) - before } else { 0.0 };
-            fell.max(t.connections_closed_by_server[i] + t.connections_failed[i])
+            // Server close frames, and connections that ended without one
+            // (reset, EOF): both are the server's doing.
+            let dropped = t.connections_dropped.get(i).copied().unwrap_or(0.0);
+            fell.max(t.connections_closed_by_server[i] + dropped + t.connections_failed[i])
         })
         .collect();
     let flags: Vec<bool> = (0..n)

@@ -1,7 +1,9 @@
 //! Reads `latency.hlog`, the HdrHistogram interval log the controller
-//! writes: one `latency` and one `connect` histogram per second. Percentiles
-//! over any window are recomputed by merging these, never by averaging
-//! per-second percentiles.
+//! writes: one `latency` and one `connect` histogram per second, plus, after
+//! a late worker snapshot, an extra interval for that second holding only the
+//! late histograms (merging every interval of a second is then right).
+//! Percentiles over any window are recomputed by merging these, never by
+//! averaging per-second percentiles.
 
 use std::path::Path;
 
@@ -12,19 +14,23 @@ use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use stampede_model::histogram::new_histogram;
 use stampede_model::results::{Percentiles, hlog_tags};
 
-use crate::model::{Distribution, PhaseSpan};
+use crate::model::Distribution;
 
 /// A run's histograms merged per phase while the log is read: a day-long
 /// run has ~100,000 seconds, and keeping each second's histogram (hundreds
-/// of KB unpacked) would not fit in memory.
+/// of KB unpacked) would not fit in memory. A second's phase is the `phase`
+/// of its metrics.csv row, so percentiles and the rows' figures cover the
+/// same seconds.
 #[derive(Debug)]
 pub struct Hlog {
-    /// Per phase, in the order given: (name, round trips, connect times), us.
+    /// Per phase, in order of first appearance: (name, round trips, connect times), us.
     pub phases: Vec<(String, Histogram<u64>, Histogram<u64>)>,
-    /// Seconds outside every phase (the closing second after the last one).
-    pub outside: (Histogram<u64>, Histogram<u64>),
-    /// Intervals read.
+    /// Intervals merged.
     pub intervals: usize,
+    /// Intervals of seconds that have no metrics.csv row, left out.
+    pub unmatched: usize,
+    /// Whether the last line was incomplete (and left out).
+    pub cut_short: bool,
 }
 
 /// Why the log cannot be read.
@@ -44,20 +50,46 @@ pub enum HlogError {
 }
 
 impl Hlog {
-    /// Reads a log file, merging each second into the phase it falls in.
-    pub fn read(path: &Path, phases: &[PhaseSpan]) -> Result<Hlog, HlogError> {
-        let bytes = std::fs::read(path)?;
-        let mut log = Hlog {
-            phases: phases.iter().map(|p| (p.name.clone(), new_histogram(), new_histogram())).collect(),
-            outside: (new_histogram(), new_histogram()),
-            intervals: 0,
-        };
+    /// Reads a log file, merging each second into the phase of its row:
+    /// `seconds` (ascending) and `phase` are metrics.csv's `elapsed_s` and
+    /// `phase` columns.
+    pub fn read(path: &Path, seconds: &[f64], phase: &[String]) -> Result<Hlog, HlogError> {
+        let mut bytes = std::fs::read(path)?;
+        // A crashed run can leave half a line: everything before it is whole.
+        let cut_short = bytes.last().is_some_and(|&b| b != b'\n');
+        if cut_short {
+            let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            bytes.truncate(whole);
+        }
+        let mut log = Hlog { phases: Vec::new(), intervals: 0, unmatched: 0, cut_short };
+        // Each row's index into `log.phases`.
+        let mut row_phase = Vec::with_capacity(phase.len());
+        for name in phase {
+            let k = match log.phases.iter().position(|(n, _, _)| n == name) {
+                Some(k) => k,
+                None => {
+                    log.phases.push((name.clone(), new_histogram(), new_histogram()));
+                    log.phases.len() - 1
+                }
+            };
+            row_phase.push(k);
+        }
         let mut decoder = Deserializer::new();
         let mut raw = Vec::new();
         for (i, entry) in IntervalLogIterator::new(&bytes).enumerate() {
             let format = |message: String| HlogError::Format { line: i + 1, message };
             let entry = entry.map_err(|e| format(format!("{e:?}")))?;
             let LogEntry::Interval(h) = entry else { continue };
+            let is_latency = match h.tag().map(|t| t.as_str()) {
+                Some(hlog_tags::LATENCY) => true,
+                Some(hlog_tags::CONNECT) => false,
+                _ => continue,
+            };
+            let second = h.start_timestamp().as_secs() as f64;
+            let Ok(row) = seconds.binary_search_by(|s| s.total_cmp(&second)) else {
+                log.unmatched += 1;
+                continue;
+            };
             raw.clear();
             base64::engine::general_purpose::STANDARD
                 .decode_vec(h.encoded_histogram(), &mut raw)
@@ -65,37 +97,18 @@ impl Hlog {
             let decoded: Histogram<u64> = decoder
                 .deserialize(&mut raw.as_slice())
                 .map_err(|e| format(format!("bad histogram: {e:?}")))?;
-            let second = h.start_timestamp().as_secs_f64();
-            let index = phases.iter().position(|p| second >= p.start_s && second < p.end_s);
-            let (latency, connect) = match index {
-                Some(k) => {
-                    let (_, l, c) = &mut log.phases[k];
-                    (l, c)
-                }
-                None => (&mut log.outside.0, &mut log.outside.1),
-            };
-            let into = match h.tag().map(|t| t.as_str()) {
-                Some(hlog_tags::LATENCY) => latency,
-                Some(hlog_tags::CONNECT) => connect,
-                _ => continue,
-            };
+            let (_, latency, connect) = &mut log.phases[row_phase[row]];
+            let into = if is_latency { latency } else { connect };
             into.add(&decoded).map_err(|e| format(format!("histogram out of range: {e:?}")))?;
             log.intervals += 1;
         }
         Ok(log)
     }
 
-    /// Round trips and connect times of the phases named `names`, plus the
-    /// seconds outside every phase when `outside`.
-    pub fn merged(&self, names: &[&str], outside: bool) -> (Histogram<u64>, Histogram<u64>) {
+    /// Round trips and connect times of the phases named `names`.
+    pub fn merged(&self, names: &[&str]) -> (Histogram<u64>, Histogram<u64>) {
         let (mut latency, mut connect) = (new_histogram(), new_histogram());
-        let parts = self
-            .phases
-            .iter()
-            .filter(|(name, _, _)| names.contains(&name.as_str()))
-            .map(|(_, l, c)| (l, c))
-            .chain(outside.then_some((&self.outside.0, &self.outside.1)));
-        for (l, c) in parts {
+        for (_, l, c) in self.phases.iter().filter(|(name, _, _)| names.contains(&name.as_str())) {
             latency.add(l).expect("same bounds");
             connect.add(c).expect("same bounds");
         }

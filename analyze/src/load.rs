@@ -6,9 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use stampede_model::results::{METRICS_COLUMNS, SUMMARY_SCHEMA_VERSION, Summary, files};
+use stampede_model::results::{MetricsRow, SUMMARY_SCHEMA_VERSION, Summary, files};
 
 use crate::hlog::Hlog;
+use crate::metrics;
 use crate::model::{PhaseSpan, Timeline};
 
 /// Workers beyond which per-worker memory lines are not kept for plotting.
@@ -24,8 +25,12 @@ pub struct Run {
     pub summary: Option<Summary>,
     /// metrics.csv as series.
     pub timeline: Timeline,
-    /// latency.hlog, if present.
+    /// latency.hlog, if present and holding intervals.
     pub hlog: Option<Hlog>,
+    /// Why there is no `hlog` ("latency.hlog missing", "latency.hlog
+    /// empty", "latency.hlog unreadable"): percentiles are then taken from
+    /// summary.json and marked approximate, or not given.
+    pub hlog_problem: Option<String>,
     /// workers.csv's `elapsed_s`, `worker` and `rss_mb`, if present, read
     /// once (a day of a large fleet is millions of rows).
     pub workers: Option<DataFrame>,
@@ -47,6 +52,26 @@ pub enum LoadError {
     Invalid {
         /// The file.
         path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A data row of a CSV file is damaged.
+    #[error("{path} row {row}: {message}")]
+    Row {
+        /// The file.
+        path: PathBuf,
+        /// 1-based data row (the header is not counted).
+        row: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A line of a file is damaged (or missing).
+    #[error("{path} line {line}: {message}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
         /// What is wrong.
         message: String,
     },
@@ -73,29 +98,19 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
     if !metrics_path.is_file() {
         return Err(LoadError::MissingFile(metrics_path));
     }
-    let mut timeline = read_metrics(&metrics_path)?;
-    timeline.label = label.clone();
-    timeline.phases = phases(&timeline, summary.as_ref());
-
-    let hlog_path = dir.join(files::LATENCY_HLOG);
-    let hlog = if hlog_path.is_file() {
-        match Hlog::read(&hlog_path, &timeline.phases) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                notes.push(format!(
-                    "{}: unreadable ({e}); percentiles are approximate (from summary.json or per-second rows)",
-                    files::LATENCY_HLOG
-                ));
-                None
-            }
-        }
-    } else {
+    let rows = metrics::read(&metrics_path)?;
+    if rows.corrections > 0 {
         notes.push(format!(
-            "{} missing: percentiles are approximate (from summary.json or per-second rows)",
-            files::LATENCY_HLOG
+            "{}: {} late correction row(s) applied (the run did not end normally and rewrite the file)",
+            files::METRICS_CSV,
+            rows.corrections
         ));
-        None
-    };
+    }
+    let mut timeline = timeline(rows.rows);
+    timeline.label = label.clone();
+    timeline.phases = phases(&timeline);
+
+    let (hlog, hlog_problem) = read_hlog(&dir.join(files::LATENCY_HLOG), &timeline, &mut notes);
     if timeline.target_rss_mb.iter().all(|v| v.is_nan()) {
         notes.push("no target server series (no /metrics scraped): target memory not analyzed".into());
     }
@@ -109,7 +124,42 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
         notes.push(format!("{} missing: per-worker memory not analyzed", files::WORKERS_CSV));
         None
     };
-    Ok(Run { dir: dir.to_path_buf(), label, summary, timeline, hlog, workers, notes })
+    Ok(Run { dir: dir.to_path_buf(), label, summary, timeline, hlog, hlog_problem, workers, notes })
+}
+
+/// latency.hlog merged by the rows' phases, or why there is none.
+fn read_hlog(path: &Path, timeline: &Timeline, notes: &mut Vec<String>) -> (Option<Hlog>, Option<String>) {
+    let name = files::LATENCY_HLOG;
+    if !path.is_file() {
+        notes.push(format!("{name} missing: percentiles approximate (from summary.json) or not given"));
+        return (None, Some(format!("{name} missing")));
+    }
+    let hlog = match Hlog::read(path, &timeline.elapsed_s, &timeline.phase) {
+        Ok(h) => h,
+        Err(e) => {
+            notes.push(format!(
+                "{name}: unreadable ({e}): percentiles approximate (from summary.json) or not given"
+            ));
+            return (None, Some(format!("{name} unreadable")));
+        }
+    };
+    if hlog.cut_short {
+        notes.push(format!("{name}: the last line is incomplete (the file was cut short): it was left out"));
+    }
+    if hlog.unmatched > 0 {
+        notes.push(format!(
+            "{name}: {} interval(s) of seconds without a row in {} were left out of the percentiles",
+            hlog.unmatched,
+            files::METRICS_CSV
+        ));
+    }
+    if hlog.intervals + hlog.unmatched == 0 {
+        notes.push(format!(
+            "{name} empty (no intervals): percentiles approximate (from summary.json) or not given"
+        ));
+        return (None, Some(format!("{name} empty")));
+    }
+    (Some(hlog), None)
 }
 
 /// workers.csv above this size is cached as Parquet for the next analysis.
@@ -134,12 +184,15 @@ fn read_workers(dir: &Path, csv: &Path, cache_above: u64) -> Result<DataFrame, L
     {
         return Ok(df);
     }
+    // A late snapshot appends a replacement row for its (second, worker):
+    // the last row of each wins.
     let mut df = scan_csv(csv)?
         .select([
             col("elapsed_s").cast(DataType::Float64),
             col("worker").cast(DataType::String),
             col("rss_mb").cast(DataType::Float64),
         ])
+        .unique_stable_generic(Some(vec![col("elapsed_s"), col("worker")]), UniqueKeepStrategy::Last)
         .collect()
         .map_err(|e| invalid(csv, e.to_string()))?;
     if std::fs::metadata(csv).is_ok_and(|m| m.len() > cache_above) {
@@ -177,6 +230,14 @@ fn read_summary(path: &Path, notes: &mut Vec<String>) -> Result<Option<Summary>,
                 ),
             ));
         }
+        Some(v) if v < u64::from(SUMMARY_SCHEMA_VERSION) => {
+            return Err(invalid(
+                path,
+                format!(
+                    "schema version {v} is older than this analyze reads ({SUMMARY_SCHEMA_VERSION}): use the analyze of the stampede that wrote it"
+                ),
+            ));
+        }
         None => return Err(invalid(path, "no schema_version: not a stampede summary")),
         _ => {}
     }
@@ -206,99 +267,40 @@ fn strings(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<String>, LoadE
     Ok(values.iter().map(|v| v.unwrap_or("").to_string()).collect())
 }
 
-/// Whether the file's last byte ends a line: the controller writes whole
-/// lines, so anything else is a file cut short (disk full, copy interrupted).
-fn ends_with_newline(path: &Path) -> Result<bool, LoadError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| invalid(path, e.to_string()))?;
-    let len = f.metadata().map_err(|e| invalid(path, e.to_string()))?.len();
-    if len == 0 {
-        return Ok(false);
-    }
-    let mut last = [0u8];
-    f.seek(SeekFrom::Start(len - 1))
-        .and_then(|_| f.read_exact(&mut last))
-        .map_err(|e| invalid(path, e.to_string()))?;
-    Ok(last[0] == b'\n')
-}
-
-/// Columns the controller always fills: an empty cell there means the row
-/// was cut or edited.
-const ALWAYS_FILLED: &[&str] = &[
-    "elapsed_s",
-    "connections_target",
-    "connections_active",
-    "messages_sent",
-    "messages_received",
-    "errors",
-    "worker_rss_mb",
-    "worker_cpu_pct",
-];
-
-fn read_metrics(path: &Path) -> Result<Timeline, LoadError> {
-    if !ends_with_newline(path)? {
-        return Err(invalid(path, "truncated: the last line is incomplete (or the file is empty)"));
-    }
-    let df = scan_csv(path)?.collect().map_err(|e| invalid(path, e.to_string()))?;
-    // The columns every stampede version writes; later ones are optional.
-    let required =
-        &METRICS_COLUMNS[..METRICS_COLUMNS.iter().position(|c| *c == "workers_reporting").unwrap_or(0)];
-    let names: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
-    let missing: Vec<&str> = required.iter().copied().filter(|c| !names.iter().any(|n| n == c)).collect();
-    if !missing.is_empty() {
-        return Err(invalid(
-            path,
-            format!("not a stampede metrics file: missing columns {}", missing.join(", ")),
-        ));
-    }
-    let get = |name: &str| floats(&df, name, path);
-    let optional = |name: &str| {
-        if names.iter().any(|n| n == name) {
-            floats(&df, name, path)
-        } else {
-            Ok(vec![f64::NAN; df.height()])
-        }
-    };
-    for name in ALWAYS_FILLED {
-        if let Some(i) = get(name)?.iter().position(|v| v.is_nan()) {
-            return Err(invalid(path, format!("line {}: no {name}: truncated or edited file", i + 2)));
-        }
-    }
-    let elapsed_s = get("elapsed_s")?;
-    Ok(Timeline {
+/// The per-second series of the final rows.
+fn timeline(rows: Vec<MetricsRow>) -> Timeline {
+    let f = |get: fn(&MetricsRow) -> f64| rows.iter().map(get).collect::<Vec<f64>>();
+    Timeline {
         label: String::new(),
-        phase: strings(&df, "phase", path)?,
+        elapsed_s: f(|r| r.elapsed_s as f64),
+        phase: rows.iter().map(|r| r.phase.clone()).collect(),
         phases: Vec::new(),
-        latency_p50_ms: get("latency_p50_ms")?,
-        latency_p95_ms: get("latency_p95_ms")?,
-        latency_p99_ms: get("latency_p99_ms")?,
-        latency_max_ms: get("latency_max_ms")?,
-        connections_target: get("connections_target")?,
-        connections_active: get("connections_active")?,
-        connections_opened: get("connections_opened")?,
-        connections_failed: get("connections_failed")?,
-        connections_closed_by_server: get("connections_closed_by_server")?,
-        messages_sent: get("messages_sent")?,
-        messages_received: get("messages_received")?,
-        errors: get("errors")?,
-        worker_rss_mb: get("worker_rss_mb")?,
-        worker_cpu_pct: get("worker_cpu_pct")?,
-        target_rss_mb: optional("target_rss_mb")?,
-        target_cpu_pct: optional("target_cpu_pct")?,
+        latency_p50_ms: f(|r| r.latency_p50_ms),
+        latency_p95_ms: f(|r| r.latency_p95_ms),
+        latency_p99_ms: f(|r| r.latency_p99_ms),
+        latency_max_ms: f(|r| r.latency_max_ms),
+        connections_target: f(|r| r.connections_target as f64),
+        connections_active: f(|r| r.connections_active as f64),
+        connections_opened: f(|r| r.counters.connections_opened as f64),
+        connections_failed: f(|r| r.counters.connections_failed as f64),
+        connections_closed_by_server: f(|r| r.counters.connections_closed_by_server as f64),
+        connections_dropped: f(|r| r.counters.connections_dropped as f64),
+        messages_sent: f(|r| r.counters.messages_sent as f64),
+        messages_received: f(|r| r.counters.messages_received as f64),
+        errors: f(|r| r.errors as f64),
+        worker_rss_mb: f(|r| r.worker_rss_mb),
+        worker_cpu_pct: f(|r| r.worker_cpu_pct),
+        target_rss_mb: f(|r| r.target_rss_mb),
+        target_cpu_pct: f(|r| r.target_cpu_pct),
         worker_rss: Vec::new(),
-        elapsed_s,
-    })
+        generator_stalled: rows.iter().map(|r| r.generator_stalled > 0).collect(),
+        counters: rows.iter().map(|r| r.counters).collect(),
+    }
 }
 
-/// Phase spans: from summary.json when present, else from the rows.
-fn phases(timeline: &Timeline, summary: Option<&Summary>) -> Vec<PhaseSpan> {
-    if let Some(s) = summary.filter(|s| !s.phases.is_empty()) {
-        return s
-            .phases
-            .iter()
-            .map(|p| PhaseSpan { name: p.name.clone(), start_s: p.start_s, end_s: p.start_s + p.duration_s })
-            .collect();
-    }
+/// Phase spans from the rows: a second's phase is its row's `phase` (the
+/// controller assigns seconds after the plan's end to the last phase).
+fn phases(timeline: &Timeline) -> Vec<PhaseSpan> {
     let mut spans: Vec<PhaseSpan> = Vec::new();
     for (t, name) in timeline.elapsed_s.iter().zip(&timeline.phase) {
         match spans.last_mut() {
@@ -332,14 +334,12 @@ fn per_worker_rss(
     let mut out: Vec<(String, Vec<f64>)> =
         ids.iter().map(|id| (id.clone(), vec![f64::NAN; timeline.len()])).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    let first = timeline.elapsed_s.first().copied().unwrap_or(0.0);
+    // Rows are one per second in order, not necessarily without gaps.
     for ((t, w), rss) in t.iter().zip(&w).zip(&rss) {
-        let i = (t - first).round();
-        if i >= 0.0
-            && (i as usize) < timeline.len()
+        if let Ok(i) = timeline.elapsed_s.binary_search_by(|e| e.total_cmp(t))
             && let Some((_, series)) = out.iter_mut().find(|(id, _)| id == w)
         {
-            series[i as usize] = *rss;
+            series[i] = *rss;
         }
     }
     Ok(out)
