@@ -13,7 +13,11 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use stampede_model::results::{METRICS_COLUMNS, WORKER_COLUMNS};
+use stampede_model::Counters;
+use stampede_model::results::{
+    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, SUMMARY_SCHEMA_VERSION, Summary, WORKER_COLUMNS,
+    csv_line, metrics_columns,
+};
 
 const WORKERS: usize = 100;
 const SECONDS: usize = 28 * 3600;
@@ -30,7 +34,7 @@ fn phase(s: usize) -> &'static str {
 fn generate(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut m = BufWriter::new(std::fs::File::create(dir.join("metrics.csv"))?);
-    writeln!(m, "{}", METRICS_COLUMNS.join(","))?;
+    m.write_all(csv_line(&metrics_columns()).as_bytes())?;
     let mut w = BufWriter::new(std::fs::File::create(dir.join("workers.csv"))?);
     writeln!(w, "{}", WORKER_COLUMNS.join(","))?;
     let start = UNIX_EPOCH + Duration::from_secs(1_795_406_400);
@@ -44,11 +48,29 @@ fn generate(dir: &Path) -> std::io::Result<()> {
         let conns = 1_000_000;
         // A one-hour slow leak in worker 7 and a latency spike at hour 20.
         let p95 = if (72_000..72_030).contains(&s) { 45.0 } else { 2.0 + (s % 7) as f64 * 0.05 };
-        writeln!(
-            m,
-            "{s},2026-11-23T00:00:00.000Z,{p},{conns},{conns},0,0,0,{conns},{conns},0,1.000,{p95:.3},3.000,9.000,1.000,0,{:.1},150.0,100,,,",
-            100.0 * WORKERS as f64
-        )?;
+        let row = MetricsRow {
+            elapsed_s: s as u64,
+            timestamp: "2026-11-23T00:00:00.000Z".into(),
+            phase: p.into(),
+            revision: 0,
+            connections_target: conns,
+            connections_active: conns,
+            counters: Counters { messages_sent: conns, messages_received: conns, ..Default::default() },
+            errors: 0,
+            latency_p50_ms: 1.0,
+            latency_p95_ms: p95,
+            latency_p99_ms: 3.0,
+            latency_max_ms: 9.0,
+            connect_p95_ms: 1.0,
+            generator_stalled: 0,
+            worker_rss_mb: 100.0 * WORKERS as f64,
+            worker_cpu_pct: 150.0,
+            workers_reporting: WORKERS as u32,
+            target_rss_mb: f64::NAN,
+            target_cpu_pct: f64::NAN,
+            target_connections: f64::NAN,
+        };
+        m.write_all(csv_line(&row.csv_cells()).as_bytes())?;
         for k in 0..WORKERS {
             let rss = 100.0 + if k == 7 && s > 50_000 { (s - 50_000) as f64 / 60.0 * 2.0 } else { 0.0 };
             writeln!(w, "{s},2026-11-23T00:00:00.000Z,w{k:03},10000,0,0,10000,10000,0,{rss:.1},1.5,1")?;
@@ -61,10 +83,31 @@ fn generate(dir: &Path) -> std::io::Result<()> {
     }
     drop(log);
     hbuf.flush()?;
-    std::fs::write(
-        dir.join("summary.json"),
-        r#"{"schema_version":1,"verdict":"PASS","aborted":null,"scenario":"bench","target":"ws://x/","started_at":"2026-11-23T00:00:00.000Z","duration_s":100800,"workers":100,"worker_details":[],"connections":{"target":0,"peak":0,"attempted":0,"opened":0,"failed":0,"closed_by_server":0,"closed_by_client":0},"messages":{"sent":0,"received":0,"lost":0,"out_of_order":0,"unmatched":0,"late_sends":0,"bytes_sent":0,"bytes_received":0},"latency_ms":{"count":0,"p50":0,"p90":0,"p95":0,"p99":0,"p999":0,"max":0,"mean":0},"connect_ms":{"count":0,"p50":0,"p90":0,"p95":0,"p99":0,"p999":0,"max":0,"mean":0},"errors":{},"error_rate":0,"throughput_msg_per_s":0,"worker_rss_peak_mb":0,"phases":[],"thresholds":[]}"#,
-    )?;
+    let summary = Summary {
+        schema_version: SUMMARY_SCHEMA_VERSION,
+        verdict: "PASS".into(),
+        aborted: None,
+        scenario: "bench".into(),
+        target: "ws://x/".into(),
+        started_at: "2026-11-23T00:00:00.000Z".into(),
+        duration_s: SECONDS as f64,
+        workers: WORKERS as u32,
+        worker_details: vec![],
+        connections: ConnectionFigures::default(),
+        messages: MessageFigures::default(),
+        latency_ms: Percentiles::default(),
+        connect_ms: Percentiles::default(),
+        errors: Default::default(),
+        errors_total: 0,
+        error_rate: 0.0,
+        throughput_msg_per_s: 0.0,
+        counters: Counters::default(),
+        generator_stalled_seconds: vec![],
+        worker_rss_peak_mb: 0.0,
+        phases: vec![],
+        thresholds: vec![],
+    };
+    std::fs::write(dir.join("summary.json"), serde_json::to_string(&summary).map_err(std::io::Error::other)?)?;
     m.flush()?;
     w.flush()?;
     Ok(())

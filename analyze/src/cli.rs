@@ -191,15 +191,16 @@ fn latency_distribution(run: &Run, args: &Args) -> Option<Distribution> {
     (!latency.is_empty()).then(|| distribution(&run.label, &latency))
 }
 
-/// An error when `--phase` names no phase of the run.
-fn check_phase(run: &Run, args: &Args) -> Result<(), String> {
+/// Loads a folder; an error too when `--phase` names no phase of the run.
+fn load_checked(path: &Path, args: &Args) -> Result<Run, String> {
+    let run = load(path).map_err(|e| e.to_string())?;
     match &args.phase {
         Some(only) if !run.timeline.phase_names().contains(&only.as_str()) => Err(format!(
             "{}: --phase {only}: no such phase in this run (phases: {})",
             run.dir.display(),
             run.timeline.phase_names().join(", ")
         )),
-        _ => Ok(()),
+        _ => Ok(run),
     }
 }
 
@@ -283,7 +284,7 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
     let several = paths.len() > 1;
     let mut analyzed: Vec<(Run, RunReport)> = Vec::new();
     for path in &paths {
-        let run = match load(path).map_err(|e| e.to_string()).and_then(|run| check_phase(&run, &args).map(|_| run)) {
+        let run = match load_checked(path, &args) {
             Ok(run) => run,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -308,7 +309,7 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
     }
 
     let baseline = match &args.baseline {
-        Some(path) => match load(path).map_err(|e| e.to_string()).and_then(|run| check_phase(&run, &args).map(|_| run)) {
+        Some(path) => match load_checked(path, &args) {
             Ok(run) => {
                 let r = analyze(&run, &args);
                 Some((run, r))

@@ -2,6 +2,7 @@
 //! baseline, flagging regressions beyond a tolerance.
 
 use serde::Serialize;
+use stampede_model::results::Percentiles;
 
 use crate::stats::WindowStats;
 
@@ -20,12 +21,25 @@ pub enum Better {
 pub struct ComparedMetric {
     /// Name with unit.
     pub metric: String,
+    /// Whether it is a latency percentile (whose source may be approximate).
+    pub percentile: bool,
     /// Which way is better.
     pub better: Better,
     /// The baseline's value.
     pub baseline: f64,
     /// Per other run: (label, value, relative change, regression?).
     pub runs: Vec<(String, f64, f64, bool)>,
+}
+
+/// What one run's compared figures cover.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunScope {
+    /// The run's label.
+    pub run: String,
+    /// Its phase set, e.g. `ramp-up+sustained+cooldown (warmup excluded)`.
+    pub scope: String,
+    /// Where its percentiles come from (`latency.hlog`, or an approximation).
+    pub percentiles_from: String,
 }
 
 /// The comparison table.
@@ -35,6 +49,8 @@ pub struct Comparison {
     pub baseline: String,
     /// Relative worsening that counts as a regression.
     pub tolerance: f64,
+    /// What each run's figures cover, the baseline first.
+    pub scopes: Vec<RunScope>,
     /// One row per metric.
     pub metrics: Vec<ComparedMetric>,
 }
@@ -50,16 +66,21 @@ impl Comparison {
 /// absolute floor ignores changes too small to matter (noise).
 type Getter = fn(&WindowStats) -> f64;
 const METRICS: &[(&str, Better, f64, Getter)] = &[
-    ("latency_p50_ms", Better::Lower, 0.05, |s| s.latency_ms.p50),
-    ("latency_p95_ms", Better::Lower, 0.05, |s| s.latency_ms.p95),
-    ("latency_p99_ms", Better::Lower, 0.05, |s| s.latency_ms.p99),
-    ("latency_max_ms", Better::Lower, 0.5, |s| s.latency_ms.max),
-    ("connect_p95_ms", Better::Lower, 0.05, |s| s.connect_ms.p95),
+    ("latency_p50_ms", Better::Lower, 0.05, |s| pct(&s.latency_ms, |p| p.p50)),
+    ("latency_p95_ms", Better::Lower, 0.05, |s| pct(&s.latency_ms, |p| p.p95)),
+    ("latency_p99_ms", Better::Lower, 0.05, |s| pct(&s.latency_ms, |p| p.p99)),
+    ("latency_max_ms", Better::Lower, 0.5, |s| pct(&s.latency_ms, |p| p.max)),
+    ("connect_p95_ms", Better::Lower, 0.05, |s| pct(&s.connect_ms, |p| p.p95)),
     ("throughput_msg_per_s", Better::Higher, 0.5, |s| s.throughput_msg_per_s),
     ("connect_success_rate", Better::Higher, 0.0005, |s| s.connect_success_rate),
     ("error_rate", Better::Lower, 0.0005, |s| s.error_rate),
     ("connections_peak", Better::Higher, 1.0, |s| s.connections_peak as f64),
 ];
+
+/// A percentile, NaN when there is none (NaN never counts as a regression).
+fn pct(p: &Option<Percentiles>, get: fn(&Percentiles) -> f64) -> f64 {
+    p.as_ref().map_or(f64::NAN, get)
+}
 
 /// Compares `others` against `baseline`.
 pub fn compare(baseline: &WindowStats, others: &[&WindowStats], tolerance: f64) -> Comparison {
@@ -81,8 +102,17 @@ pub fn compare(baseline: &WindowStats, others: &[&WindowStats], tolerance: f64) 
                     (s.run.clone(), v, change, regression)
                 })
                 .collect();
-            ComparedMetric { metric: name.to_string(), better: *better, baseline: base, runs }
+            let percentile = name.starts_with("latency_") || name.starts_with("connect_p");
+            ComparedMetric { metric: name.to_string(), percentile, better: *better, baseline: base, runs }
         })
         .collect();
-    Comparison { baseline: baseline.run.clone(), tolerance, metrics }
+    let scopes = std::iter::once(baseline)
+        .chain(others.iter().copied())
+        .map(|s| RunScope {
+            run: s.run.clone(),
+            scope: format!("{}{}", s.phases, s.scope_tag()),
+            percentiles_from: s.percentiles_from.clone(),
+        })
+        .collect();
+    Comparison { baseline: baseline.run.clone(), tolerance, scopes, metrics }
 }

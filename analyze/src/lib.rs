@@ -4,6 +4,7 @@ pub mod compare;
 pub mod detect;
 pub mod hlog;
 pub mod load;
+pub mod metrics;
 pub mod model;
 pub mod plots;
 pub mod report;

@@ -3,17 +3,16 @@
 //! inline. CSV files are spreadsheet-clean: a header row, one value per
 //! cell, ISO 8601 timestamps.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
-use stampede_model::results::csv_line;
+use stampede_model::results::{Percentiles, csv_line, files};
 use stampede_model::time::{iso8601, parse_iso8601};
 
 use crate::compare::{Better, Comparison};
 use crate::model::Finding;
-use crate::stats::{PercentileSource, WindowStats};
+use crate::stats::WindowStats;
 
 /// Everything found about one run.
 #[derive(Debug, Clone, Serialize)]
@@ -30,12 +29,11 @@ pub struct RunReport {
     pub target: Option<String>,
     /// Start of the run, ISO 8601 (from summary.json).
     pub started_at: Option<String>,
-    /// The run (warmup excluded unless asked).
+    /// The headline phase set (warmup excluded unless asked; its `phases`
+    /// and `scope` say which).
     pub overall: WindowStats,
     /// Each phase.
     pub phases: Vec<WindowStats>,
-    /// Errors by cause (summary.json).
-    pub errors_by_cause: BTreeMap<String, u64>,
     /// Memory trends over the steady window, found anomalous or not.
     pub memory: Vec<MemoryTrend>,
     /// Anomalies.
@@ -116,6 +114,8 @@ pub fn anomalies_csv(reports: &[&RunReport]) -> String {
 pub const PHASE_COLUMNS: &[&str] = &[
     "run",
     "phase",
+    "phases",
+    "scope",
     "start_s",
     "end_s",
     "start_time",
@@ -127,6 +127,7 @@ pub const PHASE_COLUMNS: &[&str] = &[
     "connections_failed",
     "connect_success_rate",
     "connections_closed_by_server",
+    "connections_dropped",
     "connections_peak",
     "errors",
     "error_rate",
@@ -140,25 +141,22 @@ pub const PHASE_COLUMNS: &[&str] = &[
     "connect_p95_ms",
     "connect_p99_ms",
     "percentile_source",
+    "generator_stalled_s",
 ];
 
-fn source_name(s: PercentileSource) -> &'static str {
-    match s {
-        PercentileSource::Hlog => "latency.hlog",
-        PercentileSource::Summary => "summary.json",
-        PercentileSource::Rows => "per-second rows (approximate)",
-    }
-}
-
-/// phases.csv for the given reports: every phase, then the whole run.
+/// phases.csv for the given reports: every phase, then the headline set
+/// (`all`), whose `phases` and `scope` cells name what it covers.
 pub fn phases_csv(reports: &[&RunReport]) -> String {
     let mut out = csv_line(PHASE_COLUMNS);
     for r in reports {
         for w in r.phases.iter().chain(std::iter::once(&r.overall)) {
-            let (l, c) = (&w.latency_ms, &w.connect_ms);
+            let l = |get: fn(&Percentiles) -> f64| pct_cell(w.latency_ms.as_ref(), get);
+            let c = |get: fn(&Percentiles) -> f64| pct_cell(w.connect_ms.as_ref(), get);
             out += &csv_line(&[
                 w.run.clone(),
                 w.phase.clone(),
+                w.phases.clone(),
+                w.scope.clone(),
                 cell(w.start_s, 0),
                 cell(w.end_s, 0),
                 at(r.started_at.as_deref(), w.start_s),
@@ -170,31 +168,37 @@ pub fn phases_csv(reports: &[&RunReport]) -> String {
                 w.connections_failed.to_string(),
                 cell(w.connect_success_rate, 6),
                 w.connections_closed_by_server.to_string(),
+                w.connections_dropped.to_string(),
                 w.connections_peak.to_string(),
                 w.errors.to_string(),
                 cell(w.error_rate, 6),
-                pct_cell(l.count, l.p50),
-                pct_cell(l.count, l.p90),
-                pct_cell(l.count, l.p95),
-                pct_cell(l.count, l.p99),
-                pct_cell(l.count, l.p999),
-                pct_cell(l.count, l.max),
-                pct_cell(c.count, c.p50),
-                pct_cell(c.count, c.p95),
-                pct_cell(c.count, c.p99),
-                source_name(w.percentile_source).into(),
+                l(|p| p.p50),
+                l(|p| p.p90),
+                l(|p| p.p95),
+                l(|p| p.p99),
+                l(|p| p.p999),
+                l(|p| p.max),
+                c(|p| p.p50),
+                c(|p| p.p95),
+                c(|p| p.p99),
+                w.percentiles_from.clone(),
+                w.generator_stalled_seconds.len().to_string(),
             ]);
         }
     }
     out
 }
 
-fn pct_cell(count: u64, v: f64) -> String {
-    if count > 0 { cell(v, 3) } else { String::new() }
+/// A percentile cell; empty without a sample.
+fn pct_cell(p: Option<&Percentiles>, get: fn(&Percentiles) -> f64) -> String {
+    p.filter(|p| p.count > 0).map(|p| cell(get(p), 3)).unwrap_or_default()
 }
 
-fn ms(count: u64, v: f64) -> String {
-    if count > 0 && v.is_finite() { format!("{v:.3} ms") } else { "-".into() }
+fn ms(p: Option<&Percentiles>, get: fn(&Percentiles) -> f64) -> String {
+    match p.filter(|p| p.count > 0).map(get) {
+        Some(v) if v.is_finite() => format!("{v:.3} ms"),
+        _ => "-".into(),
+    }
 }
 
 /// The run's report as Markdown.
@@ -211,56 +215,80 @@ pub fn markdown(r: &RunReport) -> String {
         );
     }
     let o = &r.overall;
-    let _ = writeln!(s, "## Run ({})\n", if o.phase == "all" { "warmup excluded" } else { &o.phase });
+    // Every figure carries what it covers, not only the heading.
+    let (scope, pct) = (o.scope_tag(), o.percentile_tag());
+    let _ = writeln!(s, "## Run: {}{scope}\n", if o.phases.is_empty() { "no phase" } else { &o.phases });
     let _ = writeln!(s, "| figure | value |\n|---|---|");
-    let _ = writeln!(s, "| messages sent / received | {} / {} |", o.messages_sent, o.messages_received);
-    let _ = writeln!(s, "| throughput | {:.1} msg/s |", o.throughput_msg_per_s);
     let _ =
-        writeln!(s, "| connections opened / failed | {} / {} |", o.connections_opened, o.connections_failed);
-    let _ = writeln!(s, "| connect success | {:.3} % |", o.connect_success_rate * 100.0);
-    let _ = writeln!(s, "| peak connections | {} |", o.connections_peak);
-    let _ = writeln!(s, "| errors | {} ({:.4} %) |", o.errors, o.error_rate * 100.0);
-    let l = &o.latency_ms;
+        writeln!(s, "| messages sent / received | {} / {}{scope} |", o.messages_sent, o.messages_received);
+    let _ = writeln!(s, "| throughput | {:.1} msg/s{scope} |", o.throughput_msg_per_s);
     let _ = writeln!(
         s,
-        "| latency p50 / p95 / p99 / max | {} / {} / {} / {} |",
-        ms(l.count, l.p50),
-        ms(l.count, l.p95),
-        ms(l.count, l.p99),
-        ms(l.count, l.max)
+        "| connections opened / failed | {} / {}{scope} |",
+        o.connections_opened, o.connections_failed
     );
-    let c = &o.connect_ms;
+    let _ = writeln!(s, "| connect success | {:.3} %{scope} |", o.connect_success_rate * 100.0);
     let _ = writeln!(
         s,
-        "| connect p50 / p95 / p99 | {} / {} / {} |",
-        ms(c.count, c.p50),
-        ms(c.count, c.p95),
-        ms(c.count, c.p99)
+        "| closed by server / dropped | {} / {}{scope} |",
+        o.connections_closed_by_server, o.connections_dropped
     );
-    let _ = writeln!(s, "| percentiles from | {} |\n", source_name(o.percentile_source));
-    if !r.errors_by_cause.is_empty() {
-        let causes: Vec<String> = r.errors_by_cause.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "Errors by cause: {}\n", causes.join(", "));
+    let _ = writeln!(s, "| peak connections | {}{scope} |", o.connections_peak);
+    let _ = writeln!(s, "| errors | {} ({:.4} %){scope} |", o.errors, o.error_rate * 100.0);
+    let l = o.latency_ms.as_ref();
+    if l.is_some() {
+        let _ = writeln!(
+            s,
+            "| latency p50 / p95 / p99 / max | {} / {} / {} / {}{pct} |",
+            ms(l, |p| p.p50),
+            ms(l, |p| p.p95),
+            ms(l, |p| p.p99),
+            ms(l, |p| p.max)
+        );
+    } else {
+        let _ = writeln!(s, "| latency p50 / p95 / p99 / max | no percentiles{pct} |");
+    }
+    let c = o.connect_ms.as_ref();
+    let _ = writeln!(
+        s,
+        "| connect p50 / p95 / p99 | {} / {} / {}{pct} |",
+        ms(c, |p| p.p50),
+        ms(c, |p| p.p95),
+        ms(c, |p| p.p99)
+    );
+    let _ = writeln!(s, "| percentiles from | {} |", o.percentiles_from);
+    if !o.generator_stalled_seconds.is_empty() {
+        let _ = writeln!(
+            s,
+            "| generator stalled | {} s: latency there measures the load generator{scope} |",
+            o.generator_stalled_seconds.len()
+        );
+    }
+    let _ = writeln!(s);
+    if !o.errors_by_cause.is_empty() {
+        let causes: Vec<String> = o.errors_by_cause.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "Errors by cause (summary.json){scope}: {}\n", causes.join(", "));
     }
     let _ = writeln!(s, "## Phases\n");
     let _ = writeln!(
         s,
-        "| phase | start (s) | length (s) | msg/s | peak conns | errors | p50 | p95 | p99 |\n|---|---|---|---|---|---|---|---|---|"
+        "| phase | start (s) | length (s) | msg/s | peak conns | errors | p50 | p95 | p99 | percentiles from |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for w in &r.phases {
-        let l = &w.latency_ms;
+        let l = w.latency_ms.as_ref();
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} |",
             w.phase,
             w.start_s,
             w.end_s - w.start_s,
             w.throughput_msg_per_s,
             w.connections_peak,
             w.errors,
-            ms(l.count, l.p50),
-            ms(l.count, l.p95),
-            ms(l.count, l.p99)
+            ms(l, |p| p.p50),
+            ms(l, |p| p.p95),
+            ms(l, |p| p.p99),
+            w.percentiles_from
         );
     }
     if !r.memory.is_empty() {
@@ -277,7 +305,7 @@ pub fn markdown(r: &RunReport) -> String {
     let _ = writeln!(s, "\n## Findings\n");
     if r.findings.is_empty() {
         let _ =
-            writeln!(s, "None: no latency spike, memory growth or connection drop beyond the thresholds.");
+            writeln!(s, "None: no latency spike, memory growth, connection drop or generator stall beyond the thresholds.");
     }
     for f in &r.findings {
         let _ = writeln!(
@@ -308,9 +336,11 @@ pub fn comparison_markdown(c: &Comparison) -> String {
         c.metrics.first().map(|m| m.runs.iter().map(|r| r.0.as_str()).collect()).unwrap_or_default();
     let _ = writeln!(s, "# Comparison against {}\n", c.baseline);
     let _ = writeln!(s, "Regression: worse than the baseline by more than {:.0} %.\n", c.tolerance * 100.0);
-    let _ = write!(s, "| metric | {} (baseline) |", c.baseline);
+    // Each run's column header says what its figures cover.
+    let scope = |run: &str| c.scopes.iter().find(|r| r.run == run).map_or("?", |r| r.scope.as_str());
+    let _ = write!(s, "| metric | {} (baseline: {}) |", c.baseline, scope(&c.baseline));
     for o in &others {
-        let _ = write!(s, " {o} | change |");
+        let _ = write!(s, " {o} ({}) | change |", scope(o));
     }
     let _ = write!(s, "\n|---|---|");
     for _ in &others {
@@ -322,11 +352,21 @@ pub fn comparison_markdown(c: &Comparison) -> String {
             Better::Lower => "lower is better",
             Better::Higher => "higher is better",
         };
-        let _ = write!(s, "| {} ({arrow}) | {} |", m.metric, cell(m.baseline, 3));
-        for (_, v, change, regressed) in &m.runs {
+        // A percentile not from the run's latency.hlog is marked where it stands.
+        let value = |run: &str, v: f64| {
+            let approximate = m.percentile
+                && c.scopes.iter().any(|r| r.run == run && r.percentiles_from != files::LATENCY_HLOG);
+            match (v.is_finite(), approximate) {
+                (false, _) => "-".to_string(),
+                (true, true) => format!("{} (approximate)", cell(v, 3)),
+                (true, false) => cell(v, 3),
+            }
+        };
+        let _ = write!(s, "| {} ({arrow}) | {} |", m.metric, value(&c.baseline, m.baseline));
+        for (run, v, change, regressed) in &m.runs {
             let change = if change.is_finite() { format!("{:+.1} %", change * 100.0) } else { "-".into() };
             let flag = if *regressed { " **REGRESSION**" } else { "" };
-            let _ = write!(s, " {} | {change}{flag} |", cell(*v, 3));
+            let _ = write!(s, " {} | {change}{flag} |", value(run, *v));
         }
         let _ = writeln!(s);
     }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::Synth;
+use stampede_model::results::SUMMARY_SCHEMA_VERSION;
 
 fn analyze(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_analyze")).args(args).output().unwrap();
@@ -60,11 +61,9 @@ fn bad_folders_are_named_and_good_ones_still_analyzed() {
     let newer = root.path().join("newer");
     Synth::clean(200).write(&newer);
     let summary = std::fs::read_to_string(newer.join("summary.json")).unwrap();
-    std::fs::write(
-        newer.join("summary.json"),
-        summary.replace("\"schema_version\": 1", "\"schema_version\": 99"),
-    )
-    .unwrap();
+    let version = format!("\"schema_version\": {SUMMARY_SCHEMA_VERSION}");
+    assert!(summary.contains(&version));
+    std::fs::write(newer.join("summary.json"), summary.replace(&version, "\"schema_version\": 99")).unwrap();
 
     let missing = root.path().join("missing");
     let nothing = format!("{}/none-*", root.path().display());
@@ -131,11 +130,12 @@ fn a_folder_without_its_histogram_log_says_what_is_approximate() {
     std::fs::remove_file(run.join("workers.csv")).unwrap();
     let (code, stdout, stderr) = analyze(&[run.to_str().unwrap(), "--format", "markdown"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("latency.hlog missing: percentiles are approximate"), "{stdout}");
+    assert!(stdout.contains("latency.hlog missing: percentiles approximate (from summary.json)"), "{stdout}");
     assert!(stdout.contains("workers.csv missing"), "{stdout}");
     assert!(
-        stdout.contains("percentiles from | summary.json") || stdout.contains("per-second rows"),
-        "{stdout}"
+        stdout.contains("| sustained | 90 | 180 |")
+            && stdout.contains("| approximate (latency.hlog missing: from summary.json) |"),
+        "each phase's percentiles come from summary.json, marked: {stdout}"
     );
 }
 

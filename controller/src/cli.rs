@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::Overrides;
+use crate::plan::{MIN_INTERVAL_S, Overrides};
 use crate::run::{RunError, RunOptions, run};
 use crate::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS};
 
@@ -15,7 +15,7 @@ pub struct RunArgs {
     /// The scenario file (TOML).
     pub scenario: PathBuf,
     /// Load this ws:// URL instead of the scenario's target.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = target_url)]
     pub target: Option<String>,
     /// Connections to hold in the sustained phase.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -26,8 +26,8 @@ pub struct RunArgs {
     /// Length of the ramp-up phase, seconds.
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub ramp_up: Option<f64>,
-    /// Seconds between two messages on a connection (0: connect only).
-    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    /// Seconds between two messages on a connection (0: connect only; or "250ms").
+    #[arg(long, value_name = "SECS", value_parser = interval)]
     pub message_interval: Option<f64>,
     /// Local worker processes to start.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -40,13 +40,27 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
+/// A duration flag: `20`, `250ms`, `20s`, `5m`, `2h`, at most a week.
 fn seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && (0.0..=604_800.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{s}: give seconds between 0 and 604800"))
+    crate::scenario::Seconds::parse(s).map(|v| v.0)
+}
+
+/// `--message-interval`: 0 (connect only) or at least 1 ms.
+fn interval(s: &str) -> Result<f64, String> {
+    let v = seconds(s)?;
+    if v > 0.0 && v < MIN_INTERVAL_S {
+        return Err(format!("{v} s: give 0 (connect only) or at least {MIN_INTERVAL_S} s (1,000 messages/s per connection)"));
     }
+    Ok(v)
+}
+
+/// `--target`: a ws:// URL, checked here so the error names the flag.
+fn target_url(s: &str) -> Result<String, String> {
+    let url = stampede_model::TargetUrl::parse(s).map_err(|e| e.to_string())?;
+    if url.scheme == stampede_model::target::Scheme::Wss {
+        return Err(format!("{s:?}: wss:// is not supported yet"));
+    }
+    Ok(s.to_string())
 }
 
 impl RunArgs {

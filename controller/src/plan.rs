@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use stampede_model::TargetUrl;
+use stampede_model::target::Scheme;
 use stampede_relay::config::{DropAt, Faults, SlowWindow};
 
 use crate::scenario::{Count, Scenario, ScenarioError, Seconds, TargetSection};
@@ -15,6 +17,9 @@ use crate::threshold::{Condition, Metric};
 /// Connections one local worker process takes at most before the fleet
 /// grows by another process (one process may hold ~20,000 open files here).
 pub const CONNECTIONS_PER_LOCAL_WORKER: u64 = 15_000;
+
+/// Shortest message interval, s (1,000 messages per second per connection).
+pub const MIN_INTERVAL_S: f64 = 0.001;
 
 /// Connections one bundled relay process serves at most, for the same reason.
 pub const CONNECTIONS_PER_RELAY: u64 = 15_000;
@@ -47,7 +52,7 @@ impl Overrides {
             sc.target.bundled = false;
         }
         if let Some(n) = self.connections {
-            sc.load.connections = Count(n.max(1));
+            sc.load.connections = Count(n);
         }
         if let Some(s) = self.duration_s {
             sc.phases.sustained_s = Seconds(s);
@@ -59,7 +64,7 @@ impl Overrides {
             sc.load.message_interval_s = Seconds(s);
         }
         if let Some(n) = self.workers {
-            sc.fleet.workers = Some(Count(n.max(1)));
+            sc.fleet.workers = Some(Count(n));
         }
         if let Some(dir) = &self.output {
             sc.output.dir = dir.clone();
@@ -188,11 +193,9 @@ impl Plan {
                     ));
                 }
                 let u = url.get_ref();
-                if !u.starts_with("ws://") || u.len() <= "ws://".len() {
-                    return Err(err(
-                        url.span().start,
-                        format!("target url {u:?} must start with ws:// (wss:// is not supported yet)"),
-                    ));
+                let parsed = TargetUrl::parse(u).map_err(|e| err(url.span().start, e.to_string()))?;
+                if parsed.scheme == Scheme::Wss {
+                    return Err(err(url.span().start, format!("target url {u:?}: wss:// is not supported yet")));
                 }
                 TargetPlan::Url(u.clone())
             }
@@ -290,10 +293,10 @@ impl Plan {
         })?;
 
         let interval = sc.load.message_interval_s.0;
-        if interval > 0.0 && interval < 0.001 {
+        if interval > 0.0 && interval < MIN_INTERVAL_S {
             return Err(err(
-                table_at("load"),
-                "message_interval_s below 0.001 (1000 messages/s per connection) is not supported".into(),
+                source.find("message_interval_s").unwrap_or_else(|| table_at("load")),
+                format!("message_interval_s {interval}: give 0 (connect only) or at least {MIN_INTERVAL_S} s"),
             ));
         }
 
@@ -304,9 +307,9 @@ impl Plan {
             connections,
             message_interval: (interval > 0.0).then(|| Duration::from_secs_f64(interval)),
             payload_bytes: sc.load.payload_bytes.0,
-            connect_timeout: secs(sc.load.connect_timeout_s).max(Duration::from_millis(1)),
+            connect_timeout: Duration::from_secs_f64(sc.load.connect_timeout_s.0),
             reconnect: sc.load.reconnect,
-            buffer_bytes: sc.load.buffer_bytes.clamp(512, 1 << 20),
+            buffer_bytes: sc.load.buffer_bytes.0,
             phases,
             thresholds: sc.thresholds.iter().map(|(m, c)| (*m, *c.get_ref())).collect(),
             fleet: FleetPlan {
@@ -561,7 +564,7 @@ mod tests {
             ("bundled_fault_drop = { at_s = -1, fraction = 0.5 }", "t.toml:4:", "-1"),
             ("bundled_fault_drop = { at_s = 60 }", "t.toml:4:", "fraction"),
             ("bundled_fault_slow = { start_s = 1, length_s = 2, extra_ms = 0 }", "t.toml:4:", "extra_ms 0"),
-            ("bundled_fault_slow = { start_s = 1, length_s = 0, extra_ms = 5 }", "t.toml:4:", "length 0"),
+            ("bundled_fault_slow = { start_s = 1, length_s = 0, extra_ms = 5 }", "t.toml:4:", "above 0"),
             ("bundled_fault_slow = { start_s = 1, length_s = 2, extra = 5 }", "t.toml:4:", "unknown field"),
             ("bundled_fault_leak_mb_per_min = -2", "t.toml:4:", "MB per minute"),
         ] {
@@ -572,6 +575,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("t.toml:4:33: bundled_fault_leak_mb_per_min injects faults"), "{err}");
+    }
+
+    #[test]
+    fn durations_take_units_and_errors_are_in_words() {
+        let head = "name = \"s\"\n[target]\nbundled = true\n";
+        let p = plan(&format!("{head}[phases]\nsustained_s = \"5m\"\nwarmup_s = \"1500ms\"\n")).unwrap();
+        assert_eq!(p.phases[0].duration, Duration::from_millis(1500));
+        assert_eq!(p.phases[2].duration, Duration::from_secs(300));
+        for (text, at, says) in [
+            ("[phases]\nsustained_s = \"20x\"", "t.toml:5:", "\"20x\" is not a duration"),
+            ("[phases]\nsustained_s = true", "t.toml:5:", "true is not a duration"),
+            ("[phases]\nsustained_s = \"8d\"", "t.toml:5:", "not a duration"),
+            ("[phases]\nsustained_s = 700000", "t.toml:5:", "out of range"),
+            ("[load]\nconnections = \"many\"", "t.toml:5:", "\"many\" is not a count"),
+            ("[load]\nconnections = 0", "t.toml:5:", "at least 1"),
+            ("[load]\nbuffer_bytes = 100", "t.toml:5:", "between 512 and 1048576"),
+            ("[load]\nconnect_timeout_s = 0", "t.toml:5:", "above 0"),
+            ("[load]\npayload_bytes = \"64\"", "t.toml:5:", "is not a number of bytes"),
+            ("[load]\nmessage_interval_s = 0.0001", "t.toml:5:", "at least 0.001 s"),
+        ] {
+            let err = plan(&format!("{head}{text}\n")).unwrap_err().to_string();
+            assert!(err.starts_with(at) && err.contains(says), "{text:?} gave {err}");
+            assert!(!err.contains("invalid type"), "no serde internals: {err}");
+        }
     }
 
     #[test]

@@ -378,7 +378,7 @@ impl Running<'_> {
             tokio::select! {
                 _ = shutdown.cancelled(), if self.stopping.is_none() => {
                     interrupted = true;
-                    self.abort("interrupted (Ctrl-C)".into()).await;
+                    self.abort("interrupted (Ctrl-C or SIGTERM)".into()).await;
                 }
                 _ = sleep_until(next_phase_at), if self.stopping.is_none() => {
                     if self.next_phase < self.plan.phases.len() {

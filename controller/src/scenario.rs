@@ -106,12 +106,12 @@ pub struct LoadSection {
     pub message_interval_s: Seconds,
     /// Size of each message, bytes (at least 64: the stamp must fit).
     pub payload_bytes: PayloadBytes,
-    /// Limit for TCP connect plus WebSocket upgrade, s.
-    pub connect_timeout_s: Seconds,
+    /// Limit for TCP connect plus WebSocket upgrade, s (above 0).
+    pub connect_timeout_s: Length,
     /// Open a new connection when one fails or the server closes it.
     pub reconnect: bool,
-    /// Per-connection read buffer, bytes.
-    pub buffer_bytes: u32,
+    /// Per-connection read buffer, bytes (512 .. 1 MiB).
+    pub buffer_bytes: BufferBytes,
 }
 
 impl Default for LoadSection {
@@ -120,9 +120,9 @@ impl Default for LoadSection {
             connections: Count(100),
             message_interval_s: Seconds(1.0),
             payload_bytes: PayloadBytes(64),
-            connect_timeout_s: Seconds(10.0),
+            connect_timeout_s: Length(10.0),
             reconnect: true,
-            buffer_bytes: 512,
+            buffer_bytes: BufferBytes(512),
         }
     }
 }
@@ -196,11 +196,32 @@ pub struct Count(pub u64);
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = u64::deserialize(d)?;
-        if n == 0 {
-            return Err(serde::de::Error::custom("must be at least 1"));
+        match Value::deserialize(d)? {
+            Value::Int(n) if n >= 1 => Ok(Count(n as u64)),
+            other => Err(serde::de::Error::custom(format!("{other} is not a count: give a whole number of at least 1"))),
         }
-        Ok(Count(n))
+    }
+}
+
+/// A TOML value where a number is expected, kept to say in words what was
+/// written instead.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Value {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Text(t) => write!(f, "{t:?}"),
+            Value::Bool(b) => write!(f, "{b}"),
+        }
     }
 }
 
@@ -209,29 +230,40 @@ impl<'de> Deserialize<'de> for Count {
 #[serde(transparent)]
 pub struct Seconds(pub f64);
 
-/// A TOML number, integer or float.
+/// A TOML number, integer or float; anything else is an error in words.
 fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Num {
-        Int(i64),
-        Float(f64),
+    match Value::deserialize(d)? {
+        Value::Int(i) => Ok(i as f64),
+        Value::Float(f) => Ok(f),
+        other => Err(serde::de::Error::custom(format!("{other} is not a number"))),
     }
-    Ok(match Num::deserialize(d)? {
-        Num::Int(i) => i as f64,
-        Num::Float(f) => f,
-    })
+}
+
+impl Seconds {
+    /// Seconds from a duration as written (`20`, `"250ms"`, `"5m"`), checked
+    /// to lie in 0 .. a week.
+    pub fn parse(text: &str) -> Result<Seconds, String> {
+        Seconds::checked(stampede_model::time::parse_duration(text)?)
+    }
+
+    fn checked(v: f64) -> Result<Seconds, String> {
+        if (0.0..=7.0 * 86_400.0).contains(&v) {
+            Ok(Seconds(v))
+        } else {
+            Err(format!("{v} s is out of range: give a duration from 0 to 604800 s (a week)"))
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = number(d)?;
-        if !(0.0..=7.0 * 86_400.0).contains(&v) {
-            return Err(serde::de::Error::custom(format!(
-                "{v} is not a duration: give seconds between 0 and 604800"
-            )));
-        }
-        Ok(Seconds(v))
+        let checked = match Value::deserialize(d)? {
+            Value::Int(i) => Seconds::checked(i as f64),
+            Value::Float(f) => Seconds::checked(f),
+            Value::Text(t) => Seconds::parse(&t),
+            Value::Bool(b) => Err(format!("{b} is not a duration: write seconds (20) or \"20s\", \"5m\"")),
+        };
+        checked.map_err(serde::de::Error::custom)
     }
 }
 
@@ -242,11 +274,9 @@ pub struct Length(pub f64);
 
 impl<'de> Deserialize<'de> for Length {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = number(d)?;
-        if !(v > 0.0 && v <= 7.0 * 86_400.0) {
-            return Err(serde::de::Error::custom(format!(
-                "length {v}: give seconds above 0 and at most 604800"
-            )));
+        let v = Seconds::deserialize(d)?.0;
+        if v == 0.0 {
+            return Err(serde::de::Error::custom("0 s: give a duration above 0 (up to 604800 s)"));
         }
         Ok(Length(v))
     }
@@ -310,13 +340,32 @@ pub struct PayloadBytes(pub u32);
 
 impl<'de> Deserialize<'de> for PayloadBytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = u64::deserialize(d)?;
+        let n = match Value::deserialize(d)? {
+            Value::Int(n) => n,
+            other => return Err(serde::de::Error::custom(format!("{other} is not a number of bytes"))),
+        };
         if !(64..=16 << 20).contains(&n) {
             return Err(serde::de::Error::custom(format!(
                 "{n} bytes: give between 64 (the stamp must fit) and 16777216"
             )));
         }
         Ok(PayloadBytes(n as u32))
+    }
+}
+
+/// A read buffer size between 512 bytes and 1 MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct BufferBytes(pub u32);
+
+impl<'de> Deserialize<'de> for BufferBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Int(n) if (512..=1 << 20).contains(&n) => Ok(BufferBytes(n as u32)),
+            other => Err(serde::de::Error::custom(format!(
+                "{other} bytes: give a read buffer between 512 and 1048576 (any message size works with any buffer)"
+            ))),
+        }
     }
 }
 

@@ -56,3 +56,42 @@ mod tests {
         assert_eq!(parse_iso8601("yesterday"), None);
     }
 }
+
+/// Parses a duration as people write it: seconds as a plain number (`20`,
+/// `0.5`) or with a unit (`250ms`, `20s`, `5m`, `2h`). The error says, in
+/// words, what was expected.
+pub fn parse_duration(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" | "sec" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\"")),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v * scale),
+        _ => Err(format!("{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\"")),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_with_and_without_units() {
+        assert_eq!(parse_duration("20"), Ok(20.0));
+        assert_eq!(parse_duration("0.5"), Ok(0.5));
+        assert_eq!(parse_duration("250ms"), Ok(0.25));
+        assert_eq!(parse_duration("20s"), Ok(20.0));
+        assert_eq!(parse_duration("5m"), Ok(300.0));
+        assert_eq!(parse_duration("2h"), Ok(7200.0));
+        for bad in ["", "5 parsecs", "s", "NaN", "inf", "1e999"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("is not a duration"), "{bad}: {e}");
+        }
+    }
+}

@@ -22,6 +22,7 @@ const MAX: RGBColor = RGBColor(130, 130, 130);
 const SPIKE: RGBColor = RGBColor(214, 39, 40);
 const GROWTH: RGBColor = RGBColor(214, 120, 0);
 const DROP: RGBColor = RGBColor(200, 30, 140);
+const STALL: RGBColor = RGBColor(90, 90, 90);
 
 /// The colour findings of a kind are marked with.
 fn kind_color(kind: FindingKind) -> RGBColor {
@@ -29,6 +30,7 @@ fn kind_color(kind: FindingKind) -> RGBColor {
         FindingKind::LatencySpike => SPIKE,
         FindingKind::MemoryGrowth => GROWTH,
         FindingKind::ConnectionDrop => DROP,
+        FindingKind::GeneratorStalled => STALL,
     }
 }
 
@@ -123,7 +125,8 @@ where
     let mut c = chart(t, "round-trip latency per second", "latency (ms)", lines);
     c.note = note;
     let others = [FindingKind::MemoryGrowth, FindingKind::ConnectionDrop];
-    (c.spans, c.markers) = marks(f, &[FindingKind::LatencySpike], &others);
+    // Stalled seconds are shaded too: latency there is the generator's.
+    (c.spans, c.markers) = marks(f, &[FindingKind::LatencySpike, FindingKind::GeneratorStalled], &others);
     draw(area, t, &c)
 }
 

@@ -10,9 +10,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use stampede_model::Counters;
+use stampede_model::figures;
+use stampede_model::histogram::new_histogram;
 use stampede_model::results::{
-    ConnectionFigures, METRICS_COLUMNS, MessageFigures, MetricsRow, Percentiles, PhaseSummary,
-    SUMMARY_SCHEMA_VERSION, Summary, WORKER_COLUMNS, WorkerRow,
+    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, PhaseSummary, SUMMARY_SCHEMA_VERSION, Summary,
+    WORKER_COLUMNS, WorkerRow, csv_line, metrics_columns,
 };
 
 /// What to inject.
@@ -26,6 +29,12 @@ pub struct Synth {
     pub rss_rise: Option<(usize, f64)>,
     /// (second, fraction of connections lost for good).
     pub drop: Option<(usize, f64)>,
+    /// The drop ends the connections without a close frame (reset) instead
+    /// of with close code 1011.
+    pub drop_without_close: bool,
+    /// (start s, length s) in which the load generator stalled: p95 rises
+    /// to 30 ms and the rows say `generator_stalled`.
+    pub stall: Option<(usize, usize)>,
     /// Write latency.hlog.
     pub hlog: bool,
 }
@@ -72,6 +81,7 @@ impl Synth {
         let mut worker_rows = Vec::new();
         let mut hists = Vec::new();
         let mut lost = 0.0;
+        let cause = if self.drop_without_close { "reset" } else { "closed_1011" };
         for s in 0..n {
             let phase = phase_of(s, n);
             let target = match phase {
@@ -95,6 +105,10 @@ impl Synth {
             {
                 p95 = ms + noise.next();
             }
+            let stalled = self.stall.is_some_and(|(start, len)| (start..start + len).contains(&s));
+            if stalled {
+                p95 = 30.0 + noise.next();
+            }
             let mut rss = 50.0 + 0.3 * noise.next() + active * 0.004;
             if let Some((start, per_min)) = self.rss_rise
                 && s >= start
@@ -106,24 +120,34 @@ impl Synth {
             h.record_n((p95 * 500.0) as u64, (sent * 0.9) as u64).unwrap();
             h.record_n((p95 * 1000.0) as u64, (sent * 0.1).max(1.0) as u64).unwrap();
             hists.push(h);
+            let opened = if phase == "warmup" || phase == "ramp-up" { 17 } else { 0 };
+            let (by_server, dropped) =
+                if self.drop_without_close { (0, closed as u64) } else { (closed as u64, 0) };
             rows.push(MetricsRow {
                 elapsed_s: s as u64,
                 timestamp: iso(s),
                 phase: phase.into(),
+                revision: 0,
                 connections_target: target as u64,
                 connections_active: active as u64,
-                connections_opened: if phase == "warmup" || phase == "ramp-up" { 17 } else { 0 },
-                connections_failed: 0,
-                connections_closed_by_server: closed as u64,
-                messages_sent: sent as u64,
-                messages_received: sent as u64,
-                messages_lost: 0,
+                counters: Counters {
+                    connections_attempted: opened,
+                    connections_opened: opened,
+                    connections_closed_by_server: by_server,
+                    connections_dropped: dropped,
+                    messages_sent: sent as u64,
+                    messages_received: sent as u64,
+                    bytes_sent: sent as u64 * 64,
+                    bytes_received: sent as u64 * 64,
+                    ..Default::default()
+                },
+                errors: closed as u64,
                 latency_p50_ms: p95 / 2.0,
                 latency_p95_ms: p95,
                 latency_p99_ms: p95 * 1.2,
                 latency_max_ms: p95 * 1.5,
                 connect_p95_ms: 1.0,
-                errors: closed as u64,
+                generator_stalled: u8::from(stalled),
                 worker_rss_mb: rss,
                 worker_cpu_pct: 20.0,
                 workers_reporting: 2,
@@ -146,52 +170,67 @@ impl Synth {
                 });
             }
         }
-        let mut csv = METRICS_COLUMNS.join(",") + "\n";
-        for r in &rows {
-            csv += &(r.csv_cells().join(",") + "\n");
-        }
-        std::fs::write(dir.join("metrics.csv"), csv).unwrap();
+        write_metrics(dir, &rows);
         let mut wcsv = WORKER_COLUMNS.join(",") + "\n";
         for r in &worker_rows {
             wcsv += &(r.csv_cells().join(",") + "\n");
         }
         std::fs::write(dir.join("workers.csv"), wcsv).unwrap();
+        let mut connect = new_histogram();
+        connect.record(800).unwrap();
         if self.hlog {
-            let mut buf = Vec::new();
-            let mut ser = V2DeflateSerializer::new();
-            let start = UNIX_EPOCH + Duration::from_secs(STARTED_UNIX);
-            let mut log = IntervalLogWriterBuilder::new()
-                .with_start_time(start)
-                .with_base_time(start)
-                .begin_log_with(&mut buf, &mut ser)
-                .unwrap();
-            for (s, h) in hists.iter().enumerate() {
-                let at = Duration::from_secs(s as u64);
-                log.write_histogram(h, at, Duration::from_secs(1), Tag::new("latency")).unwrap();
-                let mut c = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
-                c.record(800).unwrap();
-                log.write_histogram(&c, at, Duration::from_secs(1), Tag::new("connect")).unwrap();
-            }
-            drop(log);
-            std::fs::write(dir.join("latency.hlog"), buf).unwrap();
+            let intervals: Vec<(u64, &Histogram<u64>)> =
+                hists.iter().enumerate().map(|(s, h)| (s as u64, h)).collect();
+            write_hlog(dir, &intervals, &connect);
         }
+        // summary.json from the same rows and histograms, as the controller
+        // writes it: per phase, and the run.
         let phase_names = ["warmup", "ramp-up", "sustained", "cooldown"];
         let bounds = [(0, 30), (30, 90), (90, n - 30), (n - 30, n)];
-        let phases = phase_names
+        let (mut run_latency, mut run_connect) = (new_histogram(), new_histogram());
+        let mut run_counters = Counters::default();
+        let mut run_errors = BTreeMap::new();
+        let phases: Vec<PhaseSummary> = phase_names
             .iter()
             .zip(bounds)
-            .map(|(name, (a, b))| PhaseSummary {
-                name: name.to_string(),
-                start_s: a as f64,
-                duration_s: (b - a) as f64,
-                errors: if self.drop.is_some_and(|(at, _)| phase_of(at, n) == *name) {
-                    BTreeMap::from([("closed_1011".to_string(), lost as u64)])
+            .map(|(name, (a, b))| {
+                let (mut latency, mut connect) = (new_histogram(), new_histogram());
+                let mut counters = Counters::default();
+                for s in a..b {
+                    latency.add(&hists[s]).unwrap();
+                    connect.record(800).unwrap();
+                    counters.add(&rows[s].counters);
+                }
+                run_latency.add(&latency).unwrap();
+                run_connect.add(&connect).unwrap();
+                run_counters.add(&counters);
+                let errors = if self.drop.is_some_and(|(at, _)| phase_of(at, n) == *name) {
+                    BTreeMap::from([(cause.to_string(), lost as u64)])
                 } else {
                     BTreeMap::new()
-                },
-                ..Default::default()
+                };
+                for (k, v) in &errors {
+                    *run_errors.entry(k.clone()).or_insert(0) += v;
+                }
+                PhaseSummary {
+                    name: name.to_string(),
+                    start_s: a as f64,
+                    duration_s: (b - a) as f64,
+                    latency_ms: Percentiles::of(&latency),
+                    connect_ms: Percentiles::of(&connect),
+                    errors_total: errors.values().sum(),
+                    errors,
+                    throughput_msg_per_s: figures::throughput(counters.messages_received, (b - a) as u64),
+                    counters,
+                    generator_stalled_seconds: (a..b)
+                        .filter(|&s| rows[s].generator_stalled > 0)
+                        .map(|s| s as u64)
+                        .collect(),
+                    ..Default::default()
+                }
             })
             .collect();
+        let errors_total = run_errors.values().sum();
         let summary = Summary {
             schema_version: SUMMARY_SCHEMA_VERSION,
             verdict: "PASS".into(),
@@ -204,15 +243,59 @@ impl Synth {
             worker_details: vec![],
             connections: ConnectionFigures::default(),
             messages: MessageFigures::default(),
-            latency_ms: Percentiles::default(),
-            connect_ms: Percentiles::default(),
-            errors: BTreeMap::new(),
-            error_rate: 0.0,
-            throughput_msg_per_s: 0.0,
+            latency_ms: Percentiles::of(&run_latency),
+            connect_ms: Percentiles::of(&run_connect),
+            errors: run_errors,
+            errors_total,
+            error_rate: figures::error_rate(errors_total, &run_counters),
+            throughput_msg_per_s: figures::throughput(run_counters.messages_received, n as u64),
+            counters: run_counters,
+            generator_stalled_seconds: rows
+                .iter()
+                .filter(|r| r.generator_stalled > 0)
+                .map(|r| r.elapsed_s)
+                .collect(),
             worker_rss_peak_mb: 0.0,
             phases,
             thresholds: vec![],
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     }
+}
+
+/// Writes metrics.csv with `rows` in the given order (corrections included).
+pub fn write_metrics(dir: &Path, rows: &[MetricsRow]) {
+    let mut csv = csv_line(&metrics_columns());
+    for r in rows {
+        csv += &csv_line(&r.csv_cells());
+    }
+    std::fs::write(dir.join("metrics.csv"), csv).unwrap();
+}
+
+/// Writes latency.hlog with one `latency` histogram per (second, histogram)
+/// and a `connect` histogram `connect` for each.
+pub fn write_hlog(dir: &Path, intervals: &[(u64, &Histogram<u64>)], connect: &Histogram<u64>) {
+    let mut buf = Vec::new();
+    let mut ser = V2DeflateSerializer::new();
+    let start = UNIX_EPOCH + Duration::from_secs(STARTED_UNIX);
+    let mut log = IntervalLogWriterBuilder::new()
+        .with_start_time(start)
+        .with_base_time(start)
+        .begin_log_with(&mut buf, &mut ser)
+        .unwrap();
+    for (s, h) in intervals {
+        let at = Duration::from_secs(*s);
+        log.write_histogram(*h, at, Duration::from_secs(1), Tag::new("latency")).unwrap();
+        log.write_histogram(connect, at, Duration::from_secs(1), Tag::new("connect")).unwrap();
+    }
+    drop(log);
+    std::fs::write(dir.join("latency.hlog"), buf).unwrap();
+}
+
+/// The rows of a folder's metrics.csv, parsed back (cells as written).
+pub fn read_metrics_lines(dir: &Path) -> (String, Vec<String>) {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    let header = lines.next().unwrap();
+    (header, lines.collect())
 }

@@ -1,0 +1,198 @@
+//! Numbers that hold whatever happens to the processes: a worker frozen
+//! mid-run, a controller killed or terminated, a server sending frames
+//! nobody asked for. Real processes, real signals, real sockets.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ONE_RUN_AT_A_TIME, Scratch, num, read_csv, read_json};
+
+/// A controller started in the background.
+fn spawn_controller(scratch: &Scratch, scenario: &Path) -> Child {
+    let out = scratch.results_parent();
+    Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["run", scenario.to_str().unwrap(), "--quiet", "--output", out.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start controller")
+}
+
+/// Waits for `child` at most `limit`, killing it after.
+fn wait(mut child: Child, limit: Duration) -> (i32, String) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().ok();
+    panic!("the controller did not finish within {limit:?}");
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: signals a process this test started (or its child).
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill({pid}, {sig})");
+}
+
+/// The pid of the local worker `id` started by the controller `parent`.
+fn worker_pid(parent: u32, id: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            if ppid == Some(&parent.to_string()) && args.contains(&b"worker".as_slice()) && args.contains(&id.as_bytes())
+            {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no worker {id} under {parent}");
+}
+
+/// Seconds (interval start times) present in latency.hlog, with how many
+/// intervals each has.
+fn hlog_seconds(path: &Path) -> BTreeMap<u64, usize> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut seconds = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("Tag=latency,")) {
+        let start: f64 = line.split(',').nth(1).unwrap().parse().unwrap();
+        *seconds.entry(start.round() as u64).or_default() += 1;
+    }
+    seconds
+}
+
+/// The cells of column `name` in rows.
+fn column<'a>(header: &[String], rows: &'a [Vec<String>], name: &str) -> Vec<&'a str> {
+    let i = header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"));
+    rows.iter().map(|r| r[i].as_str()).collect()
+}
+
+const STEADY: &str = r#"
+name = "steady"
+[target]
+bundled = true
+[load]
+connections = 40
+message_interval_s = 0.1
+[phases]
+warmup_s = 0
+ramp_up_s = 2
+sustained_s = 24
+cooldown_s = 2
+[fleet]
+workers = 2
+"#;
+
+#[test]
+fn a_frozen_worker_loses_nothing_and_its_seconds_are_flagged_as_a_generator_stall() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let path = scratch.file("steady.toml", STEADY);
+    let controller = spawn_controller(&scratch, &path);
+    let worker = worker_pid(controller.id(), "local-1");
+    std::thread::sleep(Duration::from_secs(7));
+    signal(worker, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(10));
+    signal(worker, libc::SIGCONT);
+    let (code, stderr) = wait(controller, Duration::from_secs(90));
+    assert_eq!(code, 0, "{stderr}");
+    let dir = scratch.results();
+    let summary = read_json(&dir.join("summary.json"));
+
+    // Every second of both workers is in workers.csv (the last row of a
+    // (second, worker) wins: late data is appended as a correction).
+    let (wh, wrows) = read_csv(&dir.join("workers.csv"));
+    let mut reported: BTreeMap<(String, String), String> = BTreeMap::new();
+    let (secs, ids, rep) = (column(&wh, &wrows, "elapsed_s"), column(&wh, &wrows, "worker"), column(&wh, &wrows, "reported"));
+    for i in 0..wrows.len() {
+        reported.insert((secs[i].to_string(), ids[i].to_string()), rep[i].to_string());
+    }
+    let (mh, mrows) = read_csv(&dir.join("metrics.csv"));
+    let elapsed: Vec<u64> = column(&mh, &mrows, "elapsed_s").iter().map(|s| s.parse().unwrap()).collect();
+    assert_eq!(elapsed, (0..elapsed.len() as u64).collect::<Vec<_>>(), "metrics.csv is rewritten in order");
+    for s in 0..elapsed.len() as u64 - 1 {
+        for id in ["local-1", "local-2"] {
+            assert_eq!(reported.get(&(s.to_string(), id.to_string())).map(String::as_str), Some("1"), "{id} second {s}");
+        }
+    }
+    let reporting = column(&mh, &mrows, "workers_reporting");
+    assert!(reporting[..reporting.len() - 1].iter().all(|r| *r == "2"), "every row holds both workers: {reporting:?}");
+    let revised = column(&mh, &mrows, "revision").iter().filter(|r| **r != "0").count();
+    assert!(revised >= 5, "the frozen seconds were corrected after the worker resumed: {revised}");
+
+    // The row sums are the summary's totals.
+    let sent: u64 = column(&mh, &mrows, "messages_sent").iter().map(|s| s.parse::<u64>().unwrap()).sum();
+    assert_eq!(sent as f64, num(&summary, "messages.sent"));
+    assert_eq!(num(&summary, "messages.lost"), 0.0, "{summary}");
+
+    // The stall is flagged where it happened, in metrics.csv and the summary.
+    let stalled: BTreeSet<u64> =
+        summary["generator_stalled_seconds"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(stalled.len() >= 8 && stalled.len() <= 14, "{stalled:?}");
+    assert!(stalled.iter().all(|s| (6..=20).contains(s)), "{stalled:?}");
+    let flags = column(&mh, &mrows, "generator_stalled");
+    let flagged: BTreeSet<u64> = (0..flags.len() as u64).filter(|s| flags[*s as usize] == "1").collect();
+    assert_eq!(flagged, stalled);
+    assert!(num(&summary, "latency_ms.p99") > 1000.0, "the frozen sends count from when they were due");
+
+    // Every second's histograms are in latency.hlog, the late ones appended.
+    let hlog = hlog_seconds(&dir.join("latency.hlog"));
+    assert!((0..elapsed.len() as u64).all(|s| hlog.contains_key(&s)), "{hlog:?}");
+    assert!(hlog.values().filter(|n| **n > 1).count() >= 5, "late intervals appended: {hlog:?}");
+
+    let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
+    assert!(log.contains("worker local-1 silent for 3 s"), "{log}");
+    assert!(log.contains("late data from local-1"), "{log}");
+    assert!(log.contains("the load generator stalled in seconds"), "{log}");
+}
+
+#[test]
+fn a_killed_controller_leaves_every_second_but_the_last_and_sigterm_completes_the_results() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let path = scratch.file("steady.toml", STEADY);
+    let controller = spawn_controller(&scratch, &path);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(9500));
+    signal(controller.id(), libc::SIGKILL);
+    let ran = started.elapsed().as_secs_f64();
+    let (code, _) = wait(controller, Duration::from_secs(10));
+    assert_eq!(code, -1, "killed");
+    let dir = scratch.results();
+    let (_, rows) = read_csv(&dir.join("metrics.csv"));
+    let hlog = hlog_seconds(&dir.join("latency.hlog"));
+    // The run starts ~1 s after the process (workers join); rows of the last
+    // second or two may still be waiting for their reports.
+    assert!(hlog.len() as f64 >= ran - 4.0, "{} seconds in latency.hlog after {ran:.1} s", hlog.len());
+    assert_eq!(hlog.keys().copied().collect::<Vec<_>>(), (0..hlog.len() as u64).collect::<Vec<_>>());
+    assert_eq!(rows.len(), hlog.len(), "metrics.csv and latency.hlog hold the same seconds");
+
+    let scratch = Scratch::new();
+    let path = scratch.file("steady.toml", STEADY);
+    let controller = spawn_controller(&scratch, &path);
+    std::thread::sleep(Duration::from_secs(8));
+    signal(controller.id(), libc::SIGTERM);
+    let (code, stderr) = wait(controller, Duration::from_secs(30));
+    assert_eq!(code, 143, "{stderr}");
+    let dir = scratch.results();
+    let summary = read_json(&dir.join("summary.json"));
+    assert_eq!(summary["verdict"], "FAIL");
+    assert!(summary["aborted"].as_str().unwrap().contains("interrupted"), "{summary}");
+    assert_eq!(num(&summary, "messages.lost"), 0.0, "connections drain before they close");
+    assert!(dir.join("metrics.json").exists());
+    let (_, rows) = read_csv(&dir.join("metrics.csv"));
+    assert_eq!(hlog_seconds(&dir.join("latency.hlog")).len(), rows.len());
+}
