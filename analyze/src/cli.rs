@@ -218,7 +218,7 @@ fn text(r: &RunReport, out: &Path) -> String {
     let (scope, pct) = (o.scope_tag(), o.percentile_tag());
     let latency = match &o.latency_ms {
         Some(l) => format!("p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms{pct}", l.p50, l.p95, l.p99),
-        None => format!("no latency percentiles ({})", o.percentiles_from),
+        None => format!("latency percentiles {}{scope}", o.percentiles_from),
     };
     let mut s = format!(
         "{}: {}{}\n  throughput {:.1} msg/s{scope}, {latency}, peak {} connections{scope}, errors {} = {:.4} %{scope}\n",

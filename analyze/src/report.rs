@@ -189,6 +189,20 @@ pub fn phases_csv(reports: &[&RunReport]) -> String {
     out
 }
 
+/// `12-21, 30` for the seconds 12..=21 and 30 (ascending).
+fn ranges(seconds: &[u64]) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &s in seconds {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == s => *end = s,
+            _ => runs.push((s, s)),
+        }
+    }
+    let text: Vec<String> =
+        runs.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+    text.join(", ")
+}
+
 /// A percentile cell; empty without a sample.
 fn pct_cell(p: Option<&Percentiles>, get: fn(&Percentiles) -> f64) -> String {
     p.filter(|p| p.count > 0).map(|p| cell(get(p), 3)).unwrap_or_default()
@@ -246,7 +260,7 @@ pub fn markdown(r: &RunReport) -> String {
             ms(l, |p| p.max)
         );
     } else {
-        let _ = writeln!(s, "| latency p50 / p95 / p99 / max | no percentiles{pct} |");
+        let _ = writeln!(s, "| latency p50 / p95 / p99 / max | -{pct} |");
     }
     let c = o.connect_ms.as_ref();
     let _ = writeln!(
@@ -260,14 +274,14 @@ pub fn markdown(r: &RunReport) -> String {
     if !o.generator_stalled_seconds.is_empty() {
         let _ = writeln!(
             s,
-            "| generator stalled | {} s: latency there measures the load generator{scope} |",
-            o.generator_stalled_seconds.len()
+            "| generator stalled | seconds {}: latency there measures the load generator, not the target{scope} |",
+            ranges(&o.generator_stalled_seconds)
         );
     }
     let _ = writeln!(s);
     if !o.errors_by_cause.is_empty() {
         let causes: Vec<String> = o.errors_by_cause.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "Errors by cause (summary.json){scope}: {}\n", causes.join(", "));
+        let _ = writeln!(s, "Errors by cause{scope}, from summary.json: {}\n", causes.join(", "));
     }
     let _ = writeln!(s, "## Phases\n");
     let _ = writeln!(
@@ -411,5 +425,11 @@ mod tests {
     fn offsets_are_timestamped() {
         assert_eq!(at(Some("2000-02-28T23:59:59.000Z"), 2.0), "2000-02-29T00:00:01.000Z");
         assert_eq!(at(None, 1.0), "");
+    }
+
+    #[test]
+    fn seconds_are_shown_as_ranges() {
+        assert_eq!(ranges(&[12, 13, 14, 20, 30, 31]), "12-14, 20, 30-31");
+        assert_eq!(ranges(&[]), "");
     }
 }

@@ -77,7 +77,7 @@ pub struct WindowStats {
     /// Where the percentiles come from.
     pub percentile_source: PercentileSource,
     /// The same for a human, said next to the percentiles: `latency.hlog`,
-    /// `approximate (latency.hlog missing: from summary.json)`, `none (...)`.
+    /// `approximate (latency.hlog missing: from summary.json)`, `not given (...)`.
     pub percentiles_from: String,
     /// Seconds in which the load generator could not keep its schedule.
     pub generator_stalled_seconds: Vec<u64>,
@@ -244,9 +244,13 @@ fn percentiles_of(
         None => {
             let why = match &run.summary {
                 None => format!("no {}", files::SUMMARY),
-                Some(_) => format!("{} has no figures for {}", files::SUMMARY, names.join("+")),
+                Some(_) => format!(
+                    "{} has figures per phase and for the whole run, none for {}",
+                    files::SUMMARY,
+                    names.join("+")
+                ),
             };
-            (None, None, PercentileSource::None, format!("none ({problem}; {why})"))
+            (None, None, PercentileSource::None, format!("not given ({problem}; {why})"))
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use stampede_relay::config::{Faults, READY_PREFIX};
 use stampede_relay::{Relay, RelayConfig, RelayError};
@@ -84,7 +84,7 @@ impl Bundled {
         match self {
             Bundled::InProcess(relay) => relay.start_fault_clock(epoch),
             Bundled::Processes(children) => {
-                let unix_us = epoch_wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
+                let unix_us = stampede_model::clock::unix_us(epoch_wall);
                 let line = format!("{unix_us}\n");
                 for child in children {
                     // Piped only when faults are configured.

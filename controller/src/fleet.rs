@@ -3,7 +3,9 @@
 //! lives in a single task and needs no locks.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use stampede_model::clock::unix_us;
 
 use stampede_proto::PROTOCOL_VERSION;
 use stampede_proto::fleet::fleet_server::{Fleet, FleetServer};
@@ -12,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Where the controller's messages to one worker go.
@@ -44,13 +47,11 @@ pub enum FleetEvent {
     },
 }
 
-/// Microseconds since the epoch, now.
-pub fn now_unix_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
-}
-
 struct Service {
     events: mpsc::Sender<FleetEvent>,
+    /// Each worker's stream reader, awaited at shutdown.
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -74,16 +75,21 @@ impl Fleet for Service {
             )));
         }
         let worker = hello.worker_id.clone();
-        let offset_us = now_unix_us() - hello.sent_at_unix_us;
+        let offset_us = unix_us(SystemTime::now()) - hello.sent_at_unix_us;
         let (link, rx) = mpsc::channel(64);
         self.events
             .send(FleetEvent::Joined { hello, link, offset_us })
             .await
             .map_err(|_| Status::unavailable("the controller is shutting down"))?;
         let events = self.events.clone();
-        tokio::spawn(async move {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
             let reason = loop {
-                match inbound.message().await {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    m = inbound.message() => m,
+                };
+                match message {
                     Ok(Some(WorkerMessage { body: Some(body) })) => {
                         let event = FleetEvent::Message { worker: worker.clone(), body };
                         if events.send(event).await.is_err() {
@@ -101,18 +107,20 @@ impl Fleet for Service {
     }
 }
 
-/// Binds the fleet server and serves it until `shutdown`; returns the bound
-/// address at once.
+/// Binds the fleet server and serves it until `shutdown` on `tasks`;
+/// returns the bound address at once.
 pub async fn serve(
     listen: SocketAddr,
     events: mpsc::Sender<FleetEvent>,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let incoming = TcpListenerStream::new(listener);
-    let service = FleetServer::new(Service { events }).max_decoding_message_size(64 << 20);
-    tokio::spawn(async move {
+    let service = Service { events, tasks: tasks.clone(), shutdown: shutdown.clone() };
+    let service = FleetServer::new(service).max_decoding_message_size(64 << 20);
+    tasks.spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -19,6 +19,7 @@ use stampede_proto::us_or_zero;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::aggregate::Aggregator;
 use crate::bundled::{Bundled, BundledError};
@@ -146,6 +147,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let scenario_toml = toml::to_string_pretty(&scenario).unwrap_or_else(|_| source.clone());
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
+    // The fleet server, its stream readers and the target scraper: stopped
+    // and awaited when the run ends.
+    let tasks = TaskTracker::new();
 
     let executable = match opts.executable.clone() {
         Some(exe) => exe,
@@ -163,7 +167,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
 
     let (events_tx, mut events) = mpsc::channel(1024);
     let listen = plan.fleet.listen;
-    let addr = fleet::serve(listen, events_tx, services.clone())
+    let addr = fleet::serve(listen, events_tx, services.clone(), &tasks)
         .await
         .map_err(|source| RunError::Listen { addr: listen, source })?;
     let mut local = match plan.fleet.local {
@@ -208,7 +212,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let (target_tx, target_rx) = mpsc::channel(8);
     let metrics_url = plan.target_metrics.clone().or_else(|| relay.as_ref().and_then(Bundled::metrics_url));
     if let Some(url) = metrics_url {
-        tokio::spawn(target_metrics::scrape(url, run_start, target_tx, services.clone()));
+        tasks.spawn(target_metrics::scrape(url, run_start, target_tx, services.clone()));
     }
     let sources = local_sources(&plan, &target_url, members.len());
     let ids: Vec<String> = members.iter().map(|m| m.hello.worker_id.clone()).collect();
@@ -249,6 +253,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         local.finish(Duration::from_secs(5)).await;
     }
     services.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        tracing::warn!("fleet server tasks still running 5 s after the run");
+    }
     let duration_s = run.run_start.elapsed().as_secs_f64();
     let facts = RunFacts {
         target: target_url,

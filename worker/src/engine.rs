@@ -39,6 +39,8 @@ pub enum EngineError {
 pub struct Engine {
     phases: mpsc::Sender<PhaseStart>,
     stop: CancellationToken,
+    /// The ramp manager and the reporter; they await every connection task.
+    tasks: TaskTracker,
 }
 
 impl Engine {
@@ -77,9 +79,11 @@ impl Engine {
         let (phase_tx, phase_rx) = mpsc::channel(16);
         let stop = CancellationToken::new();
         let slots = TaskTracker::new();
-        tokio::spawn(manage(ctx, phase_rx, stop.clone(), slots.clone()));
-        tokio::spawn(report(recorder, Instant::from_std(clock.mono), stop.clone(), slots, snapshots));
-        Ok(Engine { phases: phase_tx, stop })
+        let tasks = TaskTracker::new();
+        tasks.spawn(manage(ctx, phase_rx, stop.clone(), slots.clone()));
+        tasks.spawn(report(recorder, Instant::from_std(clock.mono), stop.clone(), slots, snapshots));
+        tasks.close();
+        Ok(Engine { phases: phase_tx, stop, tasks })
     }
 
     /// Starts a phase now.
@@ -90,6 +94,13 @@ impl Engine {
     /// Closes every connection; the last snapshot follows once all are closed.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Stops, and waits up to `grace` for every connection to close (the
+    /// last snapshot must be read from the channel meanwhile, or dropped).
+    pub async fn stop_and_wait(&self, grace: Duration) -> bool {
+        self.stop();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 }
 
@@ -135,6 +146,8 @@ async fn manage(
     }
     stop.cancel();
     tracker.close();
+    // The engine's tasks end when its connections have closed.
+    tracker.wait().await;
 }
 
 /// Emits a snapshot at every whole second of the run clock, and a last one

@@ -4,7 +4,7 @@
 //! worker that loses its link mid-run resends them after rejoining.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use stampede_proto::fleet::fleet_client::FleetClient;
 use stampede_proto::fleet::{
@@ -42,10 +42,6 @@ enum SessionEnd {
     Shutdown,
 }
 
-fn now_unix_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
-}
-
 /// Serves runs until shutdown (or, with `--once`, until the first run ends).
 pub async fn serve(
     opts: &WorkerOptions,
@@ -78,7 +74,7 @@ pub async fn serve(
         backoff = Duration::from_millis(100);
         let (tx, rx) = mpsc::channel(64);
         let mut hello = hello.clone();
-        hello.sent_at_unix_us = now_unix_us();
+        hello.sent_at_unix_us = stampede_model::clock::unix_us(SystemTime::now());
         hello.resume_run_id = run.as_ref().map(|r| r.id.clone()).unwrap_or_default();
         send(&tx, Msg::Hello(hello)).await;
         if let Some(r) = &run {
@@ -106,21 +102,31 @@ pub async fn serve(
                 }
             }
             SessionEnd::Shutdown => {
-                if let Some(r) = &run {
-                    r.engine.stop();
+                if let Some(r) = run {
+                    close_gracefully(r).await;
                 }
                 return Ok(());
             }
             SessionEnd::LinkLost(why) => {
                 tracing::warn!("lost the controller link: {why}");
                 if opts.once {
-                    if let Some(r) = &run {
-                        r.engine.stop();
+                    if let Some(r) = run {
+                        close_gracefully(r).await;
                     }
                     return Err(WorkerError::LinkLost(why));
                 }
             }
         }
+    }
+}
+
+/// Closes a run's connections with close frames before the worker exits;
+/// its last snapshots have nowhere to go and are dropped.
+async fn close_gracefully(mut r: Run) {
+    r.snapshots.close();
+    while r.snapshots.try_recv().is_ok() {}
+    if !r.engine.stop_and_wait(Duration::from_secs(5)).await {
+        tracing::warn!("connections still closing after 5 s; exiting anyway");
     }
 }
 
