@@ -15,8 +15,8 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use stampede_model::Counters;
 use stampede_model::results::{
-    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, SUMMARY_SCHEMA_VERSION, Summary, WORKER_COLUMNS,
-    csv_line, metrics_columns,
+    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, SUMMARY_SCHEMA_VERSION, Summary,
+    WORKER_COLUMNS, csv_line, metrics_columns,
 };
 
 const WORKERS: usize = 100;
@@ -107,7 +107,10 @@ fn generate(dir: &Path) -> std::io::Result<()> {
         phases: vec![],
         thresholds: vec![],
     };
-    std::fs::write(dir.join("summary.json"), serde_json::to_string(&summary).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string(&summary).map_err(std::io::Error::other)?,
+    )?;
     m.flush()?;
     w.flush()?;
     Ok(())

@@ -204,8 +204,9 @@ fn seconds_text(t: &Timeline, a: usize, b: usize) -> String {
 /// rows' `generator_stalled`): latency there measures stampede, not the
 /// target. One finding per run of stalled seconds.
 pub fn generator_stalls(t: &Timeline, include_warmup: bool) -> Vec<Finding> {
-    let flags: Vec<bool> =
-        (0..t.len()).map(|i| t.generator_stalled.get(i) == Some(&true) && in_scope(t, i, include_warmup)).collect();
+    let flags: Vec<bool> = (0..t.len())
+        .map(|i| t.generator_stalled.get(i) == Some(&true) && in_scope(t, i, include_warmup))
+        .collect();
     spans(&flags, 0)
         .into_iter()
         .map(|(s, e)| Finding {

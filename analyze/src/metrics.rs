@@ -25,7 +25,8 @@ const MAX_GAUGE: f64 = 1e12;
 
 /// Columns added after the first stampede versions: absent means "not
 /// measured", never damage.
-const OPTIONAL_COLUMNS: &[&str] = &["workers_reporting", "target_rss_mb", "target_cpu_pct", "target_connections"];
+const OPTIONAL_COLUMNS: &[&str] =
+    &["workers_reporting", "target_rss_mb", "target_cpu_pct", "target_connections"];
 
 /// The final rows of `metrics.csv`, one per second in order, and how many
 /// corrections were applied.
@@ -285,6 +286,9 @@ mod tests {
         let err = resolve(p, vec![row(0, 0, 1), row(5, 0, 1), row(3, 0, 1)]).err().unwrap();
         assert_eq!(err.to_string(), "metrics.csv row 3: elapsed_s 3 after 5: rows out of order");
         let err = resolve(p, vec![row(0, 0, 1), row(4, 1, 1)]).err().unwrap();
-        assert!(err.to_string().starts_with("metrics.csv row 2: correction (revision 1) of second 4"), "{err}");
+        assert!(
+            err.to_string().starts_with("metrics.csv row 2: correction (revision 1) of second 4"),
+            "{err}"
+        );
     }
 }

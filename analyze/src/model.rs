@@ -109,7 +109,7 @@ impl Timeline {
     pub fn phase_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
         for p in &self.phase {
-            if names.last() != Some(&p.as_str()) && !names.contains(&p.as_str()) {
+            if !names.contains(&p.as_str()) {
                 names.push(p);
             }
         }

@@ -318,8 +318,10 @@ pub fn markdown(r: &RunReport) -> String {
     }
     let _ = writeln!(s, "\n## Findings\n");
     if r.findings.is_empty() {
-        let _ =
-            writeln!(s, "None: no latency spike, memory growth, connection drop or generator stall beyond the thresholds.");
+        let _ = writeln!(
+            s,
+            "None: no latency spike, memory growth, connection drop or generator stall beyond the thresholds."
+        );
     }
     for f in &r.findings {
         let _ = writeln!(

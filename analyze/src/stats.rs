@@ -182,7 +182,9 @@ pub fn window(run: &Run, label: &str, names: &[&str], scope: &str) -> WindowStat
         }
         None => {
             if errors > 0 {
-                notes.push(format!("{set}: errors by cause unknown (summary.json has none for this phase set)"));
+                notes.push(format!(
+                    "{set}: errors by cause unknown (summary.json has none for this phase set)"
+                ));
             }
             BTreeMap::new()
         }
@@ -294,7 +296,11 @@ fn causes_of(run: &Run, names: &[&str]) -> Option<BTreeMap<String, u64>> {
 
 /// Which phases the headline figures cover: `only`, else every phase of
 /// the rows but warmup unless `include_warmup`; and how to say so.
-pub fn counted_phases<'a>(run: &'a Run, include_warmup: bool, only: Option<&'a str>) -> (Vec<&'a str>, String) {
+pub fn counted_phases<'a>(
+    run: &'a Run,
+    include_warmup: bool,
+    only: Option<&'a str>,
+) -> (Vec<&'a str>, String) {
     let all = run.timeline.phase_names();
     match only {
         Some(o) => (vec![o], format!("{o} only")),

@@ -86,3 +86,45 @@ fn all_three_together_are_each_found_once() {
     assert_eq!(kinds(FindingKind::MemoryGrowth), 1, "{f:#?}");
     assert_eq!(kinds(FindingKind::ConnectionDrop), 1, "{f:#?}");
 }
+
+#[test]
+fn a_generator_stall_is_reported_and_its_latency_not_blamed_on_the_target() {
+    let f = findings(&Synth { stall: Some((200, 10)), ..Synth::clean(600) });
+    assert_eq!(f.len(), 2, "the stall and the latency it caused: {f:#?}");
+    let stall = f.iter().find(|f| f.kind == FindingKind::GeneratorStalled).expect("stall reported");
+    assert_eq!((stall.start_s, stall.end_s, stall.phase.as_str()), (200.0, 209.0, "sustained"));
+    assert_eq!(
+        stall.description,
+        "generator stalled in seconds 200-209: latency there measures the load generator, not the target"
+    );
+    let spike = f.iter().find(|f| f.kind == FindingKind::LatencySpike).expect("the latency is still shown");
+    assert!(near(spike.start_s, 200.0), "{spike:#?}");
+    assert!(
+        spike.description.contains(
+            "while the load generator stalled (seconds 200-209): this latency measures the load generator, not the target"
+        ),
+        "{}",
+        spike.description
+    );
+    // A spike away from the stall blames nothing on the generator.
+    let f = findings(&Synth {
+        stall: Some((200, 10)),
+        latency_plateau: Some((400, 20, 40.0)),
+        ..Synth::clean(600)
+    });
+    let later = f.iter().find(|f| f.kind == FindingKind::LatencySpike && f.start_s > 300.0).unwrap();
+    assert!(!later.description.contains("load generator"), "{}", later.description);
+}
+
+#[test]
+fn connections_reset_and_reopened_at_once_are_a_drop_too() {
+    // Open connections do not change: only the counts of connections ended
+    // without a close frame (connections_dropped) show the loss.
+    let f = findings(&Synth { churn: Some((400, 300)), ..Synth::clean(600) });
+    assert_eq!(f.len(), 1, "{f:#?}");
+    let d = &f[0];
+    assert_eq!(d.kind, FindingKind::ConnectionDrop);
+    assert_eq!(d.start_s, 400.0, "{d:#?}");
+    assert_eq!(d.magnitude, 300.0, "{d:#?}");
+    assert!(d.description.contains("reset 300"), "{}", d.description);
+}

@@ -3,6 +3,8 @@
 //! start as child processes, so nothing else needs installing.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
 use clap::{Parser, Subcommand};
 use stampede_controller::cli::{RunArgs, check_command, run_command};
@@ -40,7 +42,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let signalled = on_signals(shutdown.clone());
+        let signalled = Arc::new(AtomicI32::new(0));
+        on_signals(shutdown.clone(), signalled.clone());
         let code = match cli.command {
             Command::Run(args) => run_command(args, shutdown).await,
             Command::Check { scenario } => check_command(&scenario),
@@ -49,36 +52,35 @@ fn main() {
         };
         // Interrupted runs exit with the signal's code even when they
         // finished cleanly: the caller asked them to stop.
-        match signalled.await.ok().flatten() {
-            Some(code) if code != EXIT_PASS => code,
-            _ => code,
+        match signalled.load(Relaxed) {
+            0 => code,
+            signal_code => signal_code,
         }
     });
     std::process::exit(code);
 }
 
 /// The first Ctrl-C or SIGTERM stops the run gracefully (results are still
-/// written); a second one quits at once. Resolves to the exit code the
-/// signal asks for, if one came.
-fn on_signals(shutdown: CancellationToken) -> tokio::task::JoinHandle<Option<i32>> {
+/// written) and sets `signalled` to the exit code it asks for; a second one
+/// quits at once.
+fn on_signals(shutdown: CancellationToken, signalled: Arc<AtomicI32>) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        eprintln!("warning: cannot handle signals; Ctrl-C will not write results");
+        return;
+    };
     tokio::spawn(async move {
-        let mut term = signal(SignalKind::terminate()).ok()?;
-        let mut int = signal(SignalKind::interrupt()).ok()?;
         let code = tokio::select! {
             _ = int.recv() => EXIT_INTERRUPTED,
             _ = term.recv() => EXIT_TERMINATED,
-            _ = shutdown.cancelled() => return None,
         };
-        eprintln!("\ninterrupted: stopping the run and writing results (again to quit at once)");
+        signalled.store(code, Relaxed);
+        eprintln!("\ninterrupted: stopping and writing results (again to quit at once)");
         shutdown.cancel();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = int.recv() => std::process::exit(EXIT_INTERRUPTED),
-                _ = term.recv() => std::process::exit(EXIT_TERMINATED),
-            }
-        });
-        Some(code)
-    })
+        tokio::select! {
+            _ = int.recv() => std::process::exit(EXIT_INTERRUPTED),
+            _ = term.recv() => std::process::exit(EXIT_TERMINATED),
+        }
+    });
 }
 
 fn report<E: std::fmt::Display>(result: Result<(), E>) -> i32 {

@@ -14,8 +14,8 @@ use stampede_model::Counters;
 use stampede_model::figures;
 use stampede_model::histogram::new_histogram;
 use stampede_model::results::{
-    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, PhaseSummary, SUMMARY_SCHEMA_VERSION, Summary,
-    WORKER_COLUMNS, WorkerRow, csv_line, metrics_columns,
+    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, PhaseSummary, SUMMARY_SCHEMA_VERSION,
+    Summary, WORKER_COLUMNS, WorkerRow, csv_line, metrics_columns,
 };
 
 /// What to inject.
@@ -29,9 +29,9 @@ pub struct Synth {
     pub rss_rise: Option<(usize, f64)>,
     /// (second, fraction of connections lost for good).
     pub drop: Option<(usize, f64)>,
-    /// The drop ends the connections without a close frame (reset) instead
-    /// of with close code 1011.
-    pub drop_without_close: bool,
+    /// (second, connections) that end without a close frame (reset) and
+    /// are reopened within the second: open connections do not change.
+    pub churn: Option<(usize, u64)>,
     /// (start s, length s) in which the load generator stalled: p95 rises
     /// to 30 ms and the rows say `generator_stalled`.
     pub stall: Option<(usize, usize)>,
@@ -81,7 +81,6 @@ impl Synth {
         let mut worker_rows = Vec::new();
         let mut hists = Vec::new();
         let mut lost = 0.0;
-        let cause = if self.drop_without_close { "reset" } else { "closed_1011" };
         for s in 0..n {
             let phase = phase_of(s, n);
             let target = match phase {
@@ -120,9 +119,8 @@ impl Synth {
             h.record_n((p95 * 500.0) as u64, (sent * 0.9) as u64).unwrap();
             h.record_n((p95 * 1000.0) as u64, (sent * 0.1).max(1.0) as u64).unwrap();
             hists.push(h);
-            let opened = if phase == "warmup" || phase == "ramp-up" { 17 } else { 0 };
-            let (by_server, dropped) =
-                if self.drop_without_close { (0, closed as u64) } else { (closed as u64, 0) };
+            let churned = self.churn.filter(|(at, _)| *at == s).map_or(0, |(_, n)| n);
+            let opened = if phase == "warmup" || phase == "ramp-up" { 17 } else { 0 } + churned;
             rows.push(MetricsRow {
                 elapsed_s: s as u64,
                 timestamp: iso(s),
@@ -133,15 +131,15 @@ impl Synth {
                 counters: Counters {
                     connections_attempted: opened,
                     connections_opened: opened,
-                    connections_closed_by_server: by_server,
-                    connections_dropped: dropped,
+                    connections_closed_by_server: closed as u64,
+                    connections_dropped: churned,
                     messages_sent: sent as u64,
                     messages_received: sent as u64,
                     bytes_sent: sent as u64 * 64,
                     bytes_received: sent as u64 * 64,
                     ..Default::default()
                 },
-                errors: closed as u64,
+                errors: closed as u64 + churned,
                 latency_p50_ms: p95 / 2.0,
                 latency_p95_ms: p95,
                 latency_p99_ms: p95 * 1.2,
@@ -179,9 +177,12 @@ impl Synth {
         let mut connect = new_histogram();
         connect.record(800).unwrap();
         if self.hlog {
-            let intervals: Vec<(u64, &Histogram<u64>)> =
-                hists.iter().enumerate().map(|(s, h)| (s as u64, h)).collect();
-            write_hlog(dir, &intervals, &connect);
+            let mut intervals = Vec::new();
+            for (s, h) in hists.iter().enumerate() {
+                intervals.push((s as u64, "latency".to_string(), h.clone()));
+                intervals.push((s as u64, "connect".to_string(), connect.clone()));
+            }
+            write_hlog_intervals(dir, &intervals);
         }
         // summary.json from the same rows and histograms, as the controller
         // writes it: per phase, and the run.
@@ -204,11 +205,17 @@ impl Synth {
                 run_latency.add(&latency).unwrap();
                 run_connect.add(&connect).unwrap();
                 run_counters.add(&counters);
-                let errors = if self.drop.is_some_and(|(at, _)| phase_of(at, n) == *name) {
-                    BTreeMap::from([(cause.to_string(), lost as u64)])
-                } else {
-                    BTreeMap::new()
-                };
+                let mut errors = BTreeMap::new();
+                if let Some((at, _)) = self.drop
+                    && phase_of(at, n) == *name
+                {
+                    errors.insert("closed_1011".to_string(), lost as u64);
+                }
+                if let Some((at, churned)) = self.churn
+                    && phase_of(at, n) == *name
+                {
+                    errors.insert("reset".to_string(), churned);
+                }
                 for (k, v) in &errors {
                     *run_errors.entry(k.clone()).or_insert(0) += v;
                 }
@@ -272,9 +279,67 @@ pub fn write_metrics(dir: &Path, rows: &[MetricsRow]) {
     std::fs::write(dir.join("metrics.csv"), csv).unwrap();
 }
 
-/// Writes latency.hlog with one `latency` histogram per (second, histogram)
-/// and a `connect` histogram `connect` for each.
-pub fn write_hlog(dir: &Path, intervals: &[(u64, &Histogram<u64>)], connect: &Histogram<u64>) {
+/// Runs the `analyze` binary: (exit code, stdout, stderr).
+pub fn analyze_bin(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_analyze")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// metrics.csv of a folder as (header cells, data lines).
+pub fn metrics_lines(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    let header = lines.next().unwrap().split(',').map(str::to_string).collect();
+    (header, lines.collect())
+}
+
+/// Rewrites metrics.csv from a header and data lines.
+pub fn write_metrics_lines(dir: &Path, header: &[String], lines: &[String]) {
+    let mut text = header.join(",") + "\n";
+    for l in lines {
+        text += l;
+        text += "\n";
+    }
+    std::fs::write(dir.join("metrics.csv"), text).unwrap();
+}
+
+/// Sets the cell `column` of data row `row` (1-based) of metrics.csv (the
+/// synthetic rows have no quoted cells).
+pub fn set_cell(dir: &Path, row: usize, column: &str, value: &str) {
+    let (header, mut lines) = metrics_lines(dir);
+    let k = header.iter().position(|h| h == column).unwrap_or_else(|| panic!("no column {column}"));
+    let mut cells: Vec<String> = lines[row - 1].split(',').map(str::to_string).collect();
+    cells[k] = value.to_string();
+    lines[row - 1] = cells.join(",");
+    write_metrics_lines(dir, &header, &lines);
+}
+
+/// The intervals of a folder's latency.hlog: (second, tag, histogram).
+pub fn hlog_intervals(dir: &Path) -> Vec<(u64, String, Histogram<u64>)> {
+    use hdrhistogram::serialization::Deserializer;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let bytes = std::fs::read(dir.join("latency.hlog")).unwrap();
+    let mut out = Vec::new();
+    for entry in IntervalLogIterator::new(&bytes) {
+        let LogEntry::Interval(h) = entry.unwrap() else { continue };
+        let raw = base64_decode(h.encoded_histogram());
+        let decoded: Histogram<u64> = Deserializer::new().deserialize(&mut raw.as_slice()).unwrap();
+        out.push((h.start_timestamp().as_secs(), h.tag().unwrap().as_str().to_string(), decoded));
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
+/// Writes latency.hlog from (second, tag, histogram) intervals, in order.
+pub fn write_hlog_intervals(dir: &Path, intervals: &[(u64, String, Histogram<u64>)]) {
     let mut buf = Vec::new();
     let mut ser = V2DeflateSerializer::new();
     let start = UNIX_EPOCH + Duration::from_secs(STARTED_UNIX);
@@ -283,19 +348,38 @@ pub fn write_hlog(dir: &Path, intervals: &[(u64, &Histogram<u64>)], connect: &Hi
         .with_base_time(start)
         .begin_log_with(&mut buf, &mut ser)
         .unwrap();
-    for (s, h) in intervals {
-        let at = Duration::from_secs(*s);
-        log.write_histogram(*h, at, Duration::from_secs(1), Tag::new("latency")).unwrap();
-        log.write_histogram(connect, at, Duration::from_secs(1), Tag::new("connect")).unwrap();
+    for (s, tag, h) in intervals {
+        log.write_histogram(h, Duration::from_secs(*s), Duration::from_secs(1), Tag::new(tag)).unwrap();
     }
     drop(log);
     std::fs::write(dir.join("latency.hlog"), buf).unwrap();
 }
 
-/// The rows of a folder's metrics.csv, parsed back (cells as written).
-pub fn read_metrics_lines(dir: &Path) -> (String, Vec<String>) {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    let mut lines = text.lines().map(str::to_string);
-    let header = lines.next().unwrap();
-    (header, lines.collect())
+/// RFC 4180 fields of one CSV line.
+pub fn split_csv(line: &str) -> Vec<String> {
+    let mut cells = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cells.last_mut().unwrap().push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => cells.push(String::new()),
+            (c, _) => cells.last_mut().unwrap().push(c),
+        }
+    }
+    cells
+}
+
+/// phases.csv of an analysis folder: the row of phase `phase`, by column.
+pub fn phases_row(out: &Path, phase: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(out.join("phases.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = split_csv(lines.next().unwrap());
+    let row =
+        lines.map(split_csv).find(|r| r[1] == phase).unwrap_or_else(|| panic!("no {phase} row:\n{text}"));
+    header.into_iter().zip(row).collect()
 }
