@@ -1,6 +1,7 @@
 //! Reads a results folder into a [`Run`]: summary.json (typed, schema
-//! checked), metrics.csv and workers.csv through polars, latency.hlog. What
-//! is optional may be missing; the run then records which figures are
+//! checked), metrics.csv (every cell checked, late corrections applied: see
+//! [`crate::metrics`]) and workers.csv through polars, latency.hlog. What is
+//! optional may be missing; the run then records which figures are
 //! approximate and why.
 
 use std::path::{Path, PathBuf};
@@ -28,8 +29,9 @@ pub struct Run {
     /// latency.hlog, if present and holding intervals.
     pub hlog: Option<Hlog>,
     /// Why there is no `hlog` ("latency.hlog missing", "latency.hlog
-    /// empty", "latency.hlog unreadable"): percentiles are then taken from
-    /// summary.json and marked approximate, or not given.
+    /// empty", "latency.hlog unreadable", "latency.hlog matches no row"):
+    /// percentiles are then taken from summary.json and marked
+    /// approximate, or not given.
     pub hlog_problem: Option<String>,
     /// workers.csv's `elapsed_s`, `worker` and `rss_mb`, if present, read
     /// once (a day of a large fleet is millions of rows).
@@ -101,7 +103,7 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
     let rows = metrics::read(&metrics_path)?;
     if rows.corrections > 0 {
         notes.push(format!(
-            "{}: {} late correction row(s) applied (the run did not end normally and rewrite the file)",
+            "{}: {} late correction row(s) applied (the run did not end normally, so the file was not rewritten in order)",
             files::METRICS_CSV,
             rows.corrections
         ));
@@ -158,6 +160,13 @@ fn read_hlog(path: &Path, timeline: &Timeline, notes: &mut Vec<String>) -> (Opti
             "{name} empty (no intervals): percentiles approximate (from summary.json) or not given"
         ));
         return (None, Some(format!("{name} empty")));
+    }
+    if hlog.intervals == 0 {
+        notes.push(format!(
+            "{name}: no interval falls on a second of {}: percentiles approximate (from summary.json) or not given",
+            files::METRICS_CSV
+        ));
+        return (None, Some(format!("{name} matches no row")));
     }
     (Some(hlog), None)
 }

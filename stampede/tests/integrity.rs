@@ -196,3 +196,99 @@ fn a_killed_controller_leaves_every_second_but_the_last_and_sigterm_completes_th
     let (_, rows) = read_csv(&dir.join("metrics.csv"));
     assert_eq!(hlog_seconds(&dir.join("latency.hlog")).len(), rows.len());
 }
+
+/// A WebSocket server on a thread of its own that sends `unsolicited`
+/// frames to each new connection, then echoes everything.
+fn chatty_server(unsolicited: usize) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                    for i in 0..unsolicited {
+                        if ws.send(Message::text(format!("{{\"news\": {i}}}"))).await.is_err() {
+                            return;
+                        }
+                    }
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            if ws.send(msg).await.is_err() {
+                                return;
+                            }
+                        } else if msg.is_close() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    url
+}
+
+#[test]
+fn unsolicited_frames_are_counted_and_a_threshold_on_them_fails_the_run() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let url = chatty_server(1000);
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "chatty.toml",
+        &format!(
+            r#"
+name = "chatty"
+[target]
+url = "{url}"
+[load]
+connections = 2
+message_interval_s = 0.2
+[phases]
+warmup_s = 0
+ramp_up_s = 1
+sustained_s = 3
+cooldown_s = 1
+[thresholds]
+messages_unmatched = "< 1"
+error_rate = "< 0.01"
+"#
+        ),
+    );
+    let run = scratch.run(&path, Duration::from_secs(60));
+    assert_eq!(run.code, 99, "{}", run.stderr);
+    let dir = scratch.results();
+    let summary = read_json(&dir.join("summary.json"));
+    assert_eq!(num(&summary, "messages.unmatched"), 2000.0, "1,000 per connection, exactly");
+    assert_eq!(num(&summary, "counters.messages_unmatched"), 2000.0);
+    assert_eq!(num(&summary, "messages.received"), num(&summary, "messages.sent"));
+    let thresholds = summary["thresholds"].as_array().unwrap();
+    let unmatched = thresholds.iter().find(|t| t["metric"] == "messages_unmatched").unwrap();
+    assert_eq!(unmatched["pass"], false);
+    assert_eq!(unmatched["value"], 2000.0);
+    let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
+    assert!(log.contains("unmatched 2000"), "{log}");
+    assert!(log.contains("[FAIL] messages_unmatched < 1"), "{log}");
+}
+
+#[test]
+fn a_bad_flag_is_named_not_a_line_of_the_file() {
+    let scratch = Scratch::new();
+    let path = scratch.file("ok.toml", "name = \"ok\"\n[target]\nbundled = true\n");
+    for (flag, value, says) in [
+        ("--target", "http://example.com/", "not a WebSocket URL"),
+        ("--duration", "20x", "is not a duration"),
+        ("--message-interval", "0.0001", "at least 0.001"),
+        ("--connections", "0", "0"),
+    ] {
+        let run = common::controller(&["run", path.to_str().unwrap(), flag, value], Duration::from_secs(20));
+        assert_eq!(run.code, 2, "{flag} {value}: {}", run.stderr);
+        assert!(run.stderr.contains(flag) && run.stderr.contains(says), "{flag} {value}: {}", run.stderr);
+        assert!(!run.stderr.contains("ok.toml:"), "{}", run.stderr);
+    }
+}
