@@ -8,7 +8,8 @@
 //! Modules: [`config`] (what to run), `server` (binding, accept loop,
 //! lifetime), `conn` (request head, plain HTTP, handshake), `http` (pure
 //! parsing and routing), `echo` (the WebSocket session), `faults`
-//! (anomalies injected on purpose), [`stats`] (counters and metrics text).
+//! (anomalies injected on purpose), [`stats`] (counters and metrics text),
+//! [`processes`] (several relay processes sharing a port).
 
 pub mod config;
 mod conn;
@@ -16,10 +17,12 @@ mod echo;
 mod error;
 mod faults;
 mod http;
+pub mod processes;
 mod server;
 pub mod stats;
 
 pub use config::RelayConfig;
 pub use error::RelayError;
+pub use processes::RelayProcesses;
 pub use server::Relay;
 pub use stats::{Stats, StatsSnapshot};

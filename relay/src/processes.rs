@@ -1,0 +1,124 @@
+//! Several relay processes sharing one port (SO_REUSEPORT), for runs with
+//! more connections than one process may hold (~20,000 open files here).
+//! Each process is the same executable run as `EXE relay ...`, supervised:
+//! it dies with its parent and is stopped with SIGTERM, then SIGKILL.
+//!
+//! Faults: with faults configured, each process waits for the run's start
+//! (`--fault-clock-stdin`), written to its stdin by
+//! [`RelayProcesses::start_fault_clock`]; each applies the faults to its own
+//! connections, so a drop fraction holds overall.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stampede_child::{Supervised, command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::config::{Faults, READY_PREFIX};
+
+/// How long a relay process may take to start listening.
+const READY_WAIT: Duration = Duration::from_secs(10);
+/// How long a relay process may take to close its connections when stopped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why relay processes did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("relay process: {0}")]
+pub struct ProcessError(String);
+
+/// Running relay processes.
+#[derive(Debug)]
+pub struct RelayProcesses {
+    children: Vec<Supervised>,
+    url: String,
+}
+
+impl RelayProcesses {
+    /// Starts `count` processes of `executable` (run as `EXECUTABLE relay`)
+    /// on one free loopback port, with the echo `delay` and `faults`.
+    pub async fn start(
+        executable: &Path,
+        count: u64,
+        delay: Duration,
+        faults: &Faults,
+    ) -> Result<RelayProcesses, ProcessError> {
+        // The first picks a free port; the others join it.
+        let (first, url) = spawn(executable, "127.0.0.1:0", delay, faults, 1).await?;
+        let port = url
+            .trim_start_matches("ws://")
+            .split(['/', ':'])
+            .nth(1)
+            .ok_or_else(|| ProcessError(format!("cannot read the port of {url}")))?
+            .to_string();
+        let mut children = vec![first];
+        for i in 2..=count {
+            let (child, _) = spawn(executable, &format!("127.0.0.1:{port}"), delay, faults, i).await?;
+            children.push(child);
+        }
+        Ok(RelayProcesses { children, url })
+    }
+
+    /// The WebSocket URL they share.
+    pub fn ws_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Starts the fault clock of every process at `epoch` (wall clock);
+    /// without faults nothing happens.
+    pub async fn start_fault_clock(&mut self, epoch: SystemTime) {
+        let unix_us = epoch.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
+        let line = format!("{unix_us}\n");
+        for child in &mut self.children {
+            // Piped only when faults are configured.
+            let Some(stdin) = child.child.stdin.as_mut() else { continue };
+            let written = async {
+                stdin.write_all(line.as_bytes()).await?;
+                stdin.flush().await
+            };
+            if let Err(e) = written.await {
+                tracing::warn!("cannot start the fault clock of {}: {e}", child.name);
+            }
+        }
+    }
+
+    /// Stops every process: SIGTERM (they close their connections), then
+    /// SIGKILL after a grace period.
+    pub async fn stop(self) {
+        for child in self.children {
+            child.stop(STOP_GRACE).await;
+        }
+    }
+}
+
+async fn spawn(
+    executable: &Path,
+    listen: &str,
+    delay: Duration,
+    faults: &Faults,
+    n: u64,
+) -> Result<(Supervised, String), ProcessError> {
+    let faults = Faults { external_clock: faults.any(), ..faults.clone() };
+    let mut cmd = command(executable);
+    cmd.args(["relay", "--listen", listen, "--reuse-port", "--delay-ms"])
+        .arg(delay.as_millis().to_string())
+        .args(faults.to_args())
+        .env("RUST_LOG", "warn")
+        // With faults the run's start arrives on stdin (--fault-clock-stdin).
+        .stdin(if faults.any() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped());
+    let mut child = Supervised::spawn(format!("relay process {n}"), &mut cmd)
+        .map_err(|e| ProcessError(format!("{}: {e}", executable.display())))?;
+    let stdout = child.child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(READY_WAIT, lines.next_line())
+        .await
+        .map_err(|_| ProcessError("did not start listening within 10 s".into()))?
+        .map_err(|e| ProcessError(e.to_string()))?
+        .ok_or_else(|| ProcessError("exited before listening".into()))?;
+    let url = line
+        .strip_prefix(READY_PREFIX)
+        .ok_or_else(|| ProcessError(format!("unexpected first line {line:?}")))?
+        .to_string();
+    Ok((child, url))
+}
