@@ -457,8 +457,11 @@ mod tests {
         latencies_us.iter().for_each(|v| h.record(*v).unwrap());
         let mut bytes = Vec::new();
         V2DeflateSerializer::new().serialize(&h, &mut bytes).unwrap();
-        let counters =
-            Counters { messages_sent: sent, messages_received: latencies_us.len() as u64, ..Default::default() };
+        let counters = Counters {
+            messages_sent: sent,
+            messages_received: latencies_us.len() as u64,
+            ..Default::default()
+        };
         Snapshot {
             seq,
             second,

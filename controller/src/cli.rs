@@ -49,7 +49,9 @@ fn seconds(s: &str) -> Result<f64, String> {
 fn interval(s: &str) -> Result<f64, String> {
     let v = seconds(s)?;
     if v > 0.0 && v < MIN_INTERVAL_S {
-        return Err(format!("{v} s: give 0 (connect only) or at least {MIN_INTERVAL_S} s (1,000 messages/s per connection)"));
+        return Err(format!(
+            "{v} s: give 0 (connect only) or at least {MIN_INTERVAL_S} s (1,000 messages/s per connection)"
+        ));
     }
     Ok(v)
 }

@@ -195,7 +195,10 @@ impl Plan {
                 let u = url.get_ref();
                 let parsed = TargetUrl::parse(u).map_err(|e| err(url.span().start, e.to_string()))?;
                 if parsed.scheme == Scheme::Wss {
-                    return Err(err(url.span().start, format!("target url {u:?}: wss:// is not supported yet")));
+                    return Err(err(
+                        url.span().start,
+                        format!("target url {u:?}: wss:// is not supported yet"),
+                    ));
                 }
                 TargetPlan::Url(u.clone())
             }
@@ -296,7 +299,9 @@ impl Plan {
         if interval > 0.0 && interval < MIN_INTERVAL_S {
             return Err(err(
                 source.find("message_interval_s").unwrap_or_else(|| table_at("load")),
-                format!("message_interval_s {interval}: give 0 (connect only) or at least {MIN_INTERVAL_S} s"),
+                format!(
+                    "message_interval_s {interval}: give 0 (connect only) or at least {MIN_INTERVAL_S} s"
+                ),
             ));
         }
 

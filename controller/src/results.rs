@@ -85,7 +85,8 @@ impl ResultsWriter {
         // Unbuffered: each interval line reaches the file as it is written,
         // so a SIGKILL loses at most the second being written.
         let hlog = File::create(&hlog_path).map_err(at(&hlog_path))?;
-        let files = Streams { dir: dir.clone(), csv, workers, log: open(files::TEST_LOG)?, failed: Vec::new() };
+        let files =
+            Streams { dir: dir.clone(), csv, workers, log: open(files::TEST_LOG)?, failed: Vec::new() };
         let (tx, rx) = mpsc::channel(256);
         let thread = std::thread::Builder::new()
             .name("results".into())
@@ -190,7 +191,10 @@ impl Streams {
         if let Err(e) = r {
             let path = self.dir.join(file);
             if !self.failed.contains(&path) {
-                eprintln!("error: cannot write {}: {e}; the run goes on, this file will be incomplete", path.display());
+                eprintln!(
+                    "error: cannot write {}: {e}; the run goes on, this file will be incomplete",
+                    path.display()
+                );
                 self.failed.push(path);
             }
         }
@@ -217,7 +221,10 @@ impl Streams {
         while let Some(record) = rx.blocking_recv() {
             match record {
                 Record::Row(row, latency, connect, workers) => {
-                    let r = self.csv.write_all(csv_line(&row.csv_cells()).as_bytes()).and_then(|()| self.csv.flush());
+                    let r = self
+                        .csv
+                        .write_all(csv_line(&row.csv_cells()).as_bytes())
+                        .and_then(|()| self.csv.flush());
                     self.check(files::METRICS_CSV, r);
                     let r = workers
                         .iter()
@@ -240,7 +247,9 @@ impl Streams {
         }
         drop(hlog);
         match self.failed.first() {
-            Some(path) => Err(ResultsError { path: path.clone(), source: io::Error::other("some writes failed") }),
+            Some(path) => {
+                Err(ResultsError { path: path.clone(), source: io::Error::other("some writes failed") })
+            }
             None => Ok(()),
         }
     }

@@ -8,13 +8,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use stampede_model::TargetUrl;
+use stampede_model::clock::RunClock;
+use stampede_model::results::{Summary, WorkerInfo};
 use stampede_proto::fleet::{
     Assign, ControllerMessage, Hello, PhaseStart, SnapshotAck, Stop, controller_message::Body as Cmd,
     worker_message::Body,
 };
-use stampede_model::TargetUrl;
-use stampede_model::clock::RunClock;
-use stampede_model::results::{Summary, WorkerInfo};
 use stampede_proto::us_or_zero;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -116,7 +116,14 @@ struct Member {
 
 impl Member {
     fn new(hello: Hello, link: Link, offset_us: i64) -> Member {
-        Member { hello, link: Some(link), offset_us, finished: false, last_heard: Instant::now(), silent: false }
+        Member {
+            hello,
+            link: Some(link),
+            offset_us,
+            finished: false,
+            last_heard: Instant::now(),
+            silent: false,
+        }
     }
 
     /// Sends a command; false if it could not be delivered (the worker has
@@ -495,15 +502,19 @@ impl Running<'_> {
                         let m = &mut self.members[i];
                         m.last_heard = Instant::now();
                         if std::mem::take(&mut m.silent) {
-                            self.log(format!("worker {worker} heard from again (snapshot for second {})", snap.second))
-                                .await;
+                            self.log(format!(
+                                "worker {worker} heard from again (snapshot for second {})",
+                                snap.second
+                            ))
+                            .await;
                         }
                         match self.agg.add(i, &snap) {
                             Ok(_) => {
                                 self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
                             }
                             Err(err) => {
-                                self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq)).await
+                                self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq))
+                                    .await
                             }
                         }
                     }
@@ -576,7 +587,11 @@ impl Running<'_> {
             let quiet_for = m.last_heard.elapsed();
             if m.link.is_some() && !m.finished && !m.silent && quiet_for >= SILENT_AFTER {
                 m.silent = true;
-                silent.push(format!("worker {} silent for {:.0} s", m.hello.worker_id, quiet_for.as_secs_f64()));
+                silent.push(format!(
+                    "worker {} silent for {:.0} s",
+                    m.hello.worker_id,
+                    quiet_for.as_secs_f64()
+                ));
             }
         }
         for line in silent {

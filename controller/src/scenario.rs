@@ -198,7 +198,9 @@ impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match Value::deserialize(d)? {
             Value::Int(n) if n >= 1 => Ok(Count(n as u64)),
-            other => Err(serde::de::Error::custom(format!("{other} is not a count: give a whole number of at least 1"))),
+            other => Err(serde::de::Error::custom(format!(
+                "{other} is not a count: give a whole number of at least 1"
+            ))),
         }
     }
 }

@@ -153,7 +153,11 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
         "Delivery:            duplicated {}, corrupted {}, out of order {}, unmatched {}",
         m.duplicated, m.corrupted, m.out_of_order, m.unmatched
     );
-    let _ = writeln!(out, "Throughput:          {:.1} msg/s (received, per second of the run)", s.throughput_msg_per_s);
+    let _ = writeln!(
+        out,
+        "Throughput:          {:.1} msg/s (received, per second of the run)",
+        s.throughput_msg_per_s
+    );
     if l.count > 0 {
         let _ = writeln!(
             out,
@@ -172,7 +176,12 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     } else {
         let _ = writeln!(out, "Connect time (ms):   no connection opened");
     }
-    let _ = writeln!(out, "Errors:              {} ({:.4}% of attempts and scheduled sends)", s.errors_total, s.error_rate * 100.0);
+    let _ = writeln!(
+        out,
+        "Errors:              {} ({:.4}% of attempts and scheduled sends)",
+        s.errors_total,
+        s.error_rate * 100.0
+    );
     if !s.errors.is_empty() {
         let causes: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "Errors by cause:     {}", causes.join(", "));

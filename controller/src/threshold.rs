@@ -109,8 +109,11 @@ impl<'de> Deserialize<'de> for Metric {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
         Metric::from_name(&name).ok_or_else(|| {
-            let known: Vec<&str> =
-                Metric::ALL.iter().map(|m| m.name()).chain(stampede_model::Counters::NAMES.iter().copied()).collect();
+            let known: Vec<&str> = Metric::ALL
+                .iter()
+                .map(|m| m.name())
+                .chain(stampede_model::Counters::NAMES.iter().copied())
+                .collect();
             serde::de::Error::custom(format!(
                 "unknown threshold metric `{name}`; use one of: {}",
                 known.join(", ")

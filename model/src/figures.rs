@@ -32,7 +32,12 @@ mod tests {
     fn definitions() {
         assert_eq!(throughput(100, 4), 25.0);
         assert_eq!(throughput(5, 0), 0.0);
-        let c = Counters { connections_attempted: 10, messages_sent: 80, messages_unsent: 10, ..Default::default() };
+        let c = Counters {
+            connections_attempted: 10,
+            messages_sent: 80,
+            messages_unsent: 10,
+            ..Default::default()
+        };
         assert_eq!(error_rate(5, &c), 0.05);
         assert_eq!(peak(100, [80, 60, 0]), 100, "a cooldown starts at its peak");
         assert_eq!(peak(0, [10, 50, 40]), 50);

@@ -87,14 +87,7 @@ impl TargetUrl {
                 .filter(|p| *p > 0)
                 .ok_or_else(|| err("the port must be a number from 1 to 65535"))?,
         };
-        Ok(TargetUrl {
-            scheme,
-            host: host.to_string(),
-            port,
-            path,
-            query,
-            authority: authority.to_string(),
-        })
+        Ok(TargetUrl { scheme, host: host.to_string(), port, path, query, authority: authority.to_string() })
     }
 
     /// Path and query, as the request line carries them.

@@ -69,11 +69,17 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
         "ms" => 0.001,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\"")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\""
+            ));
+        }
     };
     match number.trim().parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v * scale),
-        _ => Err(format!("{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\"")),
+        _ => Err(format!(
+            "{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\""
+        )),
     }
 }
 

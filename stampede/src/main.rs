@@ -64,7 +64,8 @@ fn main() {
 /// written) and sets `signalled` to the exit code it asks for; a second one
 /// quits at once.
 fn on_signals(shutdown: CancellationToken, signalled: Arc<AtomicI32>) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         eprintln!("warning: cannot handle signals; Ctrl-C will not write results");
         return;
     };

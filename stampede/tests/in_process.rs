@@ -97,10 +97,15 @@ async fn the_run_loop_drives_every_phase_and_every_second_adds_up() {
     let throughput = s.messages.received as f64 / rows.len() as f64;
     assert!((s.throughput_msg_per_s - throughput).abs() < 1e-9, "one definition of throughput");
     let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
-    let order: Vec<usize> = ["phase warmup started", "phase ramp-up started", "phase sustained started", "phase cooldown started"]
-        .iter()
-        .map(|p| log.find(p).unwrap_or_else(|| panic!("{p} missing:\n{log}")))
-        .collect();
+    let order: Vec<usize> = [
+        "phase warmup started",
+        "phase ramp-up started",
+        "phase sustained started",
+        "phase cooldown started",
+    ]
+    .iter()
+    .map(|p| log.find(p).unwrap_or_else(|| panic!("{p} missing:\n{log}")))
+    .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{log}");
 }
 

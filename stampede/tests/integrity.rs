@@ -52,7 +52,9 @@ fn worker_pid(parent: u32, id: &str) -> u32 {
             let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            if ppid == Some(&parent.to_string()) && args.contains(&b"worker".as_slice()) && args.contains(&id.as_bytes())
+            if ppid == Some(&parent.to_string())
+                && args.contains(&b"worker".as_slice())
+                && args.contains(&id.as_bytes())
             {
                 return pid;
             }
@@ -116,7 +118,8 @@ fn a_frozen_worker_loses_nothing_and_its_seconds_are_flagged_as_a_generator_stal
     // (second, worker) wins: late data is appended as a correction).
     let (wh, wrows) = read_csv(&dir.join("workers.csv"));
     let mut reported: BTreeMap<(String, String), String> = BTreeMap::new();
-    let (secs, ids, rep) = (column(&wh, &wrows, "elapsed_s"), column(&wh, &wrows, "worker"), column(&wh, &wrows, "reported"));
+    let (secs, ids, rep) =
+        (column(&wh, &wrows, "elapsed_s"), column(&wh, &wrows, "worker"), column(&wh, &wrows, "reported"));
     for i in 0..wrows.len() {
         reported.insert((secs[i].to_string(), ids[i].to_string()), rep[i].to_string());
     }
@@ -125,11 +128,18 @@ fn a_frozen_worker_loses_nothing_and_its_seconds_are_flagged_as_a_generator_stal
     assert_eq!(elapsed, (0..elapsed.len() as u64).collect::<Vec<_>>(), "metrics.csv is rewritten in order");
     for s in 0..elapsed.len() as u64 - 1 {
         for id in ["local-1", "local-2"] {
-            assert_eq!(reported.get(&(s.to_string(), id.to_string())).map(String::as_str), Some("1"), "{id} second {s}");
+            assert_eq!(
+                reported.get(&(s.to_string(), id.to_string())).map(String::as_str),
+                Some("1"),
+                "{id} second {s}"
+            );
         }
     }
     let reporting = column(&mh, &mrows, "workers_reporting");
-    assert!(reporting[..reporting.len() - 1].iter().all(|r| *r == "2"), "every row holds both workers: {reporting:?}");
+    assert!(
+        reporting[..reporting.len() - 1].iter().all(|r| *r == "2"),
+        "every row holds both workers: {reporting:?}"
+    );
     let revised = column(&mh, &mrows, "revision").iter().filter(|r| **r != "0").count();
     assert!(revised >= 5, "the frozen seconds were corrected after the worker resumed: {revised}");
 
@@ -139,8 +149,12 @@ fn a_frozen_worker_loses_nothing_and_its_seconds_are_flagged_as_a_generator_stal
     assert_eq!(num(&summary, "messages.lost"), 0.0, "{summary}");
 
     // The stall is flagged where it happened, in metrics.csv and the summary.
-    let stalled: BTreeSet<u64> =
-        summary["generator_stalled_seconds"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let stalled: BTreeSet<u64> = summary["generator_stalled_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     assert!(stalled.len() >= 8 && stalled.len() <= 14, "{stalled:?}");
     assert!(stalled.iter().all(|s| (6..=20).contains(s)), "{stalled:?}");
     let flags = column(&mh, &mrows, "generator_stalled");

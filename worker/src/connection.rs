@@ -195,11 +195,11 @@ fn poll_io(
             }
         }
     }
-    if ex.unflushed {
-        if let Poll::Ready(r) = ws.poll_flush_unpin(cx) {
-            ex.unflushed = false;
-            return Poll::Ready(Io::Written(r));
-        }
+    if ex.unflushed
+        && let Poll::Ready(r) = ws.poll_flush_unpin(cx)
+    {
+        ex.unflushed = false;
+        return Poll::Ready(Io::Written(r));
     }
     Poll::Pending
 }

@@ -11,8 +11,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use stampede_model::Cause;
 use crate::target::Target;
+use stampede_model::Cause;
 
 /// Largest response head we accept.
 const MAX_HEAD: usize = 8 * 1024;
@@ -28,7 +28,8 @@ pub async fn upgrade(
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: stampede\r\n\r\n",
-        target.url.request_target(), target.url.authority
+        target.url.request_target(),
+        target.url.authority
     );
     tcp.write_all(request.as_bytes()).await.map_err(|e| Cause::from_io(&e))?;
 

@@ -125,9 +125,11 @@ async fn a_server_that_echoes_twice_shows_duplicates_not_extra_deliveries() {
 async fn dropping_half_and_echoing_the_rest_twice_loses_exactly_the_dropped_half() {
     // Odd messages are dropped, even ones echoed twice: received + duplicated
     // equals sent, which a "sent - received" count would call no loss.
-    let (url, dropped) =
-        hostile_server(|n, m| if n % 2 == 0 { (vec![m.to_vec(), m.to_vec()], false) } else { (vec![], true) }, 0)
-            .await;
+    let (url, dropped) = hostile_server(
+        |n, m| if n % 2 == 0 { (vec![m.to_vec(), m.to_vec()], false) } else { (vec![], true) },
+        0,
+    )
+    .await;
     let (c, snaps) = run(assign(&url, 20, 64), 3, Duration::from_millis(1500)).await;
     let sent = c.messages_sent;
     assert!(sent >= 3 * 60, "{sent} sent");
