@@ -6,57 +6,22 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use stampede_model::Counters;
-use stampede_proto::fleet::{Assign, PhaseStart, Snapshot};
+use stampede_proto::fleet::{Assign, Snapshot};
 use stampede_relay::{Relay, RelayConfig};
-use stampede_worker::engine::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn assign(url: &str, interval_ms: u64, reconnect: bool) -> Assign {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    Assign {
-        run_id: "test".into(),
-        target_url: url.into(),
-        message_interval_us: interval_ms * 1000,
-        payload_bytes: 64,
-        connect_timeout_us: 2_000_000,
-        run_start_unix_us: now.as_micros() as i64,
-        clock_offset_us: 0,
-        source_addresses: vec![],
-        reconnect,
-        buffer_bytes: 1024,
-    }
-}
+mod common;
 
-/// Runs the engine at `connections` for `hold`, calls `mid`, stops it and
-/// returns every snapshot.
-async fn drive(assign: &Assign, connections: u64, hold: Duration, mid: impl AsyncFnOnce()) -> Vec<Snapshot> {
-    let (tx, mut rx) = mpsc::channel(64);
-    let engine = Engine::start(assign, &[], tx).await.unwrap();
-    let phase =
-        PhaseStart { index: 0, name: "test".into(), connections, ramp_us: 0, duration_us: 60_000_000 };
-    engine.phase(phase).await;
-    let collect = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Some(s) = rx.recv().await {
-            all.push(s);
-        }
-        all
-    });
-    tokio::time::sleep(hold).await;
-    mid().await;
-    engine.stop();
-    tokio::time::timeout(Duration::from_secs(10), collect).await.expect("engine ends after stop").unwrap()
+use common::{drive, errors, totals};
+
+fn assign(url: &str, interval_ms: u64, reconnect: bool) -> Assign {
+    common::assign(url, interval_ms, 64, reconnect)
 }
 
 fn total(snaps: &[Snapshot], f: impl Fn(&Counters) -> u64) -> u64 {
-    snaps.iter().map(|s| f(&s.model_counters().unwrap())).sum()
-}
-
-fn errors(snaps: &[Snapshot], cause: &str) -> u64 {
-    snaps.iter().filter_map(|s| s.errors.get(cause)).sum()
+    f(&totals(snaps))
 }
 
 fn latency(snaps: &[Snapshot]) -> Histogram<u64> {

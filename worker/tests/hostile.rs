@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use stampede_model::Counters;
-use stampede_proto::fleet::{Assign, PhaseStart, Snapshot};
-use stampede_worker::engine::Engine;
+use stampede_proto::fleet::{Assign, Snapshot};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+
+use common::errors;
 
 /// What a hostile server does with the n-th message (from 0) it receives
 /// on a connection: the frames it sends back, and whether it tampered with
@@ -65,48 +67,14 @@ async fn hostile_server(behave: Behaviour, greeting: usize) -> (String, Arc<Atom
 }
 
 fn assign(url: &str, interval_ms: u64, payload_bytes: u32) -> Assign {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    Assign {
-        run_id: "hostile".into(),
-        target_url: url.into(),
-        message_interval_us: interval_ms * 1000,
-        payload_bytes,
-        connect_timeout_us: 2_000_000,
-        run_start_unix_us: now.as_micros() as i64,
-        clock_offset_us: 0,
-        source_addresses: vec![],
-        reconnect: false,
-        buffer_bytes: 1024,
-    }
+    common::assign(url, interval_ms, payload_bytes, false)
 }
 
 /// Runs `connections` connections for `hold`, stops, returns the counters
-/// summed over every snapshot and the error counts by cause.
+/// summed over every snapshot, and the snapshots.
 async fn run(assign: Assign, connections: u64, hold: Duration) -> (Counters, Vec<Snapshot>) {
-    let (tx, mut rx) = mpsc::channel(64);
-    let engine = Engine::start(&assign, &[], tx).await.unwrap();
-    engine
-        .phase(PhaseStart { index: 0, name: "t".into(), connections, ramp_us: 0, duration_us: 60_000_000 })
-        .await;
-    let collect = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Some(s) = rx.recv().await {
-            all.push(s);
-        }
-        all
-    });
-    tokio::time::sleep(hold).await;
-    engine.stop();
-    let snaps = tokio::time::timeout(Duration::from_secs(20), collect).await.expect("engine ends").unwrap();
-    let mut total = Counters::default();
-    for s in &snaps {
-        total.add(&s.model_counters().unwrap());
-    }
-    (total, snaps)
-}
-
-fn errors(snaps: &[Snapshot], cause: &str) -> u64 {
-    snaps.iter().filter_map(|s| s.errors.get(cause)).sum()
+    let snaps = common::drive(&assign, connections, hold, async || {}).await;
+    (common::totals(&snaps), snaps)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
