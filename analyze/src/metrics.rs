@@ -4,6 +4,7 @@
 //! appended when a worker's snapshot came after its second was written) replace
 //! the row of their second.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use polars::prelude::*;
@@ -104,16 +105,16 @@ fn check_complete(path: &Path) -> Result<(), LoadError> {
 
 /// The columns as text, by name.
 struct Cells<'a> {
-    columns: Vec<(&'static str, Vec<Option<&'a str>>)>,
+    columns: HashMap<&'static str, &'a StringChunked>,
 }
 
 impl<'a> Cells<'a> {
     fn new(df: &'a DataFrame, path: &Path) -> Result<Cells<'a>, LoadError> {
-        let mut columns = Vec::new();
+        let mut columns = HashMap::new();
         for name in metrics_columns() {
             let Ok(column) = df.column(name) else { continue };
             let text = column.str().map_err(|e| invalid(path, format!("column {name}: {e}")))?;
-            columns.push((name, text.iter().collect()));
+            columns.insert(name, text);
         }
         Ok(Cells { columns })
     }
@@ -121,12 +122,11 @@ impl<'a> Cells<'a> {
     /// The cell of column `name` in row `i`, trimmed; `None` when empty or
     /// when the column is absent.
     fn get(&self, name: &str, i: usize) -> Option<&'a str> {
-        let (_, cells) = self.columns.iter().find(|(n, _)| *n == name)?;
-        cells[i].map(str::trim).filter(|s| !s.is_empty())
+        self.columns.get(name)?.get(i).map(str::trim).filter(|s| !s.is_empty())
     }
 
     fn has(&self, name: &str) -> bool {
-        self.columns.iter().any(|(n, _)| *n == name)
+        self.columns.contains_key(name)
     }
 
     /// A count that must be present, at most `max`.

@@ -288,7 +288,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     if !opts.quiet {
         eprintln!("\n{human}");
     }
-    let dir = run.writer.finish(&summary, &run.agg.rows, human).await?;
+    // A results file that could not be written was reported on stderr as it
+    // happened; the verdict still stands and decides the exit code.
+    let dir = run.writer.dir().to_path_buf();
+    let _ = run.writer.finish(&summary, &run.agg.rows, human).await;
     if let Some(relay) = relay {
         relay.finish().await;
     }

@@ -306,3 +306,39 @@ fn a_bad_flag_is_named_not_a_line_of_the_file() {
         assert!(!run.stderr.contains("ok.toml:"), "{}", run.stderr);
     }
 }
+
+#[test]
+fn a_full_disk_is_reported_at_once_and_the_verdict_still_stands() {
+    use std::os::unix::process::CommandExt;
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "small.toml",
+        "name = \"small\"\n[target]\nbundled = true\n[load]\nconnections = 10\nmessage_interval_s = 0.1\n\
+         [phases]\nwarmup_s = 0\nramp_up_s = 1\nsustained_s = 5\ncooldown_s = 1\n[thresholds]\nerror_rate = \"< 0.01\"\n",
+    );
+    let out = scratch.results_parent();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_controller"));
+    cmd.args(["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only async-signal-safe calls: files may
+    // grow to 1 KB (writes past it fail with EFBIG, like a full disk), and
+    // SIGXFSZ is ignored so the failing write returns an error instead of
+    // killing the process.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let (code, stderr) = wait(cmd.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(code, 0, "the run passed; only its files are incomplete:\n{stderr}");
+    assert!(stderr.contains("error: cannot write"), "{stderr}");
+    assert!(stderr.contains("the run goes on"), "{stderr}");
+    assert!(stderr.contains("Verdict: PASS"), "{stderr}");
+    let first = stderr.find("error: cannot write").unwrap();
+    assert!(first < stderr.find("TEST SUMMARY").unwrap(), "reported as it happened, before the summary");
+}
