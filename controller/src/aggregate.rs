@@ -323,7 +323,7 @@ impl Aggregator {
 
     /// Seconds flagged as a generator stall, in order.
     pub fn stalled_seconds(&self, phase: Option<usize>) -> Vec<u64> {
-        let name = phase.map(|p| self.plan.phases[p].name);
+        let name = phase.map(|p| self.plan.phases[p].name());
         self.rows
             .iter()
             .filter(|r| r.generator_stalled > 0 && name.is_none_or(|n| r.phase == n))
@@ -335,7 +335,7 @@ impl Aggregator {
     pub fn row_count(&self, phase: Option<usize>) -> u64 {
         match phase {
             None => self.rows.len() as u64,
-            Some(p) => self.rows.iter().filter(|r| r.phase == self.plan.phases[p].name).count() as u64,
+            Some(p) => self.rows.iter().filter(|r| r.phase == self.plan.phases[p].name()).count() as u64,
         }
     }
 
@@ -344,7 +344,7 @@ impl Aggregator {
         let Some(p) = phase else {
             return stampede_model::figures::peak(0, self.rows.iter().map(|r| r.connections_active));
         };
-        let name = self.plan.phases[p].name;
+        let name = self.plan.phases[p].name();
         let first = self.rows.iter().position(|r| r.phase == name);
         let before = first.and_then(|i| i.checked_sub(1)).map_or(0, |i| self.rows[i].connections_active);
         stampede_model::figures::peak(
@@ -355,7 +355,7 @@ impl Aggregator {
 
     /// Most connections planned at once in a phase, or in the run (from the rows).
     pub fn peak_target(&self, phase: Option<usize>) -> u64 {
-        let name = phase.map(|p| self.plan.phases[p].name);
+        let name = phase.map(|p| self.plan.phases[p].name());
         self.rows
             .iter()
             .filter(|r| name.is_none_or(|n| r.phase == n))
@@ -411,7 +411,7 @@ impl Aggregator {
         let metrics = MetricsRow {
             elapsed_s: s,
             timestamp,
-            phase: self.plan.phases[self.plan.phase_at(t)].name.to_string(),
+            phase: self.plan.phases[self.plan.phase_at(t)].name().to_string(),
             revision: second.revision,
             connections_target: self.plan.level_at(t + Duration::from_secs(1)),
             connections_active: active,

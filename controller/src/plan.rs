@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stampede_model::TargetUrl;
+use stampede_model::{Phase, Ramp, TargetUrl};
 use stampede_model::target::Scheme;
 use stampede_relay::config::{DropAt, Faults, SlowWindow};
 
@@ -91,8 +91,8 @@ pub enum TargetPlan {
 /// One phase of the schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhasePlan {
-    /// `warmup`, `ramp-up`, `sustained` or `cooldown`.
-    pub name: &'static str,
+    /// Which phase.
+    pub phase: Phase,
     /// Offset from the run start.
     pub start: Duration,
     /// Length.
@@ -106,18 +106,23 @@ pub struct PhasePlan {
 }
 
 impl PhasePlan {
+    /// Its name in files and logs.
+    pub fn name(&self) -> &'static str {
+        self.phase.name()
+    }
+
     /// End offset from the run start.
     pub fn end(&self) -> Duration {
         self.start + self.duration
     }
 
+    /// The connection move this phase makes (what its workers follow).
+    pub fn ramp(&self) -> Ramp {
+        Ramp { from: self.from, to: self.to, ramp: self.ramp }
+    }
+
     fn level_at(&self, t: Duration) -> u64 {
-        let done = t.saturating_sub(self.start);
-        if self.ramp.is_zero() || done >= self.ramp {
-            return self.to;
-        }
-        let f = done.as_secs_f64() / self.ramp.as_secs_f64();
-        (self.from as f64 + (self.to as f64 - self.from as f64) * f).round() as u64
+        self.ramp().level_at(t.saturating_sub(self.start))
     }
 }
 
@@ -245,18 +250,18 @@ impl Plan {
         let mut phases = Vec::new();
         let mut start = Duration::ZERO;
         let mut level = 0;
-        let mut push = |name, duration: Duration, to: u64, ramp: Duration| {
+        let mut push = |phase, duration: Duration, to: u64, ramp: Duration| {
             if duration.is_zero() {
                 return;
             }
-            phases.push(PhasePlan { name, start, duration, from: level, to, ramp });
+            phases.push(PhasePlan { phase, start, duration, from: level, to, ramp });
             start += duration;
             level = to;
         };
-        push("warmup", secs(p.warmup_s), warmup_connections, secs(p.warmup_s));
-        push("ramp-up", secs(p.ramp_up_s), connections, secs(p.ramp_up_s));
-        push("sustained", secs(p.sustained_s), connections, Duration::ZERO);
-        push("cooldown", secs(p.cooldown_s), 0, secs(p.cooldown_s));
+        push(Phase::Warmup, secs(p.warmup_s), warmup_connections, secs(p.warmup_s));
+        push(Phase::RampUp, secs(p.ramp_up_s), connections, secs(p.ramp_up_s));
+        push(Phase::Sustained, secs(p.sustained_s), connections, Duration::ZERO);
+        push(Phase::Cooldown, secs(p.cooldown_s), 0, secs(p.cooldown_s));
         if phases.is_empty() {
             return Err(err(table_at("phases"), "every phase lasts 0 s: give the run some time".into()));
         }
@@ -465,7 +470,7 @@ mod tests {
              [phases]\nwarmup_s = 4\nramp_up_s = 10\nsustained_s = 20\ncooldown_s = 0\n",
         )
         .unwrap();
-        let names: Vec<_> = p.phases.iter().map(|p| p.name).collect();
+        let names: Vec<_> = p.phases.iter().map(PhasePlan::name).collect();
         assert_eq!(names, ["warmup", "ramp-up", "sustained"]);
         assert_eq!(p.duration(), Duration::from_secs(34));
         assert_eq!(p.level_at(Duration::from_secs(2)), 5, "half of the 10% warmup");

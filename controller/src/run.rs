@@ -15,7 +15,7 @@ use stampede_proto::fleet::{
     Assign, ControllerMessage, Hello, PhaseStart, SnapshotAck, Stop, controller_message::Body as Cmd,
     worker_message::Body,
 };
-use stampede_proto::us_or_zero;
+use stampede_proto::{us, us_or_zero};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -229,7 +229,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             target_url: target_url.clone(),
             message_interval_us: us_or_zero(plan.message_interval),
             payload_bytes: plan.payload_bytes,
-            connect_timeout_us: plan.connect_timeout.as_micros() as u64,
+            connect_timeout_us: us(plan.connect_timeout),
             run_start_unix_us: run_start_us,
             clock_offset_us: m.offset_us,
             source_addresses: sources.get(i).cloned().unwrap_or_default(),
@@ -438,10 +438,10 @@ impl Running<'_> {
         for (i, (m, share)) in self.members.iter().zip(shares).enumerate() {
             let sent = m.send(Cmd::PhaseStart(PhaseStart {
                 index: index as u32,
-                name: phase.name.to_string(),
+                name: phase.name().to_string(),
                 connections: share,
-                ramp_us: phase.ramp.saturating_sub(elapsed_in_phase).as_micros() as u64,
-                duration_us: phase.duration.as_micros() as u64,
+                ramp_us: us(phase.ramp.saturating_sub(elapsed_in_phase)),
+                duration_us: us(phase.duration),
             }));
             if !sent && m.link.is_some() {
                 undelivered.push(i);
@@ -452,7 +452,7 @@ impl Running<'_> {
         }
         self.log(format!(
             "phase {} started: {} -> {} connections over {:.1} s, lasts {:.1} s",
-            phase.name,
+            phase.name(),
             phase.from,
             phase.to,
             phase.ramp.as_secs_f64(),

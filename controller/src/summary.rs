@@ -67,7 +67,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         .zip(&agg.phases)
         .enumerate()
         .map(|(i, (p, t))| PhaseSummary {
-            name: p.name.to_string(),
+            name: p.name().to_string(),
             start_s: p.start.as_secs_f64(),
             duration_s: p.duration.as_secs_f64(),
             connections: connections(agg, Some(i), t),

@@ -44,7 +44,12 @@ pub fn optional_us(us: u64) -> Option<Duration> {
 
 /// A duration as wire microseconds, none as 0.
 pub fn us_or_zero(d: Option<Duration>) -> u64 {
-    d.map_or(0, |d| d.as_micros().min(u128::from(u64::MAX)) as u64)
+    d.map_or(0, us)
+}
+
+/// A duration as wire microseconds (saturating at the wire's range).
+pub fn us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
 impl fleet::Assign {

@@ -124,7 +124,7 @@ impl Snapshotter {
             latency_histogram: encode(&mut self.serializer, &mut self.spare.latency),
             connect_histogram: encode(&mut self.serializer, &mut self.spare.connect),
             errors,
-            taken_late_us: taken_late.as_micros() as u64,
+            taken_late_us: stampede_proto::us(taken_late),
         }
     }
 }
