@@ -1,18 +1,16 @@
-//! One connection slot: a task that opens a WebSocket connection, sends on
-//! schedule, matches echoes, and (when the run asks for it) opens a new
-//! connection with backoff after a failure or a drop, until it is cancelled.
-//!
-//! Latency is measured from each message's intended send time, fixed by the
-//! schedule (open model): a send that leaves late still counts from when it
-//! should have gone, so stalls are not hidden (no coordinated omission).
+//! A connection's lifecycle: one slot is a task that opens a WebSocket
+//! connection, drives its socket (reading while it writes) and its session's
+//! timer, closes it gracefully, classifies how it ended, and (when the run
+//! asks for it) opens a new one with backoff, until it is cancelled. What the
+//! connection sends and what its frames mean is its session's business
+//! ([`crate::session`]); the byte stream under the WebSocket is any
+//! [`Transport`], so TLS slots in beside TCP.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
-
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use stampede_model::Cause;
@@ -25,10 +23,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Delivery, Echo};
+use crate::echo::EchoSession;
+pub use crate::handshake::Transport;
 use crate::handshake::{connect_tcp, upgrade};
-use crate::payload::Stamp;
 use crate::recorder::Recorder;
+use crate::session::Session;
 use crate::target::Target;
 
 /// How long we wait for the server's answer to our close frame.
@@ -81,7 +80,7 @@ pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken
         // Boxed: the handshake's state must not stay inside this task's
         // future for the connection's whole life (DEPENDENCIES.md).
         let end = match Box::pin(open(&ctx, slot, &cancel)).await {
-            Some(Ok(ws)) => live(&ctx, slot, ws, &cancel).await,
+            Some(Ok(ws)) => live::<EchoSession, _>(&ctx, slot, ws, &cancel).await,
             Some(Err(())) => End::Failed,
             None => return,
         };
@@ -138,26 +137,16 @@ async fn open(
     })
 }
 
-/// Where a connection is in its message exchange.
-struct Exchange {
-    /// Which messages came back.
-    delivery: Delivery,
-    /// Messages actually sent.
-    sent: u64,
-    /// Intended time of message 0 since the epoch; message `n` was due
-    /// `n` intervals later.
-    first_due: Duration,
-    /// A message accepted by the schedule, waiting for room in the sink.
+/// The socket side of an open connection: what is waiting to be written.
+#[derive(Default)]
+struct Outbox {
+    /// A message the session produced, waiting for room in the sink.
     pending: Option<Message>,
     /// Something (a message, a pong) is written but not yet flushed.
     unflushed: bool,
 }
 
-impl Exchange {
-    fn new(first_due: Duration) -> Self {
-        Exchange { delivery: Delivery::default(), sent: 0, first_due, pending: None, unflushed: false }
-    }
-
+impl Outbox {
     fn busy(&self) -> bool {
         self.pending.is_some() || self.unflushed
     }
@@ -172,64 +161,62 @@ enum Io {
 /// Reads the next frame while writing out what is pending: a large message
 /// being written must never stop us from reading (the server may be
 /// blocked writing its echoes to us), and reading never waits for the write.
-fn poll_io(
-    ws: &mut WebSocketStream<TcpStream>,
-    ex: &mut Exchange,
+fn poll_io<S: Transport>(
+    ws: &mut WebSocketStream<S>,
+    out: &mut Outbox,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Io> {
     if let Poll::Ready(frame) = ws.poll_next_unpin(cx) {
         return Poll::Ready(Io::Read(frame));
     }
-    if let Some(msg) = ex.pending.take() {
+    if let Some(msg) = out.pending.take() {
         match ws.poll_ready_unpin(cx) {
             Poll::Ready(Ok(())) => {
                 if let Err(e) = ws.start_send_unpin(msg) {
                     return Poll::Ready(Io::Written(Err(e)));
                 }
-                ex.unflushed = true;
+                out.unflushed = true;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
             Poll::Pending => {
-                ex.pending = Some(msg);
+                out.pending = Some(msg);
                 return Poll::Pending;
             }
         }
     }
-    if ex.unflushed
+    if out.unflushed
         && let Poll::Ready(r) = ws.poll_flush_unpin(cx)
     {
-        ex.unflushed = false;
+        out.unflushed = false;
         return Poll::Ready(Io::Written(r));
     }
     Poll::Pending
 }
 
-/// Drives an open connection until it ends.
-async fn live(
+/// Drives an open connection with session `S` until it ends.
+async fn live<S: Session, T: Transport>(
     ctx: &RunContext,
     slot: u64,
-    mut ws: WebSocketStream<TcpStream>,
+    mut ws: WebSocketStream<T>,
     cancel: &CancellationToken,
 ) -> End {
     let rec = &ctx.recorder;
     rec.active.fetch_add(1, Relaxed);
     let opened = Instant::now();
-    // The schedule: intended send times, kept whatever happens to the sends.
-    let mut next_send = opened + ctx.interval.map_or(Duration::ZERO, |iv| iv.mul_f64(stagger(slot)));
-    let mut ex = Exchange::new(next_send.duration_since(ctx.epoch));
-    let mut send_timer = stampede_timer::sleep_until(next_send);
-    let mut payload = String::new();
+    let mut session = S::open(ctx, slot, opened);
+    let mut out = Outbox::default();
+    let mut timer = stampede_timer::sleep_until(session.next_due().unwrap_or(opened));
 
     let end = loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                Box::pin(close_by_us(ctx, slot, &mut ws, &mut ex)).await;
+                Box::pin(close_by_us(ctx, &mut ws, &mut session, &mut out)).await;
                 break End::ByUs;
             }
-            io = std::future::poll_fn(|cx| poll_io(&mut ws, &mut ex, cx)) => match io {
-                Io::Read(Some(Ok(Message::Text(t)))) => on_echo(ctx, slot, &mut ex, t.as_bytes()),
-                Io::Read(Some(Ok(Message::Binary(b)))) => on_echo(ctx, slot, &mut ex, &b),
+            io = std::future::poll_fn(|cx| poll_io(&mut ws, &mut out, cx)) => match io {
+                Io::Read(Some(Ok(Message::Text(t)))) => session.received(ctx, t.as_bytes()),
+                Io::Read(Some(Ok(Message::Binary(b)))) => session.received(ctx, &b),
                 Io::Read(Some(Ok(Message::Close(frame)))) => {
                     let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                     rec.counters.connections_closed_by_server.fetch_add(1, Relaxed);
@@ -240,7 +227,7 @@ async fn live(
                     break End::Dropped { lived: opened.elapsed() };
                 }
                 // tungstenite queues the pong; it goes out with the next flush.
-                Io::Read(Some(Ok(Message::Ping(_)))) => ex.unflushed = true,
+                Io::Read(Some(Ok(Message::Ping(_)))) => out.unflushed = true,
                 Io::Read(Some(Ok(Message::Pong(_) | Message::Frame(_)))) => {}
                 Io::Written(Ok(())) => {}
                 Io::Read(Some(Err(err))) | Io::Written(Err(err)) => {
@@ -254,57 +241,38 @@ async fn live(
                     break End::Dropped { lived: opened.elapsed() };
                 }
             },
-            _ = &mut send_timer, if ctx.interval.is_some() => {
-                let iv = ctx.interval.expect("sends are scheduled only with an interval");
-                let intended = next_send;
-                next_send += iv;
-                send_timer.reset(next_send);
-                let seq = ex.delivery.next_seq();
-                if ex.busy() {
-                    // The previous message is still being written: the link
-                    // or the server cannot take the schedule. Count it, do
-                    // not queue it (memory stays bounded).
-                    ex.delivery.skipped(seq);
-                    rec.counters.messages_unsent.fetch_add(1, Relaxed);
-                    rec.record_error(Cause::MessageUnsent);
-                    continue;
+            _ = &mut timer, if session.next_due().is_some() => {
+                if let Some(msg) = session.due(ctx, out.busy()) {
+                    out.pending = Some(msg);
                 }
-                if Instant::now().duration_since(intended) > Duration::from_millis(1) {
-                    rec.counters.sends_late.fetch_add(1, Relaxed);
+                if let Some(next) = session.next_due() {
+                    timer.reset(next);
                 }
-                let stamp = Stamp { conn: slot, seq, intended_us: due_us(&ex, seq, iv) };
-                stamp.encode(ctx.payload_bytes, &mut payload);
-                ex.sent += 1;
-                rec.counters.messages_sent.fetch_add(1, Relaxed);
-                rec.counters.bytes_sent.fetch_add(payload.len() as u64, Relaxed);
-                ex.pending = Some(Message::text(std::mem::take(&mut payload)));
             }
         }
     };
-    let lost = ex.delivery.outstanding() + ex.delivery.take_given_up();
-    rec.counters.messages_lost.fetch_add(lost, Relaxed);
-    rec.record_errors(Cause::MessageLost, lost);
+    session.ended(ctx);
     rec.active.fetch_sub(1, Relaxed);
     end
 }
 
-/// Intended send time of message `seq`, microseconds since the epoch.
-fn due_us(ex: &Exchange, seq: u64, interval: Duration) -> u64 {
-    (ex.first_due.as_nanos() + interval.as_nanos() * u128::from(seq)).div_euclid(1000) as u64
-}
-
 /// Ends a connection the way a well-behaved client does: stop sending, let
-/// the echoes still on their way arrive (for up to [`DRAIN_WAIT`]), then send
-/// a close frame (1000) and wait for the server's. A server may drop data
-/// queued behind a close frame, so closing at once would count as lost what
-/// the server never had the chance to answer.
-async fn close_by_us(ctx: &RunContext, slot: u64, ws: &mut WebSocketStream<TcpStream>, ex: &mut Exchange) {
+/// the answers still on their way arrive (for up to [`DRAIN_WAIT`]), then
+/// send a close frame (1000) and wait for the server's. A server may drop
+/// data queued behind a close frame, so closing at once would count as lost
+/// what the server never had the chance to answer.
+async fn close_by_us<S: Session, T: Transport>(
+    ctx: &RunContext,
+    ws: &mut WebSocketStream<T>,
+    session: &mut S,
+    out: &mut Outbox,
+) {
     ctx.recorder.counters.connections_closed_by_client.fetch_add(1, Relaxed);
     let _ = timeout(DRAIN_WAIT, async {
-        while ex.busy() || ex.delivery.outstanding() > 0 {
-            match std::future::poll_fn(|cx| poll_io(ws, ex, cx)).await {
-                Io::Read(Some(Ok(Message::Text(t)))) => on_echo(ctx, slot, ex, t.as_bytes()),
-                Io::Read(Some(Ok(Message::Binary(b)))) => on_echo(ctx, slot, ex, &b),
+        while out.busy() || session.awaiting() {
+            match std::future::poll_fn(|cx| poll_io(ws, out, cx)).await {
+                Io::Read(Some(Ok(Message::Text(t)))) => session.received(ctx, t.as_bytes()),
+                Io::Read(Some(Ok(Message::Binary(b)))) => session.received(ctx, &b),
                 Io::Read(Some(Ok(Message::Close(_)) | Err(_)) | None) | Io::Written(Err(_)) => return,
                 Io::Read(Some(Ok(_))) | Io::Written(Ok(())) => {}
             }
@@ -318,45 +286,14 @@ async fn close_by_us(ctx: &RunContext, slot: u64, ws: &mut WebSocketStream<TcpSt
     let _ = timeout(CLOSE_WAIT, async {
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(t))) => on_echo(ctx, slot, ex, t.as_bytes()),
-                Some(Ok(Message::Binary(b))) => on_echo(ctx, slot, ex, &b),
+                Some(Ok(Message::Text(t))) => session.received(ctx, t.as_bytes()),
+                Some(Ok(Message::Binary(b))) => session.received(ctx, &b),
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 Some(Ok(_)) => {}
             }
         }
     })
     .await;
-}
-
-/// Classifies a frame received on connection `slot` and counts it.
-fn on_echo(ctx: &RunContext, slot: u64, ex: &mut Exchange, payload: &[u8]) {
-    let rec = &ctx.recorder;
-    let now = Instant::now();
-    let Some((stamp, iv)) = Stamp::decode(payload).filter(|s| s.conn == slot).zip(ctx.interval) else {
-        rec.counters.messages_unmatched.fetch_add(1, Relaxed);
-        return;
-    };
-    // The intended time comes from the schedule, never from the echo: a
-    // corrupted stamp cannot fake a latency.
-    let due = due_us(ex, stamp.seq, iv);
-    let intact = stamp.intended_us == due && stamp.is_encoded_in(ctx.payload_bytes, payload);
-    match ex.delivery.echo(stamp.seq, intact) {
-        Echo::Delivered { reordered } => {
-            let intended = ctx.epoch + Duration::from_micros(due);
-            rec.record_latency(now.saturating_duration_since(intended));
-            rec.counters.messages_received.fetch_add(1, Relaxed);
-            rec.counters.bytes_received.fetch_add(payload.len() as u64, Relaxed);
-            if reordered {
-                rec.counters.messages_out_of_order.fetch_add(1, Relaxed);
-            }
-        }
-        Echo::Duplicate => _ = rec.counters.messages_duplicated.fetch_add(1, Relaxed),
-        Echo::Corrupted => {
-            rec.counters.messages_corrupted.fetch_add(1, Relaxed);
-            rec.record_error(Cause::MessageCorrupted);
-        }
-        Echo::Unmatched => _ = rec.counters.messages_unmatched.fetch_add(1, Relaxed),
-    }
 }
 
 fn classify(err: &tungstenite::Error) -> Cause {
@@ -371,7 +308,7 @@ fn classify(err: &tungstenite::Error) -> Cause {
 
 /// A fraction in [0, 1) spread evenly over slots (golden ratio), so that
 /// connections opened together do not send together.
-fn stagger(slot: u64) -> f64 {
+pub(crate) fn stagger(slot: u64) -> f64 {
     (slot as f64 * 0.618_033_988_749_895).fract()
 }
 
@@ -398,6 +335,7 @@ mod tests {
         });
         let slot = super::run_slot(ctx, 0, Default::default());
         let size = std::mem::size_of_val(&slot);
+        eprintln!("slot future: {size} bytes");
         assert!(size <= 2048, "the slot future grew to {size} bytes: box what is rarely awaited");
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -17,14 +17,19 @@ use stampede_model::Cause;
 /// Largest response head we accept.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// A byte stream a WebSocket can run over: TCP today, TLS over TCP next.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
 /// Sends the upgrade request and checks the answer; on success the stream
 /// speaks WebSocket.
-pub async fn upgrade(
-    mut tcp: TcpStream,
+pub async fn upgrade<T: Transport>(
+    mut tcp: T,
     target: &Target,
     key: &str,
     config: WebSocketConfig,
-) -> Result<WebSocketStream<TcpStream>, Cause> {
+) -> Result<WebSocketStream<T>, Cause> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: stampede\r\n\r\n",

@@ -7,12 +7,15 @@
 pub mod capacity;
 pub mod connection;
 pub mod delivery;
+pub mod echo;
 pub mod engine;
 pub mod handshake;
 pub mod link;
+pub mod native;
 pub mod payload;
 pub mod process;
 pub mod recorder;
+pub mod session;
 pub mod target;
 
 use std::net::IpAddr;

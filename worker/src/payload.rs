@@ -28,9 +28,8 @@ impl Stamp {
         out.clear();
         write!(out, "c={};s={};t={};", self.conn, self.seq, self.intended_us)
             .expect("writing to a String cannot fail");
-        while out.len() < size {
-            out.push('x');
-        }
+        let pad = size.saturating_sub(out.len());
+        out.extend(std::iter::repeat_n('x', pad));
     }
 
     /// Whether `payload` is exactly what [`Stamp::encode`] makes of this
