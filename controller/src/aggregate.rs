@@ -89,7 +89,20 @@ pub enum AggregateError {
     /// Counters the model does not know.
     #[error("bad snapshot: {0}")]
     Wire(#[from] stampede_proto::WireError),
+    /// A second the run cannot have (a broken or hostile worker): taking it
+    /// would make every second up to it a row.
+    #[error("snapshot for second {second}, but the run lasts at most {last} s")]
+    OutOfRange {
+        /// The second claimed.
+        second: u64,
+        /// The last second the run can have.
+        last: u64,
+    },
 }
+
+/// Seconds after the plan's end in which snapshots may still arrive (the
+/// stop grace, closing drains, a slow link).
+const AFTER_END_S: u64 = 120;
 
 /// One worker's report for one second.
 #[derive(Debug, Default, Clone, Copy)]
@@ -206,6 +219,10 @@ impl Aggregator {
     pub fn add(&mut self, worker: usize, snap: &Snapshot) -> Result<bool, AggregateError> {
         if snap.seq <= self.workers[worker].applied_seq {
             return Ok(false);
+        }
+        let last = self.plan.duration().as_secs() + AFTER_END_S;
+        if snap.second > last {
+            return Err(AggregateError::OutOfRange { second: snap.second, last });
         }
         let counters = snap.model_counters()?;
         let latency = self.decode(&snap.latency_histogram)?;
@@ -553,5 +570,8 @@ mod tests {
         agg.add(0, &snap).unwrap();
         agg.add(0, &snapshot(4, 0, &[], u64::MAX, 0)).unwrap();
         assert_eq!(agg.run.counters.messages_sent, u64::MAX, "saturates, never wraps");
+        let far = snapshot(5, 1_000_000_000, &[], 1, 0);
+        assert!(matches!(agg.add(0, &far), Err(AggregateError::OutOfRange { .. })));
+        assert_eq!(agg.ready_rows(1e9, true).len(), 1, "no row for every second up to a claimed one");
     }
 }

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stampede_model::{Phase, Ramp, TargetUrl};
 use stampede_model::target::Scheme;
+use stampede_model::{Phase, Ramp, TargetUrl};
 use stampede_relay::config::{DropAt, Faults, SlowWindow};
 
 use crate::scenario::{Count, Scenario, ScenarioError, Seconds, TargetSection};
