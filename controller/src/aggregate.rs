@@ -28,14 +28,9 @@ pub const GRACE_S: u64 = 3;
 /// histograms are let go; later data still counts in the totals).
 pub const CORRECTABLE_S: u64 = 60;
 /// A snapshot taken this much after its due time means the worker process
-/// itself stalled.
+/// itself stalled. (So does any send more than 100 ms behind its schedule:
+/// the counter `sends_stalled`.)
 pub const STALL: Duration = Duration::from_millis(500);
-/// A second in which at least this share of a worker's sends left late
-/// (and at least [`LATE_SENDS_MIN`]) is one where it could not keep its
-/// schedule.
-pub const LATE_SENDS_SHARE: f64 = 0.05;
-/// See [`LATE_SENDS_SHARE`].
-pub const LATE_SENDS_MIN: u64 = 5;
 
 /// Running totals of a phase or of the whole run.
 #[derive(Debug, Clone)]
@@ -232,13 +227,11 @@ impl Aggregator {
         state.reported_up_to = Some(state.reported_up_to.map_or(snap.second, |r| r.max(snap.second)));
         self.snapshots[worker] += 1;
         let errors: u64 = snap.errors.values().fold(0u64, |a, n| a.saturating_add(*n));
-        let late_share = counters.sends_late as f64 / counters.messages_sent.max(1) as f64;
         let report = Report {
             counters,
             errors,
             gauges: snap.gauges.unwrap_or_default(),
-            stalled: snap.taken_late() > STALL
-                || (counters.sends_late >= LATE_SENDS_MIN && late_share >= LATE_SENDS_SHARE),
+            stalled: snap.taken_late() > STALL || counters.sends_stalled > 0,
         };
 
         let phase = self.plan.phase_at(Duration::from_secs(snap.second));
@@ -534,6 +527,20 @@ mod tests {
         assert_eq!(agg.rows[0].csv_cells(), m.csv_cells(), "the final rows carry the correction");
         assert_eq!(agg.run.counters.messages_sent, 2);
         assert_eq!(agg.stalled_seconds(None), [0]);
+    }
+
+    #[test]
+    fn a_send_held_up_by_the_generator_flags_its_second() {
+        let mut agg = agg(1);
+        agg.add(0, &snapshot(1, 0, &[500], 1, 1)).unwrap();
+        let mut held = snapshot(2, 1, &[150_000], 1, 1);
+        let counters = Counters { messages_sent: 1, sends_late: 1, sends_stalled: 1, ..Default::default() };
+        held.counters = counters_to_wire(&counters);
+        agg.add(0, &held).unwrap();
+        let rows = agg.ready_rows(10.0, true);
+        let flags: Vec<u8> = rows.iter().map(|r| r.metrics.generator_stalled).collect();
+        assert_eq!(flags, [0, 1]);
+        assert_eq!(agg.stalled_seconds(None), [1]);
     }
 
     #[test]

@@ -96,6 +96,9 @@ counters! {
     messages_unsent,
     /// Sends that left more than 1 ms after their intended time.
     sends_late,
+    /// Sends that left more than 100 ms after their intended time: the load
+    /// generator, not the target, held them up.
+    sends_stalled,
     /// Payload bytes sent.
     bytes_sent,
     /// Payload bytes received.

@@ -16,6 +16,12 @@ use crate::delivery::{Delivery, Echo};
 use crate::payload::Stamp;
 use crate::session::Session;
 
+/// A send this far behind its intended time is late.
+const LATE: Duration = Duration::from_millis(1);
+/// A send this far behind means the generator stalled (a frozen or starved
+/// process): the latency it adds is ours, not the target's.
+const STALLED: Duration = Duration::from_millis(100);
+
 /// One connection's echo exchange.
 pub struct EchoSession {
     slot: u64,
@@ -66,8 +72,12 @@ impl Session for EchoSession {
             rec.record_error(Cause::MessageUnsent);
             return None;
         }
-        if Instant::now().duration_since(intended) > Duration::from_millis(1) {
+        let lag = Instant::now().saturating_duration_since(intended);
+        if lag > LATE {
             rec.counters.sends_late.fetch_add(1, Relaxed);
+        }
+        if lag > STALLED {
+            rec.counters.sends_stalled.fetch_add(1, Relaxed);
         }
         let stamp = Stamp { conn: self.slot, seq, intended_us: self.due_us(seq, iv) };
         let mut payload = String::with_capacity(ctx.payload_bytes);
