@@ -193,17 +193,35 @@ fn read_workers(dir: &Path, csv: &Path, cache_above: u64) -> Result<DataFrame, L
     {
         return Ok(df);
     }
-    // A late snapshot appends a replacement row for its (second, worker):
-    // the last row of each wins.
     let mut df = scan_csv(csv)?
         .select([
             col("elapsed_s").cast(DataType::Float64),
             col("worker").cast(DataType::String),
             col("rss_mb").cast(DataType::Float64),
         ])
-        .unique_stable_generic(Some(vec![col("elapsed_s"), col("worker")]), UniqueKeepStrategy::Last)
         .collect()
         .map_err(|e| invalid(csv, e.to_string()))?;
+    // A late snapshot appends a replacement row for its (second, worker):
+    // the last row of each wins. Finding whether any second repeats a
+    // worker is cheap; removing repeats hashes every (second, worker) of
+    // millions of rows, so it is done only when there are some.
+    let repeats = df
+        .clone()
+        .lazy()
+        .group_by([col("elapsed_s")])
+        .agg([len().alias("rows"), col("worker").n_unique().alias("workers")])
+        .select([col("rows").gt(col("workers")).any(true).alias("repeats")])
+        .collect()
+        .and_then(|r| r.column("repeats")?.bool()?.get(0).ok_or_else(|| polars_err!(NoData: "empty")))
+        // Should the check fail, removing repeats is always right, only slower.
+        .unwrap_or(true);
+    if repeats {
+        df = df
+            .lazy()
+            .unique_stable_generic(Some(vec![col("elapsed_s"), col("worker")]), UniqueKeepStrategy::Last)
+            .collect()
+            .map_err(|e| invalid(csv, e.to_string()))?;
+    }
     if std::fs::metadata(csv).is_ok_and(|m| m.len() > cache_above) {
         // Best effort: a read-only results folder just gets no cache.
         // Written aside and renamed, so an interrupted write leaves no cache.

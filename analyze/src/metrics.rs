@@ -57,12 +57,14 @@ pub fn read(path: &Path) -> Result<Rows, LoadError> {
     // Every column as text: each cell is then parsed and range-checked here,
     // so a bad cell is reported with its row instead of becoming a null or
     // turning its whole column into floats.
-    let df = LazyCsvReader::new(PlRefPath::new(path.to_string_lossy().as_ref()))
+    let mut df = LazyCsvReader::new(PlRefPath::new(path.to_string_lossy().as_ref()))
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
         .finish()
         .and_then(LazyFrame::collect)
         .map_err(|e| invalid(path, e.to_string()))?;
+    // One chunk per column: cells are then read by index in constant time.
+    df.rechunk_mut_par();
     let names: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
     let missing: Vec<&str> = metrics_columns()
         .into_iter()
@@ -88,17 +90,24 @@ pub fn read(path: &Path) -> Result<Rows, LoadError> {
 /// The file must end with a newline: the controller writes whole lines, so
 /// anything else is a file cut short (crash, disk full, interrupted copy).
 fn check_complete(path: &Path) -> Result<(), LoadError> {
-    let bytes = std::fs::read(path).map_err(|e| invalid(path, e.to_string()))?;
-    match bytes.last() {
-        None => Err(at_line(path, 1, "empty file (0 bytes): the run wrote nothing")),
-        Some(b'\n') => Ok(()),
-        Some(_) => {
-            let complete = bytes.iter().filter(|&&b| b == b'\n').count();
-            if complete == 0 {
-                Err(at_line(path, 1, "truncated: the header line is incomplete"))
-            } else {
-                Err(at_row(path, complete, "truncated: the last line is incomplete (the file was cut short)"))
-            }
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| invalid(path, e.to_string());
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Err(at_line(path, 1, "empty file (0 bytes): the run wrote nothing"));
+    }
+    let mut last = [0u8];
+    f.seek(SeekFrom::Start(len - 1)).and_then(|_| f.read_exact(&mut last)).map_err(io)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Cut short: name the incomplete line.
+    let bytes = std::fs::read(path).map_err(io)?;
+    match bytes.iter().filter(|&&b| b == b'\n').count() {
+        0 => Err(at_line(path, 1, "truncated: the header line is incomplete")),
+        complete => {
+            Err(at_row(path, complete, "truncated: the last line is incomplete (the file was cut short)"))
         }
     }
 }
