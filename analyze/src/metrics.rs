@@ -219,35 +219,46 @@ fn float(name: &str, text: &str, max: f64) -> Result<f64, String> {
 }
 
 /// Keeps, for each second, the row of the highest revision (the last of
-/// equal ones). Rows of revision 0 are the seconds as first written and must
-/// be in order; a correction must replace one of them.
+/// equal ones). Rows must come in order of their second, except corrections
+/// (revision > 0) appended after later seconds by a run that did not end
+/// normally; a run that did rewrites the file in order, where a row may
+/// carry a revision > 0 in its place.
 fn resolve(path: &Path, rows: Vec<MetricsRow>) -> Result<Rows, LoadError> {
     let mut out: Vec<MetricsRow> = Vec::with_capacity(rows.len());
-    let mut corrections: Vec<(usize, MetricsRow)> = Vec::new();
+    let mut applied = 0;
     for (i, row) in rows.into_iter().enumerate() {
-        if row.revision > 0 {
-            corrections.push((i + 1, row));
+        let last = out.last().map(|r| r.elapsed_s);
+        // In order: a first write, or a corrected row in its place (the
+        // controller writes every second, so that place is right after the
+        // last one).
+        let next = last.map_or(0, |l| l + 1);
+        if (row.revision == 0 && last.is_none_or(|l| row.elapsed_s > l)) || row.elapsed_s == next {
+            out.push(row);
             continue;
         }
-        if let Some(last) = out.last()
-            && row.elapsed_s <= last.elapsed_s
-        {
+        let Some(last) = last else {
             return Err(at_row(
                 path,
                 i + 1,
-                format!("elapsed_s {} after {}: rows out of order", row.elapsed_s, last.elapsed_s),
+                format!(
+                    "correction (revision {}) of second {}, which has no earlier row",
+                    row.revision, row.elapsed_s
+                ),
+            ));
+        };
+        if row.revision == 0 {
+            return Err(at_row(
+                path,
+                i + 1,
+                format!("elapsed_s {} after {last}: rows out of order", row.elapsed_s),
             ));
         }
-        out.push(row);
-    }
-    let applied = corrections.len();
-    for (number, row) in corrections {
         let Ok(k) = out.binary_search_by_key(&row.elapsed_s, |r| r.elapsed_s) else {
             return Err(at_row(
                 path,
-                number,
+                i + 1,
                 format!(
-                    "correction (revision {}) of second {}, which has no row of revision 0",
+                    "correction (revision {}) of second {}, which has no earlier row",
                     row.revision, row.elapsed_s
                 ),
             ));
@@ -255,6 +266,7 @@ fn resolve(path: &Path, rows: Vec<MetricsRow>) -> Result<Rows, LoadError> {
         if row.revision >= out[k].revision {
             out[k] = row;
         }
+        applied += 1;
     }
     Ok(Rows { rows: out, corrections: applied })
 }
@@ -294,10 +306,15 @@ mod tests {
 
         let err = resolve(p, vec![row(0, 0, 1), row(5, 0, 1), row(3, 0, 1)]).err().unwrap();
         assert_eq!(err.to_string(), "metrics.csv row 3: elapsed_s 3 after 5: rows out of order");
-        let err = resolve(p, vec![row(0, 0, 1), row(4, 1, 1)]).err().unwrap();
+        let err = resolve(p, vec![row(0, 0, 1), row(5, 0, 1), row(4, 1, 1)]).err().unwrap();
         assert!(
-            err.to_string().starts_with("metrics.csv row 2: correction (revision 1) of second 4"),
+            err.to_string().starts_with("metrics.csv row 3: correction (revision 1) of second 4"),
             "{err}"
         );
+        // A run that ended normally rewrote the file in order, corrected rows
+        // in their place.
+        let r = resolve(p, vec![row(0, 0, 1), row(1, 1, 5), row(2, 0, 3)]).unwrap();
+        assert_eq!(r.rows.len(), 3);
+        assert_eq!(r.corrections, 0);
     }
 }

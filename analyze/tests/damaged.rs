@@ -74,7 +74,7 @@ const DAMAGES: &[Damage] = &[
             lines.push(cells.join(","));
             write_metrics_lines(d, &header, &lines);
         },
-        " row 201: correction (revision 1) of second 500, which has no row of revision 0",
+        " row 201: correction (revision 1) of second 500, which has no earlier row",
     ),
 ];
 

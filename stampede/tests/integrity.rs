@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use common::{ONE_RUN_AT_A_TIME, Scratch, num, read_csv, read_json};
 
 /// A controller started in the background.
@@ -166,6 +167,21 @@ fn a_frozen_worker_loses_nothing_and_its_seconds_are_flagged_as_a_generator_stal
     let hlog = hlog_seconds(&dir.join("latency.hlog"));
     assert!((0..elapsed.len() as u64).all(|s| hlog.contains_key(&s)), "{hlog:?}");
     assert!(hlog.values().filter(|n| **n > 1).count() >= 5, "late intervals appended: {hlog:?}");
+
+    // analyze, from the same merged histograms, agrees, and says why.
+    let out = scratch.dir.path().join("analysis");
+    let args = ["analyze", dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "--format", "json"];
+    let mut stdout = Vec::new();
+    assert_eq!(stampede_analyze::cli::run(stampede_analyze::cli::Args::parse_from(args), &mut stdout), 0);
+    let report = read_json(&out.join("report.json"));
+    let overall = &report["overall"];
+    assert_eq!(overall["phases"], "ramp-up+sustained+cooldown");
+    for p in ["count", "p50", "p95", "p99"] {
+        assert_eq!(num(&overall["latency_ms"], p), num(&summary, &format!("latency_ms.{p}")), "{p}");
+    }
+    let stalls: Vec<&serde_json::Value> =
+        report["findings"].as_array().unwrap().iter().filter(|f| f["kind"] == "generator_stalled").collect();
+    assert!(!stalls.is_empty(), "{}", report["findings"]);
 
     let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
     assert!(log.contains("worker local-1 silent for 3 s"), "{log}");

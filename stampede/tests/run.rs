@@ -6,9 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{ONE_RUN_AT_A_TIME, Scratch, controller, num, read_csv, read_json};
-use hdrhistogram::Histogram;
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
 const QUICK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quick.toml");
 
@@ -85,20 +82,8 @@ fn quick_example_passes_and_writes_every_file() {
     assert_eq!(metrics.as_array().unwrap().len(), rows.len());
 
     // The interval log holds every row's histograms; merged, they are the run's.
-    let hlog = std::fs::read(dir.join("latency.hlog")).unwrap();
-    let mut merged = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
-    let mut entries = 0;
-    for entry in IntervalLogIterator::new(&hlog) {
-        if let LogEntry::Interval(h) = entry.expect("valid interval log") {
-            entries += 1;
-            if h.tag().map(|t| t.as_str()) == Some("latency") {
-                let bytes = base64_decode(h.encoded_histogram());
-                let hist: Histogram<u64> = Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap();
-                merged.add(&hist).unwrap();
-            }
-        }
-    }
-    assert_eq!(entries, rows.len() * 2, "a latency and a connect histogram per row");
+    let (merged, entries) = common::merged_hlog(&dir, "latency", |_| true);
+    assert_eq!(entries, rows.len(), "a latency histogram per row (and a connect one)");
     assert_eq!(merged.len() as f64, num(&summary, "latency_ms.count"));
     let p99 = merged.value_at_quantile(0.99) as f64 / 1000.0;
     assert!((p99 - num(&summary, "latency_ms.p99")).abs() < 1e-9, "p99 recomputed from the log");
@@ -250,25 +235,4 @@ workers = 2
     // Nothing listens there any more: the relay processes ended with the run.
     let addr = target.trim_start_matches("ws://").trim_end_matches("/ws");
     assert!(std::net::TcpStream::connect(addr).is_err(), "a relay process outlived the run");
-}
-
-/// Standard base64 (the interval log's encoding of each histogram).
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
-    bytes
-        .chunks(4)
-        .flat_map(|q| {
-            let n = q.iter().enumerate().fold(0u32, |acc, (i, &v)| acc | u32::from(v) << (18 - 6 * i));
-            let out = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.into_iter().take(q.len() - 1)
-        })
-        .collect()
 }

@@ -5,6 +5,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -101,4 +105,45 @@ pub fn num(v: &serde_json::Value, path: &str) -> f64 {
         cur = &cur[key];
     }
     cur.as_f64().unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
+}
+
+/// The `tag` histograms of latency.hlog whose second passes `keep`, merged;
+/// and how many intervals were merged.
+pub fn merged_hlog(dir: &Path, tag: &str, keep: impl Fn(u64) -> bool) -> (Histogram<u64>, usize) {
+    let hlog = std::fs::read(dir.join("latency.hlog")).unwrap();
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+    let mut entries = 0;
+    for entry in IntervalLogIterator::new(&hlog) {
+        if let LogEntry::Interval(h) = entry.expect("valid interval log") {
+            let second = h.start_timestamp().as_secs_f64().round() as u64;
+            if h.tag().map(|t| t.as_str()) == Some(tag) && keep(second) {
+                entries += 1;
+                let bytes = base64_decode(h.encoded_histogram());
+                let hist: Histogram<u64> = Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap();
+                merged.add(&hist).unwrap();
+            }
+        }
+    }
+    (merged, entries)
+}
+
+/// Standard base64 (the interval log's encoding of each histogram).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    bytes
+        .chunks(4)
+        .flat_map(|q| {
+            let n = q.iter().enumerate().fold(0u32, |acc, (i, &v)| acc | u32::from(v) << (18 - 6 * i));
+            let out = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.into_iter().take(q.len() - 1)
+        })
+        .collect()
 }
