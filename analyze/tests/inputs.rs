@@ -21,26 +21,7 @@ fn analyze(args: &[&str]) -> (i32, String, String) {
 
 fn csv(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().map(split_csv).collect()
-}
-
-/// RFC 4180 fields of one line.
-fn split_csv(line: &str) -> Vec<String> {
-    let mut cells = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                cells.last_mut().unwrap().push('"');
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => cells.push(String::new()),
-            (c, _) => cells.last_mut().unwrap().push(c),
-        }
-    }
-    cells
+    text.lines().map(common::split_csv).collect()
 }
 
 #[test]
