@@ -6,9 +6,46 @@
 //! load runs unsupervised.
 
 use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code after Ctrl-C (SIGINT), by shell convention 128 + 2.
+pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code after SIGTERM, 128 + 15.
+pub const EXIT_TERMINATED: i32 = 143;
+
+/// The other side of supervision: the first SIGINT or SIGTERM cancels
+/// `shutdown` (this process stops gracefully: results written, connections
+/// closed), a second one exits at once. The returned cell holds the exit
+/// code the signal asks for (0 until one came). Call inside a runtime.
+pub fn stop_on_signals(shutdown: CancellationToken) -> Arc<AtomicI32> {
+    let code = Arc::new(AtomicI32::new(0));
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::warn!("cannot handle signals: Ctrl-C and SIGTERM will not stop gracefully");
+        return code;
+    };
+    let cell = code.clone();
+    tokio::spawn(async move {
+        let first = tokio::select! {
+            _ = int.recv() => EXIT_INTERRUPTED,
+            _ = term.recv() => EXIT_TERMINATED,
+        };
+        cell.store(first, Relaxed);
+        eprintln!("\nstopping gracefully (again to quit at once)");
+        shutdown.cancel();
+        tokio::select! {
+            _ = int.recv() => std::process::exit(EXIT_INTERRUPTED),
+            _ = term.recv() => std::process::exit(EXIT_TERMINATED),
+        }
+    });
+    code
+}
 
 /// A command for `program` whose process dies with this one.
 pub fn command(program: impl AsRef<OsStr>) -> Command {

@@ -28,6 +28,6 @@ pub const EXIT_CONFIG: i32 = 2;
 /// Exit code of a run whose verdict is FAIL (as k6 does for thresholds).
 pub const EXIT_FAIL: i32 = 99;
 /// Exit code of a run ended by Ctrl-C (results are still written).
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub const EXIT_INTERRUPTED: i32 = stampede_child::EXIT_INTERRUPTED;
 /// Exit code of a run ended by SIGTERM (results are still written).
-pub const EXIT_TERMINATED: i32 = 143;
+pub const EXIT_TERMINATED: i32 = stampede_child::EXIT_TERMINATED;

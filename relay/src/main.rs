@@ -24,12 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-        on_signal.cancel();
-    });
+    stampede_child::stop_on_signals(shutdown.clone());
     serve(&cli.args, shutdown).await?;
     Ok(())
 }

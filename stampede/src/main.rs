@@ -3,13 +3,11 @@
 //! start as child processes, so nothing else needs installing.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use clap::{Parser, Subcommand};
 use stampede_controller::cli::{RunArgs, check_command, run_command};
-use stampede_controller::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PASS, EXIT_TERMINATED};
-use tokio::signal::unix::{SignalKind, signal};
+use stampede_controller::{EXIT_ERROR, EXIT_PASS};
 use tokio_util::sync::CancellationToken;
 
 /// stampede: distributed WebSocket load testing.
@@ -42,8 +40,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let signalled = Arc::new(AtomicI32::new(0));
-        on_signals(shutdown.clone(), signalled.clone());
+        let signalled = stampede_child::stop_on_signals(shutdown.clone());
         let code = match cli.command {
             Command::Run(args) => run_command(args, shutdown).await,
             Command::Check { scenario } => check_command(&scenario),
@@ -58,30 +55,6 @@ fn main() {
         }
     });
     std::process::exit(code);
-}
-
-/// The first Ctrl-C or SIGTERM stops the run gracefully (results are still
-/// written) and sets `signalled` to the exit code it asks for; a second one
-/// quits at once.
-fn on_signals(shutdown: CancellationToken, signalled: Arc<AtomicI32>) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        eprintln!("warning: cannot handle signals; Ctrl-C will not write results");
-        return;
-    };
-    tokio::spawn(async move {
-        let code = tokio::select! {
-            _ = int.recv() => EXIT_INTERRUPTED,
-            _ = term.recv() => EXIT_TERMINATED,
-        };
-        signalled.store(code, Relaxed);
-        eprintln!("\ninterrupted: stopping and writing results (again to quit at once)");
-        shutdown.cancel();
-        tokio::select! {
-            _ = int.recv() => std::process::exit(EXIT_INTERRUPTED),
-            _ = term.recv() => std::process::exit(EXIT_TERMINATED),
-        }
-    });
 }
 
 fn report<E: std::fmt::Display>(result: Result<(), E>) -> i32 {

@@ -14,11 +14,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     stampede_worker::init_tracing();
     let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        on_signal.cancel();
-    });
+    // SIGTERM (a pod being stopped) closes the connections gracefully.
+    stampede_child::stop_on_signals(shutdown.clone());
     stampede_worker::run(cli.opts, shutdown).await?;
     Ok(())
 }
