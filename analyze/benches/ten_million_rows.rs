@@ -15,8 +15,7 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use stampede_model::Counters;
 use stampede_model::results::{
-    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, SUMMARY_SCHEMA_VERSION, Summary,
-    WORKER_COLUMNS, csv_line, metrics_columns,
+    Figures, MetricsRow, SUMMARY_SCHEMA_VERSION, Summary, WORKER_COLUMNS, csv_line, metrics_columns,
 };
 
 const WORKERS: usize = 100;
@@ -93,16 +92,7 @@ fn generate(dir: &Path) -> std::io::Result<()> {
         duration_s: SECONDS as f64,
         workers: WORKERS as u32,
         worker_details: vec![],
-        connections: ConnectionFigures::default(),
-        messages: MessageFigures::default(),
-        latency_ms: Percentiles::default(),
-        connect_ms: Percentiles::default(),
-        errors: Default::default(),
-        errors_total: 0,
-        error_rate: 0.0,
-        throughput_msg_per_s: 0.0,
-        counters: Counters::default(),
-        generator_stalled_seconds: vec![],
+        figures: Figures::default(),
         worker_rss_peak_mb: 0.0,
         phases: vec![],
         thresholds: vec![],

@@ -118,7 +118,7 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
         run.summary
             .as_ref()
             .and_then(|s| s.phases.iter().find(|p| p.name == phase))
-            .map(|p| p.errors.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+            .map(|p| p.figures.errors.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     };
     for mut f in detect::connection_drops(t, "", p, args.include_warmup) {

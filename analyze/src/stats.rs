@@ -266,14 +266,14 @@ fn summary_percentiles<'a>(s: &'a Summary, names: &[&str]) -> Option<(&'a Percen
     }
     if let [one] = names {
         let p = phase(one)?;
-        return Some((&p.latency_ms, &p.connect_ms));
+        return Some((&p.figures.latency_ms, &p.figures.connect_ms));
     }
     let others_empty = s
         .phases
         .iter()
         .filter(|p| !names.contains(&p.name.as_str()))
-        .all(|p| p.latency_ms.count == 0 && p.connect_ms.count == 0);
-    others_empty.then_some((&s.latency_ms, &s.connect_ms))
+        .all(|p| p.figures.latency_ms.count == 0 && p.figures.connect_ms.count == 0);
+    others_empty.then_some((&s.figures.latency_ms, &s.figures.connect_ms))
 }
 
 /// summary.json's errors by cause of the phases `names`: their per-phase
@@ -283,7 +283,7 @@ fn causes_of(run: &Run, names: &[&str]) -> Option<BTreeMap<String, u64>> {
     if !names.is_empty() && names.iter().all(|n| s.phases.iter().any(|p| p.name == *n)) {
         let mut causes = BTreeMap::new();
         for p in s.phases.iter().filter(|p| names.contains(&p.name.as_str())) {
-            for (cause, n) in &p.errors {
+            for (cause, n) in &p.figures.errors {
                 let total: &mut u64 = causes.entry(cause.clone()).or_default();
                 *total = total.saturating_add(*n);
             }
@@ -291,7 +291,7 @@ fn causes_of(run: &Run, names: &[&str]) -> Option<BTreeMap<String, u64>> {
         return Some(causes);
     }
     let all = run.timeline.phase_names();
-    (all.len() == names.len() && all.iter().all(|n| names.contains(n))).then(|| s.errors.clone())
+    (all.len() == names.len() && all.iter().all(|n| names.contains(n))).then(|| s.figures.errors.clone())
 }
 
 /// Which phases the headline figures cover: `only`, else every phase of

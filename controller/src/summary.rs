@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use stampede_model::results::{
-    ConnectionFigures, MessageFigures, PhaseSummary, SUMMARY_SCHEMA_VERSION, Summary, WorkerInfo,
+    ConnectionFigures, Figures, MessageFigures, PhaseSummary, SUMMARY_SCHEMA_VERSION, Summary, WorkerInfo,
 };
 
 use stampede_model::figures::{error_rate, throughput};
@@ -58,9 +58,24 @@ fn messages(t: &Totals) -> MessageFigures {
     }
 }
 
+/// The figures of phase `phase` (`None`: the whole run) from its totals.
+fn figures(agg: &Aggregator, phase: Option<usize>, t: &Totals) -> Figures {
+    Figures {
+        connections: connections(agg, phase, t),
+        messages: messages(t),
+        latency_ms: percentiles(&t.latency),
+        connect_ms: percentiles(&t.connect),
+        errors: t.errors.clone(),
+        errors_total: t.errors_total(),
+        error_rate: error_rate(t.errors_total(), &t.counters),
+        throughput_msg_per_s: throughput(t.counters.messages_received, agg.row_count(phase)),
+        counters: t.counters,
+        generator_stalled_seconds: agg.stalled_seconds(phase),
+    }
+}
+
 /// Builds the summary and decides the verdict.
 pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
-    let run = &agg.run;
     let phases = plan
         .phases
         .iter()
@@ -70,15 +85,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
             name: p.name().to_string(),
             start_s: p.start.as_secs_f64(),
             duration_s: p.duration.as_secs_f64(),
-            connections: connections(agg, Some(i), t),
-            messages: messages(t),
-            latency_ms: percentiles(&t.latency),
-            connect_ms: percentiles(&t.connect),
-            errors: t.errors.clone(),
-            errors_total: t.errors_total(),
-            throughput_msg_per_s: throughput(t.counters.messages_received, agg.row_count(Some(i))),
-            counters: t.counters,
-            generator_stalled_seconds: agg.stalled_seconds(Some(i)),
+            figures: figures(agg, Some(i), t),
         })
         .collect();
     let mut summary = Summary {
@@ -91,16 +98,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         duration_s: facts.duration_s,
         workers: facts.workers.len() as u32,
         worker_details: facts.workers,
-        connections: connections(agg, None, run),
-        messages: messages(run),
-        latency_ms: percentiles(&run.latency),
-        connect_ms: percentiles(&run.connect),
-        errors: run.errors.clone(),
-        errors_total: run.errors_total(),
-        error_rate: error_rate(run.errors_total(), &run.counters),
-        throughput_msg_per_s: throughput(run.counters.messages_received, agg.row_count(None)),
-        counters: run.counters,
-        generator_stalled_seconds: agg.stalled_seconds(None),
+        figures: figures(agg, None, &agg.run),
         worker_rss_peak_mb: agg.peak_rss_mb(),
         phases,
         thresholds: Vec::new(),
@@ -130,19 +128,19 @@ fn spans(seconds: &[u64]) -> String {
 pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let mut out = String::new();
     let line = "=".repeat(72);
-    let l = &s.latency_ms;
-    let c = &s.connect_ms;
+    let l = &s.figures.latency_ms;
+    let c = &s.figures.connect_ms;
     let _ = writeln!(out, "{line}\nTEST SUMMARY: {} -> {}\n{line}", s.scenario, s.target);
     let _ = writeln!(out, "Started:             {}", s.started_at);
     let _ = writeln!(out, "Duration:            {:.1} s", s.duration_s);
     let _ = writeln!(out, "Workers:             {}", s.workers);
-    let k = &s.connections;
+    let k = &s.figures.connections;
     let _ = writeln!(
         out,
         "Connections:         target {}, peak {}, opened {} of {} attempted, failed {}, closed by server {}",
         k.target, k.peak, k.opened, k.attempted, k.failed, k.closed_by_server
     );
-    let m = &s.messages;
+    let m = &s.figures.messages;
     let _ = writeln!(
         out,
         "Messages:            sent {}, received {}, lost {}, unsent {}, late sends {}",
@@ -156,7 +154,7 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let _ = writeln!(
         out,
         "Throughput:          {:.1} msg/s (received, per second of the run)",
-        s.throughput_msg_per_s
+        s.figures.throughput_msg_per_s
     );
     if l.count > 0 {
         let _ = writeln!(
@@ -179,34 +177,38 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let _ = writeln!(
         out,
         "Errors:              {} ({:.4}% of attempts and scheduled sends)",
-        s.errors_total,
-        s.error_rate * 100.0
+        s.figures.errors_total,
+        s.figures.error_rate * 100.0
     );
-    if !s.errors.is_empty() {
-        let causes: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    if !s.figures.errors.is_empty() {
+        let causes: Vec<String> = s.figures.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "Errors by cause:     {}", causes.join(", "));
     }
     let _ = writeln!(out, "Worker RSS peak:     {:.1} MB", s.worker_rss_peak_mb);
-    if !s.generator_stalled_seconds.is_empty() {
+    if !s.figures.generator_stalled_seconds.is_empty() {
         let _ = writeln!(
             out,
             "WARNING:             the load generator stalled in seconds {}: latency there measures stampede, not the target",
-            spans(&s.generator_stalled_seconds)
+            spans(&s.figures.generator_stalled_seconds)
         );
     }
     let _ = writeln!(out, "\nPhases:");
     for p in &s.phases {
-        let p95 = if p.latency_ms.count > 0 { format!("{:.3}", p.latency_ms.p95) } else { "-".into() };
+        let p95 = if p.figures.latency_ms.count > 0 {
+            format!("{:.3}", p.figures.latency_ms.p95)
+        } else {
+            "-".into()
+        };
         let _ = writeln!(
             out,
             "  {:<10} {:>6.1} s  peak {:>6} conns  sent {:>9}  recv {:>9}  p95 {:>9} ms  errors {}",
             p.name,
             p.duration_s,
-            p.connections.peak,
-            p.messages.sent,
-            p.messages.received,
+            p.figures.connections.peak,
+            p.figures.messages.sent,
+            p.figures.messages.received,
             p95,
-            p.errors_total
+            p.figures.errors_total
         );
     }
     if !s.thresholds.is_empty() {

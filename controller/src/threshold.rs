@@ -77,7 +77,7 @@ fn ratio(num: u64, den: u64) -> Option<f64> {
 impl Metric {
     /// The metric's value in a summary; `None` when the run has no sample.
     pub fn value(self, s: &Summary) -> Option<f64> {
-        let (l, c) = (&s.latency_ms, &s.connect_ms);
+        let (l, c) = (&s.figures.latency_ms, &s.figures.connect_ms);
         match self {
             Metric::LatencyP50 => pct(l, |p| p.p50),
             Metric::LatencyP90 => pct(l, |p| p.p90),
@@ -90,17 +90,21 @@ impl Metric {
             Metric::ConnectP95 => pct(c, |p| p.p95),
             Metric::ConnectP99 => pct(c, |p| p.p99),
             Metric::ConnectMax => pct(c, |p| p.max),
-            Metric::ErrorRate => Some(s.error_rate),
-            Metric::ErrorsTotal => Some(s.errors_total as f64),
-            Metric::GeneratorStalled => Some(s.generator_stalled_seconds.len() as f64),
-            Metric::Counter(name) => s.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| v as f64),
-            Metric::ConnectSuccessRate => ratio(s.connections.opened, s.connections.attempted),
-            Metric::MessageLossRate => ratio(s.messages.lost, s.messages.sent),
-            Metric::ConnectionsFailed => Some(s.connections.failed as f64),
-            Metric::ConnectionsClosedByServer => Some(s.connections.closed_by_server as f64),
-            Metric::ConnectionsPeak => Some(s.connections.peak as f64),
-            Metric::MessagesReceived => Some(s.messages.received as f64),
-            Metric::Throughput => Some(s.throughput_msg_per_s),
+            Metric::ErrorRate => Some(s.figures.error_rate),
+            Metric::ErrorsTotal => Some(s.figures.errors_total as f64),
+            Metric::GeneratorStalled => Some(s.figures.generator_stalled_seconds.len() as f64),
+            Metric::Counter(name) => {
+                s.figures.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| v as f64)
+            }
+            Metric::ConnectSuccessRate => {
+                ratio(s.figures.connections.opened, s.figures.connections.attempted)
+            }
+            Metric::MessageLossRate => ratio(s.figures.messages.lost, s.figures.messages.sent),
+            Metric::ConnectionsFailed => Some(s.figures.connections.failed as f64),
+            Metric::ConnectionsClosedByServer => Some(s.figures.connections.closed_by_server as f64),
+            Metric::ConnectionsPeak => Some(s.figures.connections.peak as f64),
+            Metric::MessagesReceived => Some(s.figures.messages.received as f64),
+            Metric::Throughput => Some(s.figures.throughput_msg_per_s),
         }
     }
 }

@@ -307,15 +307,10 @@ pub struct MessageFigures {
     pub bytes_received: u64,
 }
 
-/// Figures of one phase.
+/// The figures of a run, or of one of its phases: one shape for both, so
+/// each is computed and read the same way.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PhaseSummary {
-    /// Phase name.
-    pub name: String,
-    /// Seconds since run start the phase began at.
-    pub start_s: f64,
-    /// Planned length, s.
-    pub duration_s: f64,
+pub struct Figures {
     /// Connections.
     pub connections: ConnectionFigures,
     /// Messages.
@@ -328,12 +323,29 @@ pub struct PhaseSummary {
     pub errors: BTreeMap<String, u64>,
     /// Errors of every cause: the sum of `errors`.
     pub errors_total: u64,
-    /// Messages received per second of the phase's rows in metrics.csv.
+    /// Errors over connection attempts plus messages scheduled (sent + unsent).
+    pub error_rate: f64,
+    /// Messages received per second of the rows (seconds) in metrics.csv.
     pub throughput_msg_per_s: f64,
     /// Every counter of the model.
     pub counters: Counters,
-    /// Seconds (elapsed_s) in which the load generator could not keep its schedule.
+    /// Seconds (elapsed_s) in which the load generator could not keep its
+    /// schedule: latency there measures stampede, not the target.
     pub generator_stalled_seconds: Vec<u64>,
+}
+
+/// Figures of one phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    /// Phase name.
+    pub name: String,
+    /// Seconds since run start the phase began at.
+    pub start_s: f64,
+    /// Planned length, s.
+    pub duration_s: f64,
+    /// The phase's figures (inline in the JSON).
+    #[serde(flatten)]
+    pub figures: Figures,
 }
 
 /// One threshold's outcome.
@@ -387,27 +399,9 @@ pub struct Summary {
     pub workers: u32,
     /// The workers.
     pub worker_details: Vec<WorkerInfo>,
-    /// Connections.
-    pub connections: ConnectionFigures,
-    /// Messages.
-    pub messages: MessageFigures,
-    /// Round trip latency from the intended send time.
-    pub latency_ms: Percentiles,
-    /// Connect time (TCP + upgrade).
-    pub connect_ms: Percentiles,
-    /// Errors by cause.
-    pub errors: BTreeMap<String, u64>,
-    /// Errors of every cause: the sum of `errors`.
-    pub errors_total: u64,
-    /// Errors over connection attempts plus messages scheduled (sent + unsent).
-    pub error_rate: f64,
-    /// Messages received per second of the run's rows in metrics.csv.
-    pub throughput_msg_per_s: f64,
-    /// Every counter of the model.
-    pub counters: Counters,
-    /// Seconds (elapsed_s) in which the load generator could not keep its
-    /// schedule: latency there measures stampede, not the target.
-    pub generator_stalled_seconds: Vec<u64>,
+    /// The whole run's figures (inline in the JSON).
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Peak resident memory of all workers together, MB.
     pub worker_rss_peak_mb: f64,
     /// Per-phase figures.

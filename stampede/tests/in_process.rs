@@ -77,25 +77,25 @@ async fn the_run_loop_drives_every_phase_and_every_second_adds_up() {
     assert_eq!(s.verdict, "PASS", "{s:?}");
     let names: Vec<&str> = s.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["warmup", "ramp-up", "sustained", "cooldown"]);
-    assert_eq!(s.phases[0].connections.peak, 4, "warmup holds warmup_connections");
-    assert_eq!(s.phases[2].connections.peak, 20);
-    assert_eq!(s.phases[3].connections.peak, 20, "a cooldown's peak is the level it starts from");
-    assert_eq!(s.connections.opened, 20);
-    assert_eq!(s.messages.received, s.messages.sent);
-    assert_eq!(s.errors_total, 0);
+    assert_eq!(s.phases[0].figures.connections.peak, 4, "warmup holds warmup_connections");
+    assert_eq!(s.phases[2].figures.connections.peak, 20);
+    assert_eq!(s.phases[3].figures.connections.peak, 20, "a cooldown's peak is the level it starts from");
+    assert_eq!(s.figures.connections.opened, 20);
+    assert_eq!(s.figures.messages.received, s.figures.messages.sent);
+    assert_eq!(s.figures.errors_total, 0);
     // The totals are the sums of the phases, and of the rows.
-    let phase_sent: u64 = s.phases.iter().map(|p| p.messages.sent).sum();
-    assert_eq!(phase_sent, s.messages.sent);
+    let phase_sent: u64 = s.phases.iter().map(|p| p.figures.messages.sent).sum();
+    assert_eq!(phase_sent, s.figures.messages.sent);
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("metrics.json")).unwrap()).unwrap();
     let row_sent: u64 = rows.iter().map(|r| r["messages_sent"].as_u64().unwrap()).sum();
-    assert_eq!(row_sent, s.messages.sent);
+    assert_eq!(row_sent, s.figures.messages.sent);
     let seconds: Vec<u64> = rows.iter().map(|r| r["elapsed_s"].as_u64().unwrap()).collect();
     assert_eq!(seconds, (0..rows.len() as u64).collect::<Vec<_>>());
     assert!((7..=9).contains(&rows.len()), "{} rows for a 7 s plan", rows.len());
     assert!(rows.iter().all(|r| r["workers_reporting"] == 2 || r["elapsed_s"] == rows.len() as u64 - 1));
-    let throughput = s.messages.received as f64 / rows.len() as f64;
-    assert!((s.throughput_msg_per_s - throughput).abs() < 1e-9, "one definition of throughput");
+    let throughput = s.figures.messages.received as f64 / rows.len() as f64;
+    assert!((s.figures.throughput_msg_per_s - throughput).abs() < 1e-9, "one definition of throughput");
     let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
     let order: Vec<usize> = [
         "phase warmup started",
@@ -133,5 +133,8 @@ async fn a_worker_leaving_mid_run_is_reported_and_rows_stop_waiting_for_it() {
     let last_full = rows.iter().rposition(|r| r["workers_reporting"] == 2).unwrap();
     assert!(last_full <= 4, "w2 reported until it left at ~3 s into the run: {last_full}");
     assert!(rows[last_full + 1..rows.len() - 1].iter().all(|r| r["workers_reporting"] == 1));
-    assert!(outcome.summary.connections.closed_by_client >= 10, "w2 closed its connections before leaving");
+    assert!(
+        outcome.summary.figures.connections.closed_by_client >= 10,
+        "w2 closed its connections before leaving"
+    );
 }

@@ -14,8 +14,8 @@ use stampede_model::Counters;
 use stampede_model::figures;
 use stampede_model::histogram::new_histogram;
 use stampede_model::results::{
-    ConnectionFigures, MessageFigures, MetricsRow, Percentiles, PhaseSummary, SUMMARY_SCHEMA_VERSION,
-    Summary, WORKER_COLUMNS, WorkerRow, csv_line, metrics_columns,
+    ConnectionFigures, Figures, MessageFigures, MetricsRow, Percentiles, PhaseSummary,
+    SUMMARY_SCHEMA_VERSION, Summary, WORKER_COLUMNS, WorkerRow, csv_line, metrics_columns,
 };
 
 /// What to inject.
@@ -223,17 +223,19 @@ impl Synth {
                     name: name.to_string(),
                     start_s: a as f64,
                     duration_s: (b - a) as f64,
-                    latency_ms: Percentiles::of(&latency),
-                    connect_ms: Percentiles::of(&connect),
-                    errors_total: errors.values().sum(),
-                    errors,
-                    throughput_msg_per_s: figures::throughput(counters.messages_received, (b - a) as u64),
-                    counters,
-                    generator_stalled_seconds: (a..b)
-                        .filter(|&s| rows[s].generator_stalled > 0)
-                        .map(|s| s as u64)
-                        .collect(),
-                    ..Default::default()
+                    figures: Figures {
+                        latency_ms: Percentiles::of(&latency),
+                        connect_ms: Percentiles::of(&connect),
+                        errors_total: errors.values().sum(),
+                        errors,
+                        throughput_msg_per_s: figures::throughput(counters.messages_received, (b - a) as u64),
+                        counters,
+                        generator_stalled_seconds: (a..b)
+                            .filter(|&s| rows[s].generator_stalled > 0)
+                            .map(|s| s as u64)
+                            .collect(),
+                        ..Default::default()
+                    },
                 }
             })
             .collect();
@@ -248,20 +250,22 @@ impl Synth {
             duration_s: n as f64,
             workers: 2,
             worker_details: vec![],
-            connections: ConnectionFigures::default(),
-            messages: MessageFigures::default(),
-            latency_ms: Percentiles::of(&run_latency),
-            connect_ms: Percentiles::of(&run_connect),
-            errors: run_errors,
-            errors_total,
-            error_rate: figures::error_rate(errors_total, &run_counters),
-            throughput_msg_per_s: figures::throughput(run_counters.messages_received, n as u64),
-            counters: run_counters,
-            generator_stalled_seconds: rows
-                .iter()
-                .filter(|r| r.generator_stalled > 0)
-                .map(|r| r.elapsed_s)
-                .collect(),
+            figures: Figures {
+                connections: ConnectionFigures::default(),
+                messages: MessageFigures::default(),
+                latency_ms: Percentiles::of(&run_latency),
+                connect_ms: Percentiles::of(&run_connect),
+                errors: run_errors,
+                errors_total,
+                error_rate: figures::error_rate(errors_total, &run_counters),
+                throughput_msg_per_s: figures::throughput(run_counters.messages_received, n as u64),
+                counters: run_counters,
+                generator_stalled_seconds: rows
+                    .iter()
+                    .filter(|r| r.generator_stalled > 0)
+                    .map(|r| r.elapsed_s)
+                    .collect(),
+            },
             worker_rss_peak_mb: 0.0,
             phases,
             thresholds: vec![],
