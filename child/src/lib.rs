@@ -1,7 +1,8 @@
 //! Child processes that cannot outlive the process that started them: the
 //! kernel kills them when their parent dies however it dies
-//! (`PR_SET_PDEATHSIG`), dropping the handle kills them, and stopping them
-//! means SIGTERM, a grace period, then SIGKILL. The controller's local
+//! (`PR_SET_PDEATHSIG`), dropping the handle kills them, a terminal's Ctrl-C
+//! reaches only the parent, and stopping them means SIGTERM, a grace period,
+//! then SIGKILL. The controller's local
 //! workers and the bundled relay's processes are started this way, so no
 //! load runs unsupervised.
 
@@ -47,10 +48,13 @@ pub fn stop_on_signals(shutdown: CancellationToken) -> Arc<AtomicI32> {
     code
 }
 
-/// A command for `program` whose process dies with this one.
+/// A command for `program` whose process dies with this one, in a process
+/// group of its own: Ctrl-C in a terminal signals the whole foreground
+/// group, and stopping a child is its parent's business (a worker that quit
+/// on its own would take its last seconds of measurements with it).
 pub fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
-    cmd.kill_on_drop(true);
+    cmd.kill_on_drop(true).process_group(0);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the
     // child when the thread that forked it exits (tokio's threads live as
     // long as the runtime, which lives as long as the process).

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use std::time::Duration;
 
 use common::{ONE_RUN_AT_A_TIME, Scratch, controller, num, read_csv, read_json};
@@ -180,13 +182,17 @@ fn ctrl_c_stops_the_run_and_still_writes_results() {
     let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new();
     let out = scratch.results_parent();
+    // In a process group of its own, as a shell starts a command.
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
         .args(["run", QUICK, "--quiet", "--output", out.to_str().unwrap()])
+        .process_group(0)
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(8));
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // Ctrl-C in a terminal signals the whole foreground group: the local
+    // workers must leave stopping to the controller, or their last seconds
+    // would be lost. SAFETY: signals our own child's group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
     let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(130));
     let dir = scratch.results();
@@ -197,6 +203,8 @@ fn ctrl_c_stops_the_run_and_still_writes_results() {
     assert_eq!(num(&summary, "messages.lost"), 0.0, "connections drain before they close");
     let (_, rows) = read_csv(&dir.join("metrics.csv"));
     assert!((7..=12).contains(&rows.len()), "{} rows for ~9 s", rows.len());
+    let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
+    assert!(log.contains("worker local-1 finished") && !log.contains("worker local-1 lost"), "{log}");
 }
 
 #[test]
