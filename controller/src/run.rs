@@ -223,8 +223,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     }
     let sources = local_sources(&plan, &target_url, members.len());
     let ids: Vec<String> = members.iter().map(|m| m.hello.worker_id.clone()).collect();
+    let mut unassigned = Vec::new();
     for (i, m) in members.iter().enumerate() {
-        m.send(Cmd::Assign(Assign {
+        let sent = m.send(Cmd::Assign(Assign {
             run_id: run_id.clone(),
             target_url: target_url.clone(),
             message_interval_us: us_or_zero(plan.message_interval),
@@ -236,6 +237,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             reconnect: plan.reconnect,
             buffer_bytes: plan.buffer_bytes,
         }));
+        if !sent {
+            unassigned.push(i);
+        }
     }
     let mut run = Running {
         plan: &plan,
@@ -251,6 +255,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         progress,
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
+    for i in unassigned {
+        run.lose(i, "its assignment could not be delivered").await;
+    }
     let interrupted = run.drive(&mut events, &shutdown).await;
 
     for m in &mut run.members {
