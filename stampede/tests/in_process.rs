@@ -10,6 +10,10 @@ use stampede_controller::run::{RunOptions, run};
 use stampede_worker::WorkerOptions;
 use tokio_util::sync::CancellationToken;
 
+/// One run at a time: each picks a free port for its fleet and releases it
+/// before the controller binds it, so two at once could pick the same one.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -64,6 +68,7 @@ fn options(path: std::path::PathBuf) -> RunOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_loop_drives_every_phase_and_every_second_adds_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = scenario(tmp.path(), port);
@@ -111,6 +116,7 @@ async fn the_run_loop_drives_every_phase_and_every_second_adds_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_leaving_mid_run_is_reported_and_rows_stop_waiting_for_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = scenario(tmp.path(), port);
