@@ -10,6 +10,8 @@ pub mod bundled;
 pub mod cli;
 pub mod fleet;
 pub mod local_fleet;
+pub mod members;
+pub mod overrides;
 pub mod plan;
 pub mod progress;
 pub mod results;

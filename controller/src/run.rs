@@ -4,16 +4,13 @@
 //! aborted. All run state lives in this one task; the fleet server feeds it
 //! events over a bounded channel.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use stampede_model::TargetUrl;
 use stampede_model::clock::RunClock;
 use stampede_model::results::{Summary, WorkerInfo};
 use stampede_proto::fleet::{
-    Assign, ControllerMessage, Hello, PhaseStart, SnapshotAck, Stop, controller_message::Body as Cmd,
-    worker_message::Body,
+    Assign, PhaseStart, SnapshotAck, Stop, controller_message::Body as Cmd, worker_message::Body,
 };
 use stampede_proto::{us, us_or_zero};
 use tokio::sync::mpsc;
@@ -23,8 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::aggregate::Aggregator;
 use crate::bundled::{Bundled, BundledError};
-use crate::fleet::{self, FleetEvent, Link};
-use crate::local_fleet::LocalFleet;
+use crate::fleet::{self, FleetEvent};
+use crate::local_fleet::{self, LocalFleet};
+use crate::members::{Member, SILENT_AFTER, wait_for_workers};
 use crate::plan::{Overrides, Plan, TargetPlan, split};
 use crate::progress::Progress;
 use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
@@ -97,52 +95,6 @@ pub enum RunError {
     /// Interrupted before the run began.
     #[error("interrupted before the run started")]
     Interrupted,
-}
-
-/// Seconds without a snapshot after which a worker is reported silent.
-const SILENT_AFTER: Duration = Duration::from_secs(3);
-
-/// A worker of this run.
-struct Member {
-    hello: Hello,
-    link: Option<Link>,
-    offset_us: i64,
-    finished: bool,
-    /// When its last snapshot arrived.
-    last_heard: Instant,
-    /// Reported silent and not heard from since.
-    silent: bool,
-}
-
-impl Member {
-    fn new(hello: Hello, link: Link, offset_us: i64) -> Member {
-        Member {
-            hello,
-            link: Some(link),
-            offset_us,
-            finished: false,
-            last_heard: Instant::now(),
-            silent: false,
-        }
-    }
-
-    /// Sends a command; false if it could not be delivered (the worker has
-    /// stopped reading or is gone). Never waits: the run loop must not stall
-    /// on one worker.
-    fn send(&self, body: Cmd) -> bool {
-        let Some(link) = &self.link else { return false };
-        let ack = matches!(body, Cmd::SnapshotAck(_));
-        match link.try_send(Ok(ControllerMessage { body: Some(body) })) {
-            Ok(()) => true,
-            // Acknowledgements are cumulative: a later one covers this one.
-            Err(mpsc::error::TrySendError::Full(_)) if ack => true,
-            Err(_) => false,
-        }
-    }
-
-    fn max_connections(&self) -> u64 {
-        self.hello.capacity.map_or(0, |c| c.max_connections)
-    }
 }
 
 /// Runs a scenario. Errors before the run starts are returned; once it has
@@ -221,7 +173,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     if let Some(url) = metrics_url {
         tasks.spawn(target_metrics::scrape(url, run_start, target_tx, services.clone()));
     }
-    let sources = local_sources(&plan, &target_url, members.len());
+    let sources = match plan.fleet.local {
+        Some(_) => local_fleet::loopback_sources(&target_url, members.len()),
+        None => Vec::new(),
+    };
     let ids: Vec<String> = members.iter().map(|m| m.hello.worker_id.clone()).collect();
     let mut unassigned = Vec::new();
     for (i, m) in members.iter().enumerate() {
@@ -303,67 +258,6 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         relay.finish().await;
     }
     Ok(RunOutcome { summary, dir, interrupted })
-}
-
-/// Loopback source addresses per local worker against a loopback target, so
-/// workers do not share ephemeral ports. Two each: the kernel picks connect
-/// ports among the even half of its ~28,000-port range first, and once one
-/// address has used those (~14,000 connections to one target) every further
-/// connect scans them all (measured here: a 30,000-connection run stalled
-/// for a second at 14,000 per address, not at 10,000).
-fn local_sources(plan: &Plan, target_url: &str, workers: usize) -> Vec<Vec<String>> {
-    const PER_WORKER: usize = 2;
-    let loopback_target = TargetUrl::parse(target_url)
-        .is_ok_and(|t| matches!(t.ip(), Some(IpAddr::V4(ip)) if ip.is_loopback()));
-    if plan.fleet.local.is_none() || !loopback_target {
-        return Vec::new();
-    }
-    let address = |n: usize| format!("127.0.{}.{}", n / 250, n % 250 + 1);
-    (0..workers).map(|w| (0..PER_WORKER).map(|k| address(w * PER_WORKER + k)).collect()).collect()
-}
-
-async fn wait_for_workers(
-    plan: &Plan,
-    events: &mut mpsc::Receiver<FleetEvent>,
-    local: &mut Option<LocalFleet>,
-    shutdown: &CancellationToken,
-) -> Result<Vec<Member>, RunError> {
-    let deadline = Instant::now() + plan.fleet.join_timeout;
-    let mut members: Vec<Member> = Vec::new();
-    let mut check = tokio::time::interval(Duration::from_millis(200));
-    while members.len() < plan.fleet.workers as usize {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(RunError::Interrupted),
-            _ = sleep_until(deadline) => {
-                return Err(RunError::Fleet(format!(
-                    "only {} of {} workers joined within {:.0} s",
-                    members.len(), plan.fleet.workers, plan.fleet.join_timeout.as_secs_f64()
-                )));
-            }
-            _ = check.tick() => {
-                if let Some(why) = local.as_mut().and_then(LocalFleet::exited) {
-                    return Err(RunError::Fleet(format!("{why} before the run started")));
-                }
-            }
-            event = events.recv() => match event {
-                Some(FleetEvent::Joined { hello, link, offset_us }) => {
-                    if members.iter().any(|m| m.hello.worker_id == hello.worker_id) {
-                        tracing::warn!("a second worker calls itself {:?}; refused", hello.worker_id);
-                        continue;
-                    }
-                    tracing::info!("worker {} joined", hello.worker_id);
-                    members.push(Member::new(hello, link, offset_us));
-                }
-                Some(FleetEvent::Left { worker, reason }) => {
-                    members.retain(|m| m.hello.worker_id != worker);
-                    tracing::warn!("worker {worker} left before the run: {reason}");
-                }
-                Some(FleetEvent::Message { .. }) => {}
-                None => return Err(RunError::Fleet("the fleet server stopped".into())),
-            }
-        }
-    }
-    Ok(members)
 }
 
 /// The state of a run in progress.
