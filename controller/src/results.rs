@@ -100,17 +100,12 @@ impl ResultsWriter {
         &self.dir
     }
 
-    /// Appends a row to metrics.csv and its histograms to latency.hlog.
+    /// Appends a row to metrics.csv and workers.csv and its histograms to
+    /// latency.hlog; a row corrected by late data is appended the same way.
     pub async fn row(&self, row: crate::aggregate::Row) {
         let record =
             Record::Row(Box::new(row.metrics), Box::new(row.latency), Box::new(row.connect), row.workers);
         let _ = self.tx.send(record).await;
-    }
-
-    /// Appends a corrected row (late data) to metrics.csv and workers.csv,
-    /// and the late histograms to latency.hlog.
-    pub async fn correction(&self, row: crate::aggregate::Row) {
-        self.row(row).await;
     }
 
     /// Appends a line to test.log.

@@ -475,7 +475,7 @@ impl Running<'_> {
                 row.metrics.revision
             );
             self.log(line).await;
-            self.writer.correction(row).await;
+            self.writer.row(row).await;
         }
         for row in self.agg.ready_rows(elapsed, flush) {
             self.progress.row(&row.metrics, self.plan, elapsed, &self.agg.run);

@@ -22,6 +22,9 @@ pub struct Stamp {
 /// run (a wider stamp makes the payload longer, never truncated).
 pub const MIN_PAYLOAD: usize = 64;
 
+/// Room for the widest stamp: three 20-digit numbers and their labels.
+const STAMP_MAX: usize = 72;
+
 impl Stamp {
     /// Writes the payload into `out` (cleared first), padded to `size` bytes.
     pub fn encode(&self, size: usize, out: &mut String) {
@@ -36,11 +39,19 @@ impl Stamp {
     /// stamp at `size` bytes: an echo that decodes but is truncated, padded
     /// or altered is not intact.
     pub fn is_encoded_in(&self, size: usize, payload: &[u8]) -> bool {
-        let mut prefix = String::with_capacity(48);
-        write!(prefix, "c={};s={};t={};", self.conn, self.seq, self.intended_us)
-            .expect("writing to a String cannot fail");
+        // On the stack: this runs for every echo. The widest stamp (three
+        // 20-digit numbers) takes 69 bytes.
+        let mut buf = [0u8; STAMP_MAX];
+        let mut rest = &mut buf[..];
+        std::io::Write::write_fmt(
+            &mut rest,
+            format_args!("c={};s={};t={};", self.conn, self.seq, self.intended_us),
+        )
+        .expect("the widest stamp fits");
+        let prefix_len = STAMP_MAX - rest.len();
+        let prefix = &buf[..prefix_len];
         payload.len() == size.max(prefix.len())
-            && payload.starts_with(prefix.as_bytes())
+            && payload.starts_with(prefix)
             && payload[prefix.len()..].iter().all(|&b| b == b'x')
     }
 
