@@ -2,11 +2,14 @@
 //! process: real gRPC and WebSocket sockets on loopback, no child processes,
 //! so the loop's decisions can be checked quickly and precisely.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use stampede_controller::plan::Overrides;
 use stampede_controller::run::{RunOptions, run};
+use stampede_proto::fleet::{self, WorkerMessage, fleet_client::FleetClient, worker_message::Body};
 use stampede_worker::WorkerOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -143,4 +146,117 @@ async fn a_worker_leaving_mid_run_is_reported_and_rows_stop_waiting_for_it() {
         outcome.summary.figures.connections.closed_by_client >= 10,
         "w2 closed its connections before leaving"
     );
+}
+
+/// A fleet peer speaking the protocol by hand: Hello (or not) first, then
+/// whatever the test sends. Returns the sender of its messages, or the
+/// controller's refusal.
+async fn peer(
+    port: u16,
+    first: WorkerMessage,
+) -> Result<tokio::sync::mpsc::Sender<WorkerMessage>, tonic::Status> {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut client = loop {
+        match FleetClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    tx.send(first).await.unwrap();
+    let mut inbound = client.join(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    // Read the commands, as a live worker would, and ignore them.
+    tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+    Ok(tx)
+}
+
+fn hello(id: &str, protocol_version: u32) -> WorkerMessage {
+    WorkerMessage {
+        body: Some(Body::Hello(fleet::Hello {
+            protocol_version,
+            worker_id: id.into(),
+            hostname: "rogue".into(),
+            engines: vec!["native".into()],
+            capacity: Some(fleet::Capacity { max_connections: 10, ..Default::default() }),
+            ..Default::default()
+        })),
+    }
+}
+
+fn snapshot(seq: u64, second: u64, counters: &[(&str, u64)], histogram: &[u8]) -> WorkerMessage {
+    WorkerMessage {
+        body: Some(Body::Snapshot(fleet::Snapshot {
+            seq,
+            second,
+            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            latency_histogram: histogram.to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_fleet_peer_cannot_corrupt_or_stall_the_run() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = scenario(tmp.path(), port);
+    let real = worker(port, "w1", CancellationToken::new());
+    let hostile = async {
+        // Refused at the door: no Hello first, another protocol version;
+        // and one that connects and says nothing does not hold the run up.
+        let no_hello = peer(port, snapshot(1, 0, &[], &[])).await.unwrap_err();
+        assert_eq!(no_hello.code(), tonic::Code::InvalidArgument, "{no_hello}");
+        let old = peer(port, hello("old", 1)).await.unwrap_err();
+        assert_eq!(old.code(), tonic::Code::FailedPrecondition, "{old}");
+        let silent = tokio::spawn(async move {
+            let _ = FleetClient::connect(format!("http://127.0.0.1:{port}")).await;
+        });
+
+        // A member that misbehaves: the same snapshot 1,000 times, a second
+        // far beyond the run, a histogram that is not one, a counter that
+        // does not exist, a counter at u64::MAX; then silence.
+        let rogue = peer(port, hello("w2", stampede_proto::PROTOCOL_VERSION)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for _ in 0..1000 {
+            rogue.send(snapshot(1, 0, &[("messages_sent", 5)], &[])).await.unwrap();
+        }
+        rogue.send(snapshot(2, 1_000_000_000, &[("messages_sent", 1)], &[])).await.unwrap();
+        rogue.send(snapshot(3, 1, &[], b"\x1c\x84\x93\x14not a histogram")).await.unwrap();
+        rogue.send(snapshot(4, 1, &[("messages_teleported", 1)], &[])).await.unwrap();
+        rogue.send(snapshot(5, 1, &[("bytes_received", u64::MAX)], &[])).await.unwrap();
+        rogue.send(snapshot(6, 2, &[("bytes_received", u64::MAX)], &[])).await.unwrap();
+        (rogue, silent)
+    };
+    let run = tokio::time::timeout(Duration::from_secs(60), run(options(path), CancellationToken::new()));
+    let (outcome, (rogue, silent)) = tokio::join!(run, hostile);
+    let outcome = outcome.expect("the run ends").unwrap();
+    drop(rogue);
+    silent.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), real).await;
+    let s = &outcome.summary;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("metrics.json")).unwrap()).unwrap();
+    assert!((7..=10).contains(&rows.len()), "{} rows: not one per second up to a claimed one", rows.len());
+    let (header, wrows) = common::read_csv(&outcome.dir.join("workers.csv"));
+    let (id, sent) = (
+        header.iter().position(|h| h == "worker").unwrap(),
+        header.iter().position(|h| h == "messages_sent").unwrap(),
+    );
+    let rogue_sent: u64 =
+        wrows.iter().filter(|r| r[id] == "w2").map(|r| r[sent].parse::<u64>().unwrap()).sum();
+    assert_eq!(rogue_sent, 5, "a snapshot sent 1,000 times counts once");
+    assert_eq!(s.figures.counters.bytes_received, u64::MAX, "saturated, not wrapped");
+    let real_snapshots = s.worker_details.iter().find(|w| w.id == "w1").unwrap().snapshots;
+    assert!(real_snapshots >= 7, "the real worker was heard throughout: {real_snapshots}");
+    assert!(s.figures.messages.received > 0 && s.figures.messages.lost == 0, "{:?}", s.figures.messages);
+    let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
+    for line in [
+        "worker w2: snapshot 2 dropped: snapshot for second 1000000000",
+        "worker w2: snapshot 3 dropped: bad histogram",
+        "worker w2: snapshot 4 dropped: bad snapshot: unknown counter \"messages_teleported\"",
+        "worker w2 silent for 3 s",
+    ] {
+        assert!(log.contains(line), "test.log lacks {line:?}:\n{log}");
+    }
 }
