@@ -13,12 +13,14 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stampede_child::{Supervised, command};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::{Faults, READY_PREFIX};
 
 /// How long a relay process may take to start listening.
 const READY_WAIT: Duration = Duration::from_secs(10);
+/// Longest ready line read from a relay process, bytes.
+const READY_LINE_MAX: u64 = 4096;
 /// How long a relay process may take to close its connections when stopped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -110,7 +112,9 @@ async fn spawn(
     let mut child = Supervised::spawn(format!("relay process {n}"), &mut cmd)
         .map_err(|e| ProcessError(format!("{}: {e}", executable.display())))?;
     let stdout = child.child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
+    // The ready line is short; a child that prints without end must not
+    // grow our memory.
+    let mut lines = BufReader::new(stdout.take(READY_LINE_MAX)).lines();
     let line = tokio::time::timeout(READY_WAIT, lines.next_line())
         .await
         .map_err(|_| ProcessError("did not start listening within 10 s".into()))?
