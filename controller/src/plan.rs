@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stampede_model::target::Scheme;
-use stampede_model::{Phase, Ramp, TargetUrl};
+use stampede_model::{ConnectSpec, Phase, Ramp, TargetUrl};
 use stampede_relay::config::{DropAt, Faults, SlowWindow};
 
 pub use crate::overrides::Overrides;
@@ -113,6 +113,8 @@ pub struct Plan {
     pub reconnect: bool,
     /// Per-connection read buffer, bytes.
     pub buffer_bytes: u32,
+    /// How connections are opened and what they do (sent to every worker).
+    pub connect: ConnectSpec,
     /// Phases in order (zero-length ones left out).
     pub phases: Vec<PhasePlan>,
     /// PASS/FAIL conditions.
@@ -273,6 +275,7 @@ impl Plan {
             connect_timeout: Duration::from_secs_f64(sc.load.connect_timeout_s.0),
             reconnect: sc.load.reconnect,
             buffer_bytes: sc.load.buffer_bytes.0,
+            connect: ConnectSpec::default(),
             phases,
             thresholds: sc.thresholds.iter().map(|(m, c)| (*m, *c.get_ref())).collect(),
             fleet: FleetPlan {

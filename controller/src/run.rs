@@ -191,6 +191,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             source_addresses: sources.get(i).cloned().unwrap_or_default(),
             reconnect: plan.reconnect,
             buffer_bytes: plan.buffer_bytes,
+            connect_spec_json: plan.connect.to_json(),
         }));
         if !sent {
             unassigned.push(i);

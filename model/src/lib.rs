@@ -15,10 +15,14 @@ pub mod figures;
 pub mod histogram;
 pub mod results;
 pub mod shape;
+pub mod spec;
 pub mod target;
+pub mod template;
 pub mod time;
 
 pub use cause::Cause;
 pub use counters::{AtomicCounters, Counters};
 pub use shape::{Phase, Ramp};
+pub use spec::ConnectSpec;
 pub use target::TargetUrl;
+pub use template::Template;

@@ -62,6 +62,11 @@ impl fleet::Assign {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_micros(self.connect_timeout_us)
     }
+
+    /// How connections are opened and what they do.
+    pub fn connect_spec(&self) -> Result<stampede_model::ConnectSpec, String> {
+        stampede_model::ConnectSpec::from_json(&self.connect_spec_json)
+    }
 }
 
 impl fleet::PhaseStart {

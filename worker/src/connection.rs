@@ -57,6 +57,10 @@ pub struct RunContext {
     pub sources: Vec<IpAddr>,
     /// Frame buffer sizes.
     pub ws_config: WebSocketConfig,
+    /// How connections are opened and what they do.
+    pub spec: stampede_model::ConnectSpec,
+    /// This worker's id (`{{worker}}` in templates).
+    pub worker_id: String,
 }
 
 /// How one connection ended.
@@ -332,6 +336,8 @@ mod tests {
             reconnect: false,
             sources: vec![],
             ws_config: Default::default(),
+            spec: Default::default(),
+            worker_id: "w".into(),
         });
         let slot = super::run_slot(ctx, 0, Default::default());
         let size = std::mem::size_of_val(&slot);

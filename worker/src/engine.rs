@@ -21,6 +21,10 @@ pub enum EngineError {
     /// Bad source address.
     #[error("source address {0:?} is not an IP address")]
     Source(String),
+    /// The connection spec cannot be used (bad JSON, a missing
+    /// environment variable, an unreadable key).
+    #[error("{0}")]
+    Spec(String),
 }
 
 /// A running engine.
@@ -34,10 +38,11 @@ impl Engine {
     /// which is closed after the last one.
     pub async fn start(
         assign: &Assign,
+        worker_id: &str,
         sources: &[IpAddr],
         snapshots: mpsc::Sender<Snapshot>,
     ) -> Result<Engine, EngineError> {
-        Ok(Engine::Native(NativeEngine::start(assign, sources, snapshots).await?))
+        Ok(Engine::Native(NativeEngine::start(assign, worker_id, sources, snapshots).await?))
     }
 
     /// Starts a phase now.

@@ -65,10 +65,11 @@ pub enum WorkerError {
 }
 
 /// Runs the worker until `shutdown` fires or, with `--once`, its run ends.
-pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let capacity = capacity::probe(opts.max_connections);
     let hostname = hostname();
     let worker_id = opts.id.clone().unwrap_or_else(|| format!("{hostname}-{}", std::process::id()));
+    opts.id = Some(worker_id.clone());
     tracing::info!(
         "worker {worker_id}: {} cores, room for {} connections",
         capacity.cores,

@@ -192,7 +192,14 @@ async fn handle(cmd: Cmd, tx: &mpsc::Sender<WorkerMessage>, run: &mut Option<Run
                 return; // a resumed run: already running
             }
             let (snap_tx, snap_rx) = mpsc::channel(8);
-            match Engine::start(&assign, &opts.source_addresses, snap_tx).await {
+            match Engine::start(
+                &assign,
+                opts.id.as_deref().unwrap_or("worker"),
+                &opts.source_addresses,
+                snap_tx,
+            )
+            .await
+            {
                 Ok(engine) => {
                     *run = Some(Run {
                         id: assign.run_id,

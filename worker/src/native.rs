@@ -40,6 +40,7 @@ impl NativeEngine {
     /// closed after the last one.
     pub async fn start(
         assign: &Assign,
+        worker_id: &str,
         sources: &[IpAddr],
         snapshots: mpsc::Sender<Snapshot>,
     ) -> Result<NativeEngine, EngineError> {
@@ -55,6 +56,7 @@ impl NativeEngine {
         ws_config.max_write_buffer_size = usize::MAX;
         ws_config.max_message_size = Some(16 << 20);
         ws_config.max_frame_size = Some(16 << 20);
+        let spec = assign.connect_spec().map_err(EngineError::Spec)?;
         let recorder = Arc::new(Recorder::default());
         let ctx = Arc::new(RunContext {
             recorder: recorder.clone(),
@@ -66,6 +68,8 @@ impl NativeEngine {
             reconnect: assign.reconnect,
             sources: addrs,
             ws_config,
+            spec,
+            worker_id: worker_id.to_string(),
         });
         let clock = RunClock::from_unix_us(assign.run_start_unix_us, assign.clock_offset_us);
         let (phase_tx, phase_rx) = mpsc::channel(16);

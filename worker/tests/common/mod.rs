@@ -25,6 +25,7 @@ pub fn assign(url: &str, interval_ms: u64, payload_bytes: u32, reconnect: bool) 
         source_addresses: vec![],
         reconnect,
         buffer_bytes: 1024,
+        connect_spec_json: String::new(),
     }
 }
 
@@ -37,7 +38,7 @@ pub async fn drive(
     mid: impl AsyncFnOnce(),
 ) -> Vec<Snapshot> {
     let (tx, mut rx) = mpsc::channel(64);
-    let engine = Engine::start(assign, &[], tx).await.unwrap();
+    let engine = Engine::start(assign, "test-worker", &[], tx).await.unwrap();
     let phase =
         PhaseStart { index: 0, name: "test".into(), connections, ramp_us: 0, duration_us: 60_000_000 };
     engine.phase(phase).await;
