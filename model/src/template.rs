@@ -182,11 +182,11 @@ mod tests {
         let t = t.resolve_env(|n| (n == "REGION").then(|| "eu".to_string())).unwrap();
         let mut out = String::new();
         t.render_into(&mut out, |v, out| match v {
-            Var::Seq => out.push_str("7"),
-            Var::Conn => out.push_str("3"),
+            Var::Seq => out.push_str("17"),
+            Var::Conn => out.push_str("33"),
             _ => unreachable!(),
         });
-        assert_eq!(out, r#"{"id":7,"who":"u-3-eu"}"#);
+        assert_eq!(out, r#"{"id":17,"who":"u-33-eu"}"#);
         assert!(t.uses(&Var::Seq) && !t.uses(&Var::Jwt));
     }
 
