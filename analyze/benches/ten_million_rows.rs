@@ -61,6 +61,9 @@ fn generate(dir: &Path) -> std::io::Result<()> {
             latency_p99_ms: 3.0,
             latency_max_ms: 9.0,
             connect_p95_ms: 1.0,
+            connect_tcp_p95_ms: 0.2,
+            connect_tls_p95_ms: f64::NAN,
+            connect_upgrade_p95_ms: 0.8,
             generator_stalled: 0,
             worker_rss_mb: 100.0 * WORKERS as f64,
             worker_cpu_pct: 150.0,
@@ -96,6 +99,8 @@ fn generate(dir: &Path) -> std::io::Result<()> {
         worker_rss_peak_mb: 0.0,
         phases: vec![],
         thresholds: vec![],
+        breaking_point: None,
+        breaking_point_reason: None,
     };
     std::fs::write(
         dir.join("summary.json"),

@@ -26,8 +26,25 @@ const MAX_GAUGE: f64 = 1e12;
 
 /// Columns added after the first stampede versions: absent means "not
 /// measured", never damage.
-const OPTIONAL_COLUMNS: &[&str] =
-    &["workers_reporting", "target_rss_mb", "target_cpu_pct", "target_connections"];
+/// The counters every stampede metrics.csv has had since schema 2.
+const FIRST_COUNTERS: &[&str] = &[
+    "connections_attempted",
+    "connections_opened",
+    "connections_failed",
+    "messages_sent",
+    "messages_received",
+    "messages_lost",
+];
+
+const OPTIONAL_COLUMNS: &[&str] = &[
+    "workers_reporting",
+    "target_rss_mb",
+    "target_cpu_pct",
+    "target_connections",
+    "connect_tcp_p95_ms",
+    "connect_tls_p95_ms",
+    "connect_upgrade_p95_ms",
+];
 
 /// The final rows of `metrics.csv`, one per second in order, and how many
 /// corrections were applied.
@@ -69,6 +86,9 @@ pub fn read(path: &Path) -> Result<Rows, LoadError> {
     let missing: Vec<&str> = metrics_columns()
         .into_iter()
         .filter(|c| !OPTIONAL_COLUMNS.contains(c) && !names.iter().any(|n| n == c))
+        // Counters added since the first schema are absent from older runs'
+        // files (they counted 0 of them); the first counters must be there.
+        .filter(|c| FIRST_COUNTERS.contains(c) || !Counters::NAMES.contains(c))
         .collect();
     if !missing.is_empty() {
         return Err(invalid(
@@ -159,7 +179,9 @@ impl<'a> Cells<'a> {
         let revision = self.count("revision", i, u64::from(u32::MAX))? as u32;
         let mut counters = Counters::default();
         for name in Counters::NAMES {
-            *counters.get_mut(name).expect("a counter's own name") = self.count(name, i, MAX_PER_SECOND)?;
+            if self.has(name) {
+                *counters.get_mut(name).expect("a counter's own name") = self.count(name, i, MAX_PER_SECOND)?;
+            }
         }
         let stalled = self.count("generator_stalled", i, 1)?;
         Ok(MetricsRow {
@@ -176,6 +198,9 @@ impl<'a> Cells<'a> {
             latency_p99_ms: self.float("latency_p99_ms", i, MAX_LATENCY_MS, true)?,
             latency_max_ms: self.float("latency_max_ms", i, MAX_LATENCY_MS, true)?,
             connect_p95_ms: self.float("connect_p95_ms", i, MAX_LATENCY_MS, true)?,
+            connect_tcp_p95_ms: self.float("connect_tcp_p95_ms", i, MAX_LATENCY_MS, true)?,
+            connect_tls_p95_ms: self.float("connect_tls_p95_ms", i, MAX_LATENCY_MS, true)?,
+            connect_upgrade_p95_ms: self.float("connect_upgrade_p95_ms", i, MAX_LATENCY_MS, true)?,
             generator_stalled: stalled as u8,
             worker_rss_mb: self.float("worker_rss_mb", i, MAX_GAUGE, false)?,
             worker_cpu_pct: self.float("worker_cpu_pct", i, MAX_GAUGE, false)?,

@@ -367,3 +367,31 @@ fn an_unknown_phase_is_an_error_listing_the_run_phases() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("msg/s (sustained only)"), "{stdout}");
 }
+
+/// A run written before a counter existed has no column for it: it counted
+/// none, and it loads; a file missing one of the first counters is not ours.
+#[test]
+fn counters_newer_than_the_run_read_as_zero_but_old_ones_are_required() {
+    let root = tempfile::tempdir().unwrap();
+    let old = root.path().join("old");
+    Synth::clean(120).write(&old);
+    let (header, lines) = metrics_lines(&old);
+    let drop = |name: &str, header: &[String], lines: &[String]| {
+        let at = header.iter().position(|h| h == name).unwrap();
+        let cut = |cells: Vec<String>| {
+            cells.into_iter().enumerate().filter(|(i, _)| *i != at).map(|(_, c)| c).collect::<Vec<_>>()
+        };
+        let lines: Vec<String> =
+            lines.iter().map(|l| cut(l.split(',').map(str::to_string).collect()).join(",")).collect();
+        (cut(header.to_vec()), lines)
+    };
+    let (h, l) = drop("receive_gaps", &header, &lines);
+    write_metrics_lines(&old, &h, &l);
+    let run = load(&old).expect("a run from before receive_gaps loads");
+    assert_eq!(run.timeline.elapsed_s.len(), 120);
+
+    let (h, l) = drop("messages_sent", &header, &lines);
+    write_metrics_lines(&old, &h, &l);
+    let err = load(&old).err().expect("messages_sent is required").to_string();
+    assert!(err.contains("missing columns messages_sent"), "{err}");
+}

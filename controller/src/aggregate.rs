@@ -41,6 +41,8 @@ pub struct Totals {
     pub latency: Histogram<u64>,
     /// Merged connect-time histogram, us.
     pub connect: Histogram<u64>,
+    /// Its parts, merged likewise.
+    pub connect_split: ConnectSplit,
     /// Errors by cause.
     pub errors: BTreeMap<String, u64>,
 }
@@ -51,8 +53,47 @@ impl Default for Totals {
             counters: Counters::default(),
             latency: new_histogram(),
             connect: new_histogram(),
+            connect_split: ConnectSplit::default(),
             errors: BTreeMap::new(),
         }
+    }
+}
+
+/// Connect time split into its parts, us: TCP connect, TLS handshake
+/// (empty for `ws://`), WebSocket upgrade. Each goes wherever the whole
+/// connect time goes (totals, phases, seconds, the interval log).
+#[derive(Debug, Clone)]
+pub struct ConnectSplit {
+    /// TCP connect.
+    pub tcp: Histogram<u64>,
+    /// TLS handshake.
+    pub tls: Histogram<u64>,
+    /// WebSocket upgrade.
+    pub upgrade: Histogram<u64>,
+}
+
+impl Default for ConnectSplit {
+    fn default() -> Self {
+        ConnectSplit { tcp: new_histogram(), tls: new_histogram(), upgrade: new_histogram() }
+    }
+}
+
+impl ConnectSplit {
+    /// Merges `from` into this split.
+    pub fn merge(&mut self, from: &ConnectSplit) -> Result<(), AggregateError> {
+        merge(&mut self.tcp, &from.tcp)?;
+        merge(&mut self.tls, &from.tls)?;
+        merge(&mut self.upgrade, &from.upgrade)
+    }
+
+    /// The parts with their interval-log tags.
+    pub fn tagged(&self) -> [(&Histogram<u64>, &'static str); 3] {
+        use stampede_model::results::hlog_tags;
+        [
+            (&self.tcp, hlog_tags::CONNECT_TCP),
+            (&self.tls, hlog_tags::CONNECT_TLS),
+            (&self.upgrade, hlog_tags::CONNECT_UPGRADE),
+        ]
     }
 }
 
@@ -112,6 +153,7 @@ struct Report {
 struct Second {
     latency: Histogram<u64>,
     connect: Histogram<u64>,
+    connect_split: ConnectSplit,
     errors: u64,
     workers: BTreeMap<usize, Report>,
     /// Corrections written so far.
@@ -123,6 +165,7 @@ impl Default for Second {
         Second {
             latency: new_histogram(),
             connect: new_histogram(),
+            connect_split: ConnectSplit::default(),
             errors: 0,
             workers: BTreeMap::new(),
             revision: 0,
@@ -148,6 +191,8 @@ pub struct Row {
     pub latency: Histogram<u64>,
     /// Connect times to add likewise.
     pub connect: Histogram<u64>,
+    /// Their parts, likewise.
+    pub connect_split: ConnectSplit,
     /// The second of each worker (for a correction: the late workers).
     pub workers: Vec<WorkerRow>,
 }
@@ -205,6 +250,14 @@ impl Aggregator {
         }
     }
 
+    /// Takes the plan changed while the run goes (a stress stage ended
+    /// early): `removed` are the indices of the phases dropped from it,
+    /// none of which had started, so none holds data.
+    pub fn replan(&mut self, plan: &Plan, removed: std::ops::Range<usize>) {
+        self.phases.drain(removed);
+        self.plan = plan.clone();
+    }
+
     /// Marks a worker gone (rows stop waiting for it) or back.
     pub fn set_live(&mut self, worker: usize, live: bool) {
         self.workers[worker].live = live;
@@ -222,6 +275,11 @@ impl Aggregator {
         let counters = snap.model_counters()?;
         let latency = self.decode(&snap.latency_histogram)?;
         let connect = self.decode(&snap.connect_histogram)?;
+        let connect_split = ConnectSplit {
+            tcp: self.decode(&snap.connect_tcp_histogram)?,
+            tls: self.decode(&snap.connect_tls_histogram)?,
+            upgrade: self.decode(&snap.connect_upgrade_histogram)?,
+        };
         let state = &mut self.workers[worker];
         state.applied_seq = snap.seq;
         state.reported_up_to = Some(state.reported_up_to.map_or(snap.second, |r| r.max(snap.second)));
@@ -239,6 +297,7 @@ impl Aggregator {
             totals.counters.add(&counters);
             merge(&mut totals.latency, &latency)?;
             merge(&mut totals.connect, &connect)?;
+            totals.connect_split.merge(&connect_split)?;
             for (cause, n) in &snap.errors {
                 let e = totals.errors.entry(cause.clone()).or_default();
                 *e = e.saturating_add(*n);
@@ -259,6 +318,7 @@ impl Aggregator {
         };
         merge(&mut second.latency, &latency)?;
         merge(&mut second.connect, &connect)?;
+        second.connect_split.merge(&connect_split)?;
         second.errors = second.errors.saturating_add(errors);
         let r = second.workers.entry(worker).or_default();
         r.counters.add(&report.counters);
@@ -270,6 +330,7 @@ impl Aggregator {
             let mut row = self.build_row(s, &self.written[&s]);
             row.latency = latency;
             row.connect = connect;
+            row.connect_split = connect_split;
             row.workers.retain(|w| w.worker == self.workers[worker].id);
             self.rows[s as usize] = row.metrics.clone();
             self.corrections.push(row);
@@ -417,13 +478,17 @@ impl Aggregator {
         let t = Duration::from_secs(s);
         let lat = percentiles(&second.latency);
         let conn = percentiles(&second.connect);
+        let (tcp, tls) = (percentiles(&second.connect_split.tcp), percentiles(&second.connect_split.tls));
+        let upgrade = percentiles(&second.connect_split.upgrade);
         let or_nan = |count: u64, v: f64| if count > 0 { v } else { f64::NAN };
         let metrics = MetricsRow {
             elapsed_s: s,
             timestamp,
             phase: self.plan.phases[self.plan.phase_at(t)].name().to_string(),
             revision: second.revision,
-            connections_target: self.plan.level_at(t + Duration::from_secs(1)),
+            // Just before the second's end: a step the next phase takes at
+            // that instant belongs to the next second.
+            connections_target: self.plan.level_at(t + Duration::from_secs(1) - Duration::from_micros(1)),
             connections_active: active,
             counters,
             errors: second.errors,
@@ -432,6 +497,9 @@ impl Aggregator {
             latency_p99_ms: or_nan(lat.count, lat.p99),
             latency_max_ms: or_nan(lat.count, lat.max),
             connect_p95_ms: or_nan(conn.count, conn.p95),
+            connect_tcp_p95_ms: or_nan(tcp.count, tcp.p95),
+            connect_tls_p95_ms: or_nan(tls.count, tls.p95),
+            connect_upgrade_p95_ms: or_nan(upgrade.count, upgrade.p95),
             generator_stalled: u8::from(stalled),
             worker_rss_mb: rss as f64 / 1e6,
             worker_cpu_pct: cpu_us as f64 / 1e6 * 100.0,
@@ -440,7 +508,13 @@ impl Aggregator {
             target_cpu_pct: ts.cpu_pct.unwrap_or(f64::NAN),
             target_connections: ts.connections.unwrap_or(f64::NAN),
         };
-        Row { metrics, latency: second.latency.clone(), connect: second.connect.clone(), workers }
+        Row {
+            metrics,
+            latency: second.latency.clone(),
+            connect: second.connect.clone(),
+            connect_split: second.connect_split.clone(),
+            workers,
+        }
     }
 }
 
@@ -480,6 +554,51 @@ mod tests {
             latency_histogram: bytes,
             ..Default::default()
         }
+    }
+
+    fn encoded(values_us: &[u64]) -> Vec<u8> {
+        let mut h = new_histogram();
+        values_us.iter().for_each(|v| h.record(*v).unwrap());
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new().serialize(&h, &mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn connect_time_parts_are_merged_wherever_the_total_goes() {
+        let mut agg = agg(2);
+        // Worker 0 opens wss:// connections, worker 1 ws:// ones.
+        let mut tls = snapshot(1, 0, &[], 0, 2);
+        tls.connect_histogram = encoded(&[6_000, 7_000]);
+        tls.connect_tcp_histogram = encoded(&[1_000, 1_000]);
+        tls.connect_tls_histogram = encoded(&[3_000, 4_000]);
+        tls.connect_upgrade_histogram = encoded(&[2_000, 2_000]);
+        let mut plain = snapshot(1, 0, &[], 0, 1);
+        plain.connect_histogram = encoded(&[3_000]);
+        plain.connect_tcp_histogram = encoded(&[1_000]);
+        plain.connect_tls_histogram = encoded(&[]);
+        plain.connect_upgrade_histogram = encoded(&[2_000]);
+        agg.add(0, &tls).unwrap();
+        agg.add(1, &plain).unwrap();
+        let rows = agg.ready_rows(1.0, false);
+        let row = &rows[0];
+        assert_eq!((row.connect.len(), row.connect_split.tcp.len()), (3, 3));
+        assert_eq!((row.connect_split.tls.len(), row.connect_split.upgrade.len()), (2, 3));
+        assert!((row.metrics.connect_tls_p95_ms - 4.0).abs() < 0.01, "{}", row.metrics.connect_tls_p95_ms);
+        assert!((row.metrics.connect_tcp_p95_ms - 1.0).abs() < 0.01);
+        assert!((row.metrics.connect_upgrade_p95_ms - 2.0).abs() < 0.01);
+        for t in [&agg.run, &agg.phases[0]] {
+            assert_eq!(
+                (t.connect_split.tcp.len(), t.connect_split.tls.len(), t.connect_split.upgrade.len()),
+                (3, 2, 3)
+            );
+        }
+        // A worker of an older version sends no parts: nothing breaks, and
+        // a second without TLS samples has no TLS figure.
+        agg.add(0, &snapshot(2, 1, &[], 0, 2)).unwrap();
+        agg.add(1, &snapshot(2, 1, &[], 0, 1)).unwrap();
+        let rows = agg.ready_rows(2.0, false);
+        assert!(rows[0].metrics.connect_tls_p95_ms.is_nan() && rows[0].connect_split.tls.is_empty());
     }
 
     #[test]

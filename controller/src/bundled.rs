@@ -3,6 +3,10 @@
 //! hold only ~20,000 sockets here) as relay processes sharing one port,
 //! started by the relay crate ([`RelayProcesses`]).
 //!
+//! TLS (`bundled_tls`): the controller makes a CA and a server certificate
+//! for `127.0.0.1` and `localhost` ([`make_tls`]) for each run; the relay
+//! serves `wss://` with them and the workers trust the CA.
+//!
 //! Faults: the relay's fault clock is started by
 //! [`Bundled::start_fault_clock`] at the run's start (not when the relay
 //! starts, a second or so earlier while the workers join).
@@ -11,7 +15,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use stampede_relay::config::Faults;
+use stampede_relay::pki::PkiError;
 use stampede_relay::processes::ProcessError;
+use stampede_relay::tls::TlsSettings;
 use stampede_relay::{Relay, RelayConfig, RelayError, RelayProcesses};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +30,17 @@ pub enum BundledError {
     /// A relay process.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// The certificates for `wss://`.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// The bundled relay's TLS for one run: a fresh CA and a server certificate
+/// it signed for `127.0.0.1` and `localhost`. Returns the CA (PEM, what the
+/// workers trust) and the relay's settings.
+pub fn make_tls() -> Result<(String, TlsSettings), BundledError> {
+    let (ca, server) = stampede_relay::pki::bundled()?;
+    Ok((ca, TlsSettings { cert_pem: server.cert, key_pem: server.key, client_ca_pem: None }))
 }
 
 /// A running bundled relay.
@@ -37,22 +54,28 @@ pub enum Bundled {
 impl Bundled {
     /// Starts `processes` relay processes (0: a relay in this process)
     /// with `faults`, which wait for [`start_fault_clock`](Self::start_fault_clock);
-    /// returns it and its URL.
+    /// returns it and its URL. `max_connections` (0: none) limits the
+    /// in-process relay (the plan never asks it of processes). With `tls`
+    /// it serves `wss://`.
     pub async fn start(
         delay: Duration,
         processes: u64,
         faults: &Faults,
+        max_connections: u64,
+        tls: Option<&TlsSettings>,
         executable: &Path,
         shutdown: CancellationToken,
     ) -> Result<(Bundled, String), BundledError> {
         if processes == 0 {
             let faults = Faults { external_clock: true, ..faults.clone() };
-            let config = RelayConfig { delay, faults, ..RelayConfig::default() };
+            let max_connections = usize::try_from(max_connections).unwrap_or(usize::MAX);
+            let tls = tls.cloned();
+            let config = RelayConfig { delay, faults, max_connections, tls, ..RelayConfig::default() };
             let relay = Relay::start(config, shutdown).await?;
             let url = relay.ws_url();
             return Ok((Bundled::InProcess(relay), url));
         }
-        let relays = RelayProcesses::start(executable, processes, delay, faults).await?;
+        let relays = RelayProcesses::start(executable, processes, delay, faults, tls).await?;
         let url = relays.ws_url().to_string();
         Ok((Bundled::Processes(relays), url))
     }
@@ -67,10 +90,14 @@ impl Bundled {
     }
 
     /// The Prometheus endpoint, when there is one process to ask (behind a
-    /// shared port, each scrape would reach a random process).
+    /// shared port, each scrape would reach a random process) and it speaks
+    /// plain HTTP (the scraper does not do TLS).
     pub fn metrics_url(&self) -> Option<String> {
         match self {
-            Bundled::InProcess(relay) => Some(format!("http://{}/metrics", relay.local_addr())),
+            Bundled::InProcess(relay) if relay.ws_url().starts_with("ws://") => {
+                Some(format!("http://{}/metrics", relay.local_addr()))
+            }
+            Bundled::InProcess(_) => None,
             Bundled::Processes(_) => None,
         }
     }

@@ -14,7 +14,7 @@ use crate::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS};
 pub struct RunArgs {
     /// The scenario file (TOML).
     pub scenario: PathBuf,
-    /// Load this ws:// URL instead of the scenario's target.
+    /// Load this ws:// or wss:// URL instead of the scenario's target.
     #[arg(long, value_name = "URL", value_parser = target_url)]
     pub target: Option<String>,
     /// Connections to hold in the sustained phase.
@@ -56,19 +56,23 @@ fn interval(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// `--target`: a ws:// URL, checked here so the error names the flag.
+/// `--target`: a ws:// or wss:// URL, checked here so the error names the flag.
 fn target_url(s: &str) -> Result<String, String> {
-    let url = stampede_model::TargetUrl::parse(s).map_err(|e| e.to_string())?;
-    if url.scheme == stampede_model::target::Scheme::Wss {
-        return Err(format!("{s:?}: wss:// is not supported yet"));
-    }
+    stampede_model::TargetUrl::parse(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 
 impl RunArgs {
-    /// The run options these flags ask for.
-    pub fn options(&self) -> RunOptions {
-        RunOptions {
+    /// The run options these flags ask for; values the flags leave unset
+    /// come from the environment ([`Overrides::from_env`]): flag, then
+    /// environment, then file.
+    pub fn options(&self) -> Result<RunOptions, String> {
+        let env = Overrides::from_env(|name| std::env::var(name).ok())?;
+        let used = Overrides::env_in_use(|name| std::env::var(name).ok());
+        if !used.is_empty() && !self.quiet {
+            eprintln!("from the environment (a flag would win): {}", used.join(" "));
+        }
+        Ok(RunOptions {
             scenario: self.scenario.clone(),
             overrides: Overrides {
                 target: self.target.clone(),
@@ -78,16 +82,24 @@ impl RunArgs {
                 message_interval_s: self.message_interval,
                 workers: self.workers,
                 output: self.output.clone(),
-            },
+            }
+            .or(env),
             executable: None,
             quiet: self.quiet,
-        }
+        })
     }
 }
 
 /// `controller run`: runs the scenario; returns the process exit code.
 pub async fn run_command(args: RunArgs, shutdown: CancellationToken) -> i32 {
-    match run(args.options(), shutdown).await {
+    let options = match args.options() {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return EXIT_CONFIG;
+        }
+    };
+    match run(options, shutdown).await {
         Ok(outcome) if outcome.interrupted => EXIT_INTERRUPTED,
         Ok(outcome) if outcome.summary.verdict == "PASS" => EXIT_PASS,
         Ok(_) => EXIT_FAIL,

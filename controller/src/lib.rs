@@ -8,18 +8,22 @@
 pub mod aggregate;
 pub mod bundled;
 pub mod cli;
+pub mod connect;
 pub mod fleet;
 pub mod local_fleet;
 pub mod members;
+pub mod messages;
 pub mod overrides;
 pub mod plan;
 pub mod progress;
 pub mod results;
 pub mod run;
 pub mod scenario;
+pub mod stages;
 pub mod summary;
 pub mod target_metrics;
 pub mod threshold;
+pub mod tls;
 
 /// Exit code of a run whose verdict is PASS.
 pub const EXIT_PASS: i32 = 0;

@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stampede_model::target::Scheme;
-use stampede_model::{ConnectSpec, Phase, Ramp, TargetUrl};
+use stampede_model::{Churn, ConnectSpec, Phase, Ramp, Shape, StageKind, TargetUrl};
+use stampede_proto::fleet::PhaseStart;
+use stampede_proto::{us, us_or_zero};
 use stampede_relay::config::{DropAt, Faults, SlowWindow};
 
 pub use crate::overrides::Overrides;
-use crate::scenario::{Count, Scenario, ScenarioError, Seconds, TargetSection};
+use crate::scenario::{Count, PhasesSection, Scenario, ScenarioError, Seconds, TargetSection};
+use crate::stages::{self, StressPlan};
 use crate::threshold::{Condition, Metric};
 
 /// Connections one local worker process takes at most before the fleet
@@ -36,6 +38,8 @@ pub enum TargetPlan {
         processes: u64,
         /// Faults to inject; their times count from the run's start.
         faults: Faults,
+        /// Upgrades beyond this many open connections get 503; 0: no limit.
+        max_connections: u64,
     },
     /// A server at this URL.
     Url(String),
@@ -44,24 +48,31 @@ pub enum TargetPlan {
 /// One phase of the schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhasePlan {
-    /// Which phase.
-    pub phase: Phase,
+    /// Its name in metrics.csv, summary.json and logs (unique in the run).
+    pub name: String,
+    /// The stage kind that made it; `None`: the fixed `[phases]` table.
+    pub kind: Option<StageKind>,
     /// Offset from the run start.
     pub start: Duration,
     /// Length.
     pub duration: Duration,
-    /// Connections at the phase's start.
-    pub from: u64,
-    /// Connections at the end of its ramp.
-    pub to: u64,
-    /// Time to move from `from` to `to`.
-    pub ramp: Duration,
+    /// How the connection count moves, from the phase's start (what its
+    /// workers follow).
+    pub shape: Shape,
+    /// Connections replaced per second while the level holds.
+    pub churn: Option<Churn>,
+    /// Gets its own verdict from the thresholds over its seconds (the steps
+    /// of `steps` and `stress` stages).
+    pub judged: bool,
+    /// The per-connection message interval of the phase under an open
+    /// message model (`load.message_rate`); `None`: the run's.
+    pub message_interval: Option<Duration>,
 }
 
 impl PhasePlan {
     /// Its name in files and logs.
-    pub fn name(&self) -> &'static str {
-        self.phase.name()
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// End offset from the run start.
@@ -69,13 +80,99 @@ impl PhasePlan {
         self.start + self.duration
     }
 
-    /// The connection move this phase makes (what its workers follow).
-    pub fn ramp(&self) -> Ramp {
-        Ramp { from: self.from, to: self.to, ramp: self.ramp }
+    fn level_at(&self, t: Duration) -> u64 {
+        self.shape.level_at(t.saturating_sub(self.start))
     }
 
-    fn level_at(&self, t: Duration) -> u64 {
-        self.ramp().level_at(t.saturating_sub(self.start))
+    /// Connections planned at the phase's start.
+    pub fn from(&self) -> u64 {
+        self.shape.level_at(Duration::ZERO)
+    }
+
+    /// Connections planned at the phase's end.
+    pub fn to(&self) -> u64 {
+        self.shape.level_at(self.duration)
+    }
+
+    /// Most connections the phase plans at once.
+    pub fn peak(&self) -> u64 {
+        self.shape.peak()
+    }
+
+    /// What the phase does, in words, for test.log.
+    pub fn describe(&self) -> String {
+        let d = self.duration.as_secs_f64();
+        let what = match self.shape {
+            Shape::Ramp(r) => {
+                format!("{} -> {} connections over {:.1} s", r.from, r.to, r.ramp.as_secs_f64())
+            }
+            Shape::Wave(w) => {
+                format!("wave {} <-> {} connections every {:.1} s", w.from, w.to, w.period.as_secs_f64())
+            }
+            Shape::Arrivals(a) => format!(
+                "arrivals {} -> {}/s, each session {:.1} s, at most {} open",
+                a.from_rate,
+                a.rate,
+                a.session.as_secs_f64(),
+                a.max
+            ),
+        };
+        let churn = self.churn.map_or(String::new(), |c| format!(", churn {}/s", c.per_s));
+        let interval = self
+            .message_interval
+            .map_or(String::new(), |iv| format!(", message interval {:.3} s", iv.as_secs_f64()));
+        format!("{what}{churn}{interval}, lasts {d:.1} s")
+    }
+
+    /// The PhaseStart of each worker, `into` the phase (0 unless a worker
+    /// rejoined): counts split by capacity ([`split`], so the shares add
+    /// up to the fleet's), rates in proportion to each worker's share of the
+    /// count they go with, so the fleet's rates are the phase's.
+    pub fn commands(&self, index: usize, capacities: &[u64], into: Duration) -> Vec<PhaseStart> {
+        let shares = |total: u64| split(total, capacities).unwrap_or_else(|| capacities.to_vec());
+        let base = PhaseStart {
+            index: index as u32,
+            name: self.name.clone(),
+            duration_us: us(self.duration),
+            message_interval_us: us_or_zero(self.message_interval),
+            offset_us: us(into),
+            ..Default::default()
+        };
+        let part = |rate: f64, share: u64, total: u64| {
+            if total > 0 { rate * share as f64 / total as f64 } else { 0.0 }
+        };
+        match self.shape {
+            Shape::Ramp(r) => shares(r.to)
+                .into_iter()
+                .map(|share| PhaseStart {
+                    connections: share,
+                    ramp_us: us(r.ramp.saturating_sub(into)),
+                    churn_per_s: self.churn.map_or(0.0, |c| part(c.per_s, share, r.to)),
+                    ..base.clone()
+                })
+                .collect(),
+            Shape::Wave(w) => shares(w.from)
+                .into_iter()
+                .zip(shares(w.to))
+                .map(|(low, high)| PhaseStart {
+                    connections: high,
+                    wave_low: low,
+                    wave_period_us: us(w.period),
+                    ..base.clone()
+                })
+                .collect(),
+            Shape::Arrivals(a) => shares(a.max)
+                .into_iter()
+                .map(|max| PhaseStart {
+                    connections: max,
+                    arrival_from_per_s: part(a.from_rate, max, a.max),
+                    arrival_per_s: part(a.rate, max, a.max),
+                    session_us: us(a.session),
+                    duration_us: us(a.ramp),
+                    ..base.clone()
+                })
+                .collect(),
+        }
     }
 }
 
@@ -115,8 +212,15 @@ pub struct Plan {
     pub buffer_bytes: u32,
     /// How connections are opened and what they do (sent to every worker).
     pub connect: ConnectSpec,
+    /// The bundled relay requires JWTs signed with this secret.
+    pub bundled_jwt: Option<stampede_model::spec::Secret>,
+    /// The bundled relay serves `wss://` with a CA made for the run (added
+    /// to `connect.tls` once the relay is up).
+    pub bundled_tls: bool,
     /// Phases in order (zero-length ones left out).
     pub phases: Vec<PhasePlan>,
+    /// The stress stage, if the schedule has one.
+    pub stress: Option<StressPlan>,
     /// PASS/FAIL conditions.
     pub thresholds: Vec<(Metric, Condition)>,
     /// The fleet.
@@ -152,20 +256,15 @@ impl Plan {
                         ),
                     ));
                 }
-                let u = url.get_ref();
-                let parsed = TargetUrl::parse(u).map_err(|e| err(url.span().start, e.to_string()))?;
-                if parsed.scheme == Scheme::Wss {
-                    return Err(err(
-                        url.span().start,
-                        format!("target url {u:?}: wss:// is not supported yet"),
-                    ));
-                }
-                TargetPlan::Url(u.clone())
+                let u = crate::connect::Source { path, text: source }.expand(url)?;
+                TargetUrl::parse(&u).map_err(|e| err(url.span().start, e.to_string()))?;
+                TargetPlan::Url(u)
             }
             (None, true) => TargetPlan::Bundled {
                 delay: Duration::from_millis(sc.target.bundled_delay_ms),
                 processes: 0,
                 faults: faults(&sc.target),
+                max_connections: sc.target.bundled_max_connections.as_ref().map_or(0, |m| m.get_ref().0),
             },
             (None, false) => {
                 return Err(err(
@@ -190,49 +289,98 @@ impl Plan {
         };
 
         let connections = sc.load.connections.0;
-        let warmup_connections = match &sc.phases.warmup_connections {
-            Some(w) if *w.get_ref() > connections || *w.get_ref() == 0 => {
+        let thresholds: Vec<(Metric, Condition)> =
+            sc.thresholds.iter().map(|(m, c)| (*m, *c.get_ref())).collect();
+        let (mut phases, stress) = match (&sc.phases, sc.stages.first()) {
+            (Some(_), Some(_)) => {
                 return Err(err(
-                    w.span().start,
-                    format!("warmup_connections must be between 1 and load.connections ({connections})"),
+                    table_at("phases"),
+                    "give either [phases] or [[stage]] (a list of load shapes), not both; \
+                     --duration and --ramp-up set [phases]"
+                        .into(),
                 ));
             }
-            Some(w) => *w.get_ref(),
-            None => (connections / 10).max(1),
-        };
-
-        let p = &sc.phases;
-        let mut phases = Vec::new();
-        let mut start = Duration::ZERO;
-        let mut level = 0;
-        let mut push = |phase, duration: Duration, to: u64, ramp: Duration| {
-            if duration.is_zero() {
-                return;
+            (_, None) => {
+                let default = PhasesSection::default();
+                let p = sc.phases.as_ref().unwrap_or(&default);
+                (fixed_phases(p, connections, &err, &table_at)?, None)
             }
-            phases.push(PhasePlan { phase, start, duration, from: level, to, ramp });
-            start += duration;
-            level = to;
+            (None, Some(_)) => {
+                let cx = stages::Context { path, source, connections, thresholds: &thresholds };
+                stages::expand(&sc.stages, &cx)?
+            }
         };
-        push(Phase::Warmup, secs(p.warmup_s), warmup_connections, secs(p.warmup_s));
-        push(Phase::RampUp, secs(p.ramp_up_s), connections, secs(p.ramp_up_s));
-        push(Phase::Sustained, secs(p.sustained_s), connections, Duration::ZERO);
-        push(Phase::Cooldown, secs(p.cooldown_s), 0, secs(p.cooldown_s));
-        if phases.is_empty() {
-            return Err(err(table_at("phases"), "every phase lasts 0 s: give the run some time".into()));
+        // `message_interval_s` has a default, so whether it was written is
+        // read from the text (a key at the start of a line).
+        let interval_key = key_at(source, "message_interval_s");
+        let message_rate = match &sc.load.message_rate {
+            Some(_) if interval_key.is_some() => {
+                let at = interval_key.unwrap_or_default();
+                return Err(err(
+                    at,
+                    "give either message_interval_s (per connection) or message_rate (the fleet's), not both"
+                        .into(),
+                ));
+            }
+            Some(rate) if rate.get_ref().0 <= 0.0 => {
+                return Err(err(
+                    rate.span().start,
+                    "message_rate 0: give messages per second above 0".into(),
+                ));
+            }
+            Some(rate) => Some((rate.get_ref().0, rate.span().start)),
+            None => None,
+        };
+        if let Some((rate, at)) = message_rate {
+            for p in &mut phases {
+                p.message_interval = phase_interval(p, rate);
+                if let Some(iv) = p.message_interval
+                    && iv.as_secs_f64() < MIN_INTERVAL_S
+                {
+                    return Err(err(
+                        at,
+                        format!(
+                            "message_rate {rate} over the {} connections of phase {} is more than {} messages \
+                             per second per connection",
+                            p.peak(),
+                            p.name,
+                            1.0 / MIN_INTERVAL_S
+                        ),
+                    ));
+                }
+            }
         }
 
-        let peak = phases.iter().map(|p| p.to.max(p.from)).max().unwrap_or(0);
+        let peak = phases.iter().map(PhasePlan::peak).max().unwrap_or(0);
         let target = match target {
-            TargetPlan::Bundled { delay, faults, .. } => {
+            TargetPlan::Bundled { delay, faults, max_connections, .. } => {
                 let auto = peak.div_ceil(CONNECTIONS_PER_RELAY);
-                let processes = match sc.target.bundled_processes {
-                    Some(Count(n)) => n,
-                    None if auto <= 1 => 0,
-                    None => auto,
+                let processes = match (sc.target.bundled_processes, &sc.target.bundled_max_connections) {
+                    (Some(_), Some(max)) => {
+                        return Err(err(
+                            max.span().start,
+                            "bundled_max_connections limits the one in-process relay: leave out bundled_processes"
+                                .into(),
+                        ));
+                    }
+                    // A limit counts one relay's connections; behind a
+                    // shared port each process would count its own.
+                    (None, Some(_)) => 0,
+                    (Some(Count(n)), None) => n,
+                    (None, None) if auto <= 1 => 0,
+                    (None, None) => auto,
                 };
-                TargetPlan::Bundled { delay, processes, faults }
+                TargetPlan::Bundled { delay, processes, faults, max_connections }
             }
-            url => url,
+            url => {
+                if let Some(max) = &sc.target.bundled_max_connections {
+                    return Err(err(
+                        max.span().start,
+                        "bundled_max_connections limits the bundled relay: it needs `bundled = true`".into(),
+                    ));
+                }
+                url
+            }
         };
         let f = &sc.fleet;
         let workers = match (f.workers, f.remote) {
@@ -255,7 +403,11 @@ impl Plan {
             err(table_at("fleet"), format!("listen {listen_text:?} is not an address like 0.0.0.0:7700"))
         })?;
 
-        let interval = sc.load.message_interval_s.0;
+        // Under message_rate the run starts with its first phase's interval.
+        let interval = match message_rate {
+            Some(_) => phases.iter().find_map(|p| p.message_interval).map_or(0.0, |iv| iv.as_secs_f64()),
+            None => sc.load.message_interval_s.0,
+        };
         if interval > 0.0 && interval < MIN_INTERVAL_S {
             return Err(err(
                 source.find("message_interval_s").unwrap_or_else(|| table_at("load")),
@@ -264,6 +416,22 @@ impl Plan {
                 ),
             ));
         }
+
+        let mut connect = ConnectSpec::default();
+        let src = crate::connect::Source { path, text: source };
+        crate::connect::fill(&mut connect, &sc.target, &src)?;
+        connect.session = crate::messages::session_spec(sc, path, source)?;
+        crate::tls::fill(&mut connect.tls, &sc.target, path, source)?;
+        let bundled_jwt = match &sc.target.bundled_jwt {
+            Some(_) if !sc.target.bundled => {
+                return Err(err(
+                    table_at("target"),
+                    "bundled_jwt configures the bundled relay: it needs `bundled = true`".into(),
+                ));
+            }
+            Some(r) => Some(src.secret(r.get_ref(), r.span().start, "bundled_jwt")?),
+            None => None,
+        };
 
         Ok(Plan {
             name: sc.name.0.clone(),
@@ -275,9 +443,12 @@ impl Plan {
             connect_timeout: Duration::from_secs_f64(sc.load.connect_timeout_s.0),
             reconnect: sc.load.reconnect,
             buffer_bytes: sc.load.buffer_bytes.0,
-            connect: ConnectSpec::default(),
+            connect,
+            bundled_jwt,
+            bundled_tls: sc.target.bundled && sc.target.bundled_tls.as_ref().is_some_and(|b| *b.get_ref()),
             phases,
-            thresholds: sc.thresholds.iter().map(|(m, c)| (*m, *c.get_ref())).collect(),
+            stress,
+            thresholds,
             fleet: FleetPlan {
                 local: (!f.remote).then_some(workers),
                 workers,
@@ -308,8 +479,115 @@ impl Plan {
 
     /// Most connections the plan asks for at once.
     pub fn peak(&self) -> u64 {
-        self.phases.iter().map(|p| p.from.max(p.to)).max().unwrap_or(0)
+        self.phases.iter().map(PhasePlan::peak).max().unwrap_or(0)
     }
+
+    /// Ends the stress stage's steps at `at` (a break was found while phase
+    /// `current` runs): `current` is cut short, the steps after it are
+    /// dropped, the stage's cooldown ramps down from the level reached, and
+    /// every later phase moves earlier. Returns the indices of the dropped
+    /// phases (none has started), or `None` when `current` is not a step of
+    /// the stage (the break was found after it). `at` must lie after the
+    /// start of `current`.
+    pub fn end_stress_at(&mut self, current: usize, at: Duration) -> Option<std::ops::Range<usize>> {
+        let stress = self.stress.as_ref()?;
+        let cooldown = self.phases.iter().position(|p| p.name == stress.cooldown)?;
+        let name = &self.phases.get(current)?.name;
+        if current >= cooldown || !stress.steps.iter().any(|(n, _)| n == name) {
+            return None;
+        }
+        let cut = &mut self.phases[current];
+        cut.duration = at.saturating_sub(cut.start);
+        let reached = cut.shape.level_at(cut.duration);
+        let removed = current + 1..cooldown;
+        self.phases.drain(removed.clone());
+        let cooldown = &mut self.phases[current + 1];
+        if let Shape::Ramp(r) = &mut cooldown.shape {
+            r.from = reached;
+        }
+        let mut start = at;
+        for p in &mut self.phases[current + 1..] {
+            p.start = start;
+            start += p.duration;
+        }
+        Some(removed)
+    }
+}
+
+/// The fixed table's four phases (a phase of 0 s left out).
+fn fixed_phases(
+    p: &PhasesSection,
+    connections: u64,
+    err: &dyn Fn(usize, String) -> ScenarioError,
+    table_at: &dyn Fn(&str) -> usize,
+) -> Result<Vec<PhasePlan>, ScenarioError> {
+    let warmup_connections = match &p.warmup_connections {
+        Some(w) if *w.get_ref() > connections || *w.get_ref() == 0 => {
+            return Err(err(
+                w.span().start,
+                format!("warmup_connections must be between 1 and load.connections ({connections})"),
+            ));
+        }
+        Some(w) => *w.get_ref(),
+        None => (connections / 10).max(1),
+    };
+    let mut phases = Vec::new();
+    let mut start = Duration::ZERO;
+    let mut level = 0;
+    let mut push = |phase: Phase, duration: Duration, to: u64, ramp: Duration| {
+        if duration.is_zero() {
+            return;
+        }
+        phases.push(PhasePlan {
+            name: phase.name().to_string(),
+            kind: None,
+            start,
+            duration,
+            shape: Shape::Ramp(Ramp { from: level, to, ramp }),
+            churn: None,
+            judged: false,
+            message_interval: None,
+        });
+        start += duration;
+        level = to;
+    };
+    push(Phase::Warmup, secs(p.warmup_s), warmup_connections, secs(p.warmup_s));
+    push(Phase::RampUp, secs(p.ramp_up_s), connections, secs(p.ramp_up_s));
+    push(Phase::Sustained, secs(p.sustained_s), connections, Duration::ZERO);
+    push(Phase::Cooldown, secs(p.cooldown_s), 0, secs(p.cooldown_s));
+    if phases.is_empty() {
+        return Err(err(table_at("phases"), "every phase lasts 0 s: give the run some time".into()));
+    }
+    Ok(phases)
+}
+
+/// The per-connection interval that spreads `rate` messages per second
+/// over the connections phase `p` plans at its peak (for arrivals: the
+/// sessions Little's law expects at the full rate); `None` for a phase
+/// without connections, which keeps the interval it finds.
+fn phase_interval(p: &PhasePlan, rate: f64) -> Option<Duration> {
+    let level = match p.shape {
+        Shape::Arrivals(a) => {
+            ((a.rate.max(a.from_rate) * a.session.as_secs_f64()).round() as u64).clamp(1, a.max)
+        }
+        shape => shape.peak(),
+    };
+    (level > 0).then(|| Duration::from_secs_f64(level as f64 / rate))
+}
+
+/// Where a line of `source` sets `key` (`key = ...`), if one does.
+fn key_at(source: &str, key: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in source.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(at + line.len() - trimmed.len());
+        }
+        at += line.len();
+    }
+    None
 }
 
 /// The fault keys present in `[target]`, with where their values start.

@@ -40,7 +40,13 @@ pub use stampede_model::time::iso8601;
 
 /// What the writer thread is handed.
 enum Record {
-    Row(Box<MetricsRow>, Box<Histogram<u64>>, Box<Histogram<u64>>, Vec<WorkerRow>),
+    Row(
+        Box<MetricsRow>,
+        Box<Histogram<u64>>,
+        Box<Histogram<u64>>,
+        Box<crate::aggregate::ConnectSplit>,
+        Vec<WorkerRow>,
+    ),
     Log(String),
 }
 
@@ -103,8 +109,13 @@ impl ResultsWriter {
     /// Appends a row to metrics.csv and workers.csv and its histograms to
     /// latency.hlog; a row corrected by late data is appended the same way.
     pub async fn row(&self, row: crate::aggregate::Row) {
-        let record =
-            Record::Row(Box::new(row.metrics), Box::new(row.latency), Box::new(row.connect), row.workers);
+        let record = Record::Row(
+            Box::new(row.metrics),
+            Box::new(row.latency),
+            Box::new(row.connect),
+            Box::new(row.connect_split),
+            row.workers,
+        );
         let _ = self.tx.send(record).await;
     }
 
@@ -205,7 +216,8 @@ impl Streams {
         let mut builder = IntervalLogWriterBuilder::new();
         builder
             .add_comment("stampede: per-second histograms; values in microseconds, max column in ms")
-            .add_comment("tags: latency = message round trip from intended send time; connect = TCP connect + WebSocket upgrade")
+            .add_comment("tags: latency = message round trip from intended send time; connect = TCP connect + TLS handshake (wss://) + WebSocket upgrade")
+            .add_comment("connect_tcp, connect_tls, connect_upgrade = the parts of connect, written for seconds that have samples")
             .add_comment("an interval may appear twice for one second (late data appended): merge them")
             .with_start_time(started)
             .with_base_time(started)
@@ -215,7 +227,7 @@ impl Streams {
             .map_err(at(&self.dir.join(files::LATENCY_HLOG)))?;
         while let Some(record) = rx.blocking_recv() {
             match record {
-                Record::Row(row, latency, connect, workers) => {
+                Record::Row(row, latency, connect, split, workers) => {
                     let r = self
                         .csv
                         .write_all(csv_line(&row.csv_cells()).as_bytes())
@@ -228,6 +240,14 @@ impl Streams {
                     self.check(files::WORKERS_CSV, r);
                     let start = Duration::from_secs(row.elapsed_s);
                     for (h, tag) in [(&latency, hlog_tags::LATENCY), (&connect, hlog_tags::CONNECT)] {
+                        let r = hlog
+                            .write_histogram(h, start, Duration::from_secs(1), Tag::new(tag))
+                            .map_err(|e| io::Error::other(format!("{e:?}")));
+                        self.check(files::LATENCY_HLOG, r);
+                    }
+                    // The parts only where they have samples: a ws:// run
+                    // would otherwise log an empty TLS histogram a second.
+                    for (h, tag) in split.tagged().into_iter().filter(|(h, _)| !h.is_empty()) {
                         let r = hlog
                             .write_histogram(h, start, Duration::from_secs(1), Tag::new(tag))
                             .map_err(|e| io::Error::other(format!("{e:?}")));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use stampede_model::clock::RunClock;
 use stampede_model::results::{Summary, WorkerInfo};
 use stampede_proto::fleet::{
-    Assign, PhaseStart, SnapshotAck, Stop, controller_message::Body as Cmd, worker_message::Body,
+    Assign, SnapshotAck, Stop, controller_message::Body as Cmd, worker_message::Body,
 };
 use stampede_proto::{us, us_or_zero};
 use tokio::sync::mpsc;
@@ -27,6 +27,7 @@ use crate::plan::{Overrides, Plan, TargetPlan, split};
 use crate::progress::Progress;
 use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
 use crate::scenario::{Scenario, ScenarioError};
+use crate::stages::StressWatch;
 use crate::summary::{self, RunFacts};
 use crate::target_metrics::{self, TargetSample};
 
@@ -102,7 +103,7 @@ pub enum RunError {
 pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOutcome, RunError> {
     let (mut scenario, source) = Scenario::load(&opts.scenario)?;
     opts.overrides.apply(&mut scenario);
-    let plan = Plan::new(&scenario, &opts.scenario, &source)?;
+    let mut plan = Plan::new(&scenario, &opts.scenario, &source)?;
     let scenario_toml = toml::to_string_pretty(&scenario).unwrap_or_else(|_| source.clone());
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
@@ -116,9 +117,22 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             .map_err(|source| RunError::Spawn { program: "controller".into(), source })?,
     };
     let (mut relay, target_url) = match &plan.target {
-        TargetPlan::Bundled { delay, processes, faults } => {
-            let (relay, url) =
-                Bundled::start(*delay, *processes, faults, &executable, services.clone()).await?;
+        TargetPlan::Bundled { delay, processes, faults, max_connections } => {
+            let tls = if plan.bundled_tls { Some(crate::bundled::make_tls()?) } else { None };
+            if let Some((ca, _)) = &tls {
+                crate::tls::trust(&mut plan.connect.tls, ca);
+            }
+            let tls = tls.as_ref().map(|(_, settings)| settings);
+            let (relay, url) = Bundled::start(
+                *delay,
+                *processes,
+                faults,
+                *max_connections,
+                tls,
+                &executable,
+                services.clone(),
+            )
+            .await?;
             (Some(relay), url)
         }
         TargetPlan::Url(url) => (None, url.clone()),
@@ -198,7 +212,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         }
     }
     let mut run = Running {
-        plan: &plan,
+        stress: plan.stress.as_ref().map(|s| StressWatch::new(s, &plan.thresholds)),
+        plan: plan.clone(),
         members,
         agg: Aggregator::new(&plan, &ids, clock),
         target_rx,
@@ -211,6 +226,12 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         progress,
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
+    if plan.connect.tls.insecure_skip_verify {
+        // Said even with --quiet: a run that trusts anything should not look
+        // like one that checked.
+        eprintln!("{}", crate::tls::INSECURE_WARNING);
+        run.log(crate::tls::INSECURE_WARNING.to_string()).await;
+    }
     for i in unassigned {
         run.lose(i, "its assignment could not be delivered").await;
     }
@@ -245,7 +266,11 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             .collect(),
         aborted: run.aborted.clone(),
     };
-    let summary = summary::build(&plan, &run.agg, facts);
+    let mut summary = summary::build(&run.plan, &run.agg, facts);
+    if let Some(watch) = &run.stress {
+        summary.breaking_point = Some(watch.found.clone());
+        summary.breaking_point_reason = Some(watch.reason(summary.aborted.is_some()));
+    }
     let human = summary::render(&summary, run.writer.dir());
     // The verdict is printed even when a results file could not be written.
     if !opts.quiet {
@@ -262,8 +287,12 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
 }
 
 /// The state of a run in progress.
-struct Running<'a> {
-    plan: &'a Plan,
+struct Running {
+    /// The plan, as the run changes it (a stress stage that breaks ends
+    /// early).
+    plan: Plan,
+    /// The stress stage, judged second by second.
+    stress: Option<StressWatch>,
     members: Vec<Member>,
     agg: Aggregator,
     target_rx: mpsc::Receiver<(u64, TargetSample)>,
@@ -276,7 +305,7 @@ struct Running<'a> {
     progress: Progress,
 }
 
-impl Running<'_> {
+impl Running {
     fn elapsed_s(&self) -> f64 {
         Instant::now().saturating_duration_since(self.run_start).as_secs_f64()
     }
@@ -291,8 +320,9 @@ impl Running<'_> {
     async fn drive(&mut self, events: &mut mpsc::Receiver<FleetEvent>, shutdown: &CancellationToken) -> bool {
         let mut interrupted = false;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let end = self.run_start + self.plan.duration();
         loop {
+            // Read each time: a stress stage that breaks shortens the plan.
+            let end = self.run_start + self.plan.duration();
             let next_phase_at =
                 self.plan.phases.get(self.next_phase).map_or(end, |p| self.run_start + p.start);
             tokio::select! {
@@ -335,16 +365,11 @@ impl Running<'_> {
     async fn start_phase(&mut self, index: usize, elapsed_in_phase: Duration) {
         let phase = &self.plan.phases[index];
         let capacities: Vec<u64> = self.members.iter().map(Member::max_connections).collect();
-        let shares = split(phase.to, &capacities).unwrap_or_else(|| capacities.clone());
+        let commands = phase.commands(index, &capacities, elapsed_in_phase);
+        let started = format!("phase {} started: {}", phase.name(), phase.describe());
         let mut undelivered = Vec::new();
-        for (i, (m, share)) in self.members.iter().zip(shares).enumerate() {
-            let sent = m.send(Cmd::PhaseStart(PhaseStart {
-                index: index as u32,
-                name: phase.name().to_string(),
-                connections: share,
-                ramp_us: us(phase.ramp.saturating_sub(elapsed_in_phase)),
-                duration_us: us(phase.duration),
-            }));
+        for (i, (m, command)) in self.members.iter().zip(commands).enumerate() {
+            let sent = m.send(Cmd::PhaseStart(command));
             if !sent && m.link.is_some() {
                 undelivered.push(i);
             }
@@ -352,15 +377,37 @@ impl Running<'_> {
         for i in undelivered {
             self.lose(i, "a phase command could not be delivered").await;
         }
-        self.log(format!(
-            "phase {} started: {} -> {} connections over {:.1} s, lasts {:.1} s",
-            phase.name(),
-            phase.from,
-            phase.to,
-            phase.ramp.as_secs_f64(),
-            phase.duration.as_secs_f64()
-        ))
-        .await;
+        self.log(started).await;
+    }
+
+    /// A stress stage broke: say so, and unless the run is past the
+    /// stage's steps, end them now and start its cooldown within the second.
+    async fn stress_broke(&mut self, bp: stampede_model::results::BreakingPoint) {
+        let value = bp.failing_value.map_or("no data".into(), |v| format!("{v:.4}"));
+        let line = format!(
+            "stress: breaking point {} connections: {} failed from second {} at the {}-connection step (last value {value})",
+            bp.connections, bp.expression, bp.at_s, bp.broke_at_connections
+        );
+        self.progress.line(line.clone());
+        self.log(line).await;
+        let Some(current) = self.next_phase.checked_sub(1) else { return };
+        if self.stopping.is_some() {
+            return;
+        }
+        // The next whole second: after the current phase's start, since
+        // that lies in the past.
+        let at = Duration::from_secs(self.elapsed_s().floor() as u64 + 1);
+        if let Some(removed) = self.plan.end_stress_at(current, at) {
+            self.agg.replan(&self.plan, removed);
+            let cooldown = &self.plan.phases[current + 1];
+            self.log(format!(
+                "stress: steps end at {:.0} s, then {} ({})",
+                at.as_secs_f64(),
+                cooldown.name,
+                cooldown.describe()
+            ))
+            .await;
+        }
     }
 
     fn stop(&mut self, reason: &str) {
@@ -478,9 +525,21 @@ impl Running<'_> {
             self.log(line).await;
             self.writer.row(row).await;
         }
+        let mut broke = None;
         for row in self.agg.ready_rows(elapsed, flush) {
-            self.progress.row(&row.metrics, self.plan, elapsed, &self.agg.run);
+            self.progress.row(&row.metrics, &self.plan, elapsed, &self.agg.run);
+            if let Some(watch) = &mut self.stress {
+                let s = row.metrics.elapsed_s;
+                let before = s.checked_sub(1).and_then(|b| self.agg.rows.get(b as usize));
+                let figures = summary::second_figures(&row, before.map_or(0, |r| r.connections_active));
+                if let Some(bp) = watch.second(s, &row.metrics.phase, &figures) {
+                    broke = Some(bp);
+                }
+            }
             self.writer.row(row).await;
+        }
+        if let Some(bp) = broke {
+            self.stress_broke(bp).await;
         }
     }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
+use crate::connect::{JwtSection, SecretRef, redacted_headers};
 use crate::threshold::{Condition, Metric};
 
 /// A scenario file.
@@ -25,9 +26,18 @@ pub struct Scenario {
     /// How much load.
     #[serde(default)]
     pub load: LoadSection,
-    /// The schedule.
-    #[serde(default)]
-    pub phases: PhasesSection,
+    /// What connections send and how answers are read (servers that do
+    /// not echo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<crate::messages::MessagesSection>,
+    /// The schedule as the fixed table (warmup, ramp-up, sustained,
+    /// cooldown); the default when there is no `[[stage]]` list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<PhasesSection>,
+    /// The schedule as a list of load shapes, in order (`[[stage]]`),
+    /// instead of `[phases]`.
+    #[serde(default, rename = "stage", skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::StageSpec>,
     /// Who generates the load.
     #[serde(default)]
     pub fleet: FleetSection,
@@ -72,6 +82,52 @@ pub struct TargetSection {
     /// Bundled relay fault: grow its memory by this many MB per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundled_fault_leak_mb_per_min: Option<Spanned<LeakRate>>,
+    /// `wss://`: a CA certificate file (PEM) trusted beside the system's
+    /// roots; relative to the scenario's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// `wss://`: a client certificate file (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<Spanned<PathBuf>>,
+    /// `wss://`: the client certificate's private key file (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<Spanned<PathBuf>>,
+    /// `wss://`: the name sent as SNI and checked against the server's
+    /// certificate, instead of the URL's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<Spanned<String>>,
+    /// `wss://`: accept any certificate (only handshake signatures are
+    /// checked); warned about in test.log and on stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// The bundled relay serves `wss://` with a CA and certificate the
+    /// controller makes for the run (workers trust that CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_tls: Option<Spanned<bool>>,
+    /// The bundled relay answers upgrades beyond this many open connections
+    /// with HTTP 503 (a limit for a stress stage to break on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_max_connections: Option<Spanned<Count>>,
+    /// The bundled relay requires an HS256 JWT signed with this secret:
+    /// `bundled_jwt = { secret_env = "NAME" }` or `{ secret_file = "path" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_jwt: Option<Spanned<SecretRef>>,
+    /// Extra handshake headers; values are templates (`{{conn}}`) and may
+    /// use `${VAR}`. Sensitive literal values are redacted in the results.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", serialize_with = "redacted_headers")]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// The `Origin` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Spanned<String>>,
+    /// Subprotocols to offer; the server must pick one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subprotocols: Vec<Spanned<String>>,
+    /// Query parameters added to the URL's; values are templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, Spanned<String>>,
+    /// A JWT minted for every connection attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSection>,
 }
 
 /// `bundled_fault_slow = { start_s = 30, length_s = 20, extra_ms = 50 }`
@@ -112,6 +168,13 @@ pub struct LoadSection {
     pub reconnect: bool,
     /// Per-connection read buffer, bytes (512 .. 1 MiB).
     pub buffer_bytes: BufferBytes,
+    /// Messages per second over the whole fleet (an open model for
+    /// messages), instead of `message_interval_s`: each phase's
+    /// per-connection interval is this rate spread over the connections the
+    /// phase plans at its peak, so the rate holds at each phase's planned
+    /// level (fewer connections than planned send fewer messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_rate: Option<Spanned<crate::stages::Rate>>,
 }
 
 impl Default for LoadSection {
@@ -123,6 +186,7 @@ impl Default for LoadSection {
             connect_timeout_s: Length(10.0),
             reconnect: true,
             buffer_bytes: BufferBytes(512),
+            message_rate: None,
         }
     }
 }
@@ -209,7 +273,7 @@ impl<'de> Deserialize<'de> for Count {
 /// written instead.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Value {
+pub(crate) enum Value {
     Int(i64),
     Float(f64),
     Text(String),

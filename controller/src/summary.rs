@@ -10,7 +10,7 @@ use stampede_model::results::{
 
 use stampede_model::figures::{error_rate, throughput};
 
-use crate::aggregate::{Aggregator, Totals, percentiles};
+use crate::aggregate::{Aggregator, Row, Totals, percentiles};
 use crate::plan::Plan;
 use crate::threshold::evaluate;
 
@@ -28,11 +28,11 @@ pub struct RunFacts {
     pub aborted: Option<String>,
 }
 
-fn connections(agg: &Aggregator, phase: Option<usize>, t: &Totals) -> ConnectionFigures {
+fn connections(target: u64, peak: u64, t: &Totals) -> ConnectionFigures {
     let c = &t.counters;
     ConnectionFigures {
-        target: agg.peak_target(phase),
-        peak: agg.peak(phase),
+        target,
+        peak,
         attempted: c.connections_attempted,
         opened: c.connections_opened,
         failed: c.connections_failed,
@@ -58,36 +58,108 @@ fn messages(t: &Totals) -> MessageFigures {
     }
 }
 
-/// The figures of phase `phase` (`None`: the whole run) from its totals.
-fn figures(agg: &Aggregator, phase: Option<usize>, t: &Totals) -> Figures {
+/// What figures are computed from besides the totals of their span of
+/// seconds (a run, a phase or one second).
+struct Span {
+    /// Connections planned at most.
+    target: u64,
+    /// Connections open at most.
+    peak: u64,
+    /// Seconds (rows) in the span.
+    seconds: u64,
+    /// Errors of every cause (the sum of `errors`, when it is known by cause).
+    errors_total: u64,
+    /// Seconds in which the generator stalled.
+    stalled: Vec<u64>,
+}
+
+/// The figures of a span from its totals: one definition for the run, each
+/// phase, and each second that a stress stage judges while it runs.
+fn figures_of(t: &Totals, span: Span) -> Figures {
     Figures {
-        connections: connections(agg, phase, t),
+        connections: connections(span.target, span.peak, t),
         messages: messages(t),
         latency_ms: percentiles(&t.latency),
         connect_ms: percentiles(&t.connect),
+        connect_tcp_ms: percentiles(&t.connect_split.tcp),
+        connect_tls_ms: percentiles(&t.connect_split.tls),
+        connect_upgrade_ms: percentiles(&t.connect_split.upgrade),
         errors: t.errors.clone(),
-        errors_total: t.errors_total(),
-        error_rate: error_rate(t.errors_total(), &t.counters),
-        throughput_msg_per_s: throughput(t.counters.messages_received, agg.row_count(phase)),
+        errors_total: span.errors_total,
+        error_rate: error_rate(span.errors_total, &t.counters),
+        throughput_msg_per_s: throughput(t.counters.messages_received, span.seconds),
         counters: t.counters,
-        generator_stalled_seconds: agg.stalled_seconds(phase),
+        generator_stalled_seconds: span.stalled,
     }
 }
 
-/// Builds the summary and decides the verdict.
+/// The figures of phase `phase` (`None`: the whole run) from its totals.
+fn figures(agg: &Aggregator, phase: Option<usize>, t: &Totals) -> Figures {
+    let span = Span {
+        target: agg.peak_target(phase),
+        peak: agg.peak(phase),
+        seconds: agg.row_count(phase),
+        errors_total: t.errors_total(),
+        stalled: agg.stalled_seconds(phase),
+    };
+    figures_of(t, span)
+}
+
+/// The figures of one second as its row was first written, with
+/// `open_before` connections open at its start. Errors are known by their
+/// total only (a row keeps no causes), which is all a threshold reads.
+pub fn second_figures(row: &Row, open_before: u64) -> Figures {
+    let m = &row.metrics;
+    let t = Totals {
+        counters: m.counters,
+        latency: row.latency.clone(),
+        connect: row.connect.clone(),
+        connect_split: row.connect_split.clone(),
+        ..Totals::default()
+    };
+    let span = Span {
+        target: m.connections_target,
+        peak: stampede_model::figures::peak(open_before, [m.connections_active]),
+        seconds: 1,
+        errors_total: m.errors,
+        stalled: if m.generator_stalled > 0 { vec![m.elapsed_s] } else { Vec::new() },
+    };
+    figures_of(&t, span)
+}
+
+/// Builds the summary and decides the verdict: the thresholds over the
+/// whole run, and over each step of a `steps` stage (a step that fails
+/// fails the run; a stress stage's steps get verdicts too, but breaking is
+/// what a stress stage is for, so theirs only inform).
 pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
-    let phases = plan
+    let phases: Vec<PhaseSummary> = plan
         .phases
         .iter()
         .zip(&agg.phases)
         .enumerate()
-        .map(|(i, (p, t))| PhaseSummary {
-            name: p.name().to_string(),
-            start_s: p.start.as_secs_f64(),
-            duration_s: p.duration.as_secs_f64(),
-            figures: figures(agg, Some(i), t),
+        .map(|(i, (p, t))| {
+            let figures = figures(agg, Some(i), t);
+            let thresholds: Vec<_> = match p.judged {
+                true => plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &figures)).collect(),
+                false => Vec::new(),
+            };
+            PhaseSummary {
+                name: p.name().to_string(),
+                start_s: p.start.as_secs_f64(),
+                duration_s: p.duration.as_secs_f64(),
+                figures,
+                kind: p.kind.map_or(String::new(), |k| k.name().to_string()),
+                verdict: p.judged.then(|| verdict(thresholds.iter().all(|t| t.pass))),
+                thresholds,
+            }
         })
         .collect();
+    let steps_pass = plan
+        .phases
+        .iter()
+        .zip(&phases)
+        .filter(|(p, _)| p.judged && p.kind == Some(stampede_model::StageKind::Steps))
+        .all(|(_, s)| s.verdict.as_deref() == Some("PASS"));
     let mut summary = Summary {
         schema_version: SUMMARY_SCHEMA_VERSION,
         verdict: String::new(),
@@ -102,11 +174,18 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         worker_rss_peak_mb: agg.peak_rss_mb(),
         phases,
         thresholds: Vec::new(),
+        breaking_point: None,
+        breaking_point_reason: None,
     };
-    summary.thresholds = plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &summary)).collect();
-    let pass = summary.aborted.is_none() && summary.thresholds.iter().all(|t| t.pass);
-    summary.verdict = if pass { "PASS" } else { "FAIL" }.to_string();
+    summary.thresholds =
+        plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &summary.figures)).collect();
+    let pass = summary.aborted.is_none() && summary.thresholds.iter().all(|t| t.pass) && steps_pass;
+    summary.verdict = verdict(pass);
     summary
+}
+
+fn verdict(pass: bool) -> String {
+    if pass { "PASS" } else { "FAIL" }.to_string()
 }
 
 /// Consecutive seconds as ranges: `12-21, 40`.
@@ -171,6 +250,18 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
             "Connect time (ms):   p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  (n={})",
             c.p50, c.p95, c.p99, c.max, c.count
         );
+        let f = &s.figures;
+        let mut parts = Vec::new();
+        for (name, p) in
+            [("tcp", &f.connect_tcp_ms), ("tls", &f.connect_tls_ms), ("upgrade", &f.connect_upgrade_ms)]
+        {
+            if p.count > 0 {
+                parts.push(format!("{name} p50 {:.3} p99 {:.3}", p.p50, p.p99));
+            }
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(out, "  by part (ms):      {}", parts.join("  |  "));
+        }
     } else {
         let _ = writeln!(out, "Connect time (ms):   no connection opened");
     }
@@ -217,6 +308,34 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
             let value = t.value.map_or("no data".to_string(), |v| format!("{v:.4}"));
             let mark = if t.pass { "pass" } else { "FAIL" };
             let _ = writeln!(out, "  [{mark}] {:<32} measured {value}", t.expression);
+        }
+    }
+    let judged: Vec<&PhaseSummary> = s.phases.iter().filter(|p| p.verdict.is_some()).collect();
+    if !judged.is_empty() {
+        let _ = writeln!(out, "\nStep verdicts (thresholds over each step's seconds):");
+        for p in judged {
+            let each: Vec<String> = p
+                .thresholds
+                .iter()
+                .map(|t| {
+                    let value = t.value.map_or("no data".to_string(), |v| format!("{v:.4}"));
+                    let mark = if t.pass { "" } else { " FAIL" };
+                    format!("{} ({value}{mark})", t.expression)
+                })
+                .collect();
+            let verdict = p.verdict.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "  {:<16} {verdict:<4}  {}", p.name, each.join(", "));
+        }
+    }
+    if let Some(bp) = &s.breaking_point {
+        let reason = s.breaking_point_reason.as_deref().unwrap_or("");
+        match bp {
+            Some(bp) => {
+                let _ = writeln!(out, "\nBreaking point:      {} connections: {reason}", bp.connections);
+            }
+            None => {
+                let _ = writeln!(out, "\nBreaking point:      none: {reason}");
+            }
         }
     }
     if let Some(why) = &s.aborted {

@@ -1,11 +1,13 @@
 //! Thresholds: conditions on the run's figures that decide PASS or FAIL.
 //! Written in the scenario as `metric = "< limit"`; the metric names are a
 //! closed set, so a misspelt one is an error at its line, never a silent pass.
+//! One definition ([`evaluate`] on [`Figures`]) serves the whole run, each
+//! judged phase (a step), and each second of a stress stage while it runs.
 
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use stampede_model::results::{Percentiles, Summary, ThresholdOutcome};
+use stampede_model::results::{Figures, Percentiles, ThresholdOutcome};
 
 macro_rules! metrics {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
@@ -50,10 +52,22 @@ metrics! {
     LatencyP999 => "latency_p999_ms", "99.9th percentile round trip, ms";
     LatencyMax => "latency_max_ms", "slowest round trip, ms";
     LatencyMean => "latency_mean_ms", "mean round trip, ms";
-    ConnectP50 => "connect_p50_ms", "median connect time (TCP + upgrade), ms";
+    ConnectP50 => "connect_p50_ms", "median connect time (TCP + TLS + upgrade), ms";
     ConnectP95 => "connect_p95_ms", "95th percentile connect time, ms";
     ConnectP99 => "connect_p99_ms", "99th percentile connect time, ms";
     ConnectMax => "connect_max_ms", "slowest connect, ms";
+    ConnectTcpP50 => "connect_tcp_p50_ms", "median TCP connect part of the connect time, ms";
+    ConnectTcpP95 => "connect_tcp_p95_ms", "95th percentile TCP connect, ms";
+    ConnectTcpP99 => "connect_tcp_p99_ms", "99th percentile TCP connect, ms";
+    ConnectTcpMax => "connect_tcp_max_ms", "slowest TCP connect, ms";
+    ConnectTlsP50 => "connect_tls_p50_ms", "median TLS handshake (wss:// only), ms";
+    ConnectTlsP95 => "connect_tls_p95_ms", "95th percentile TLS handshake, ms";
+    ConnectTlsP99 => "connect_tls_p99_ms", "99th percentile TLS handshake, ms";
+    ConnectTlsMax => "connect_tls_max_ms", "slowest TLS handshake, ms";
+    ConnectUpgradeP50 => "connect_upgrade_p50_ms", "median WebSocket upgrade (request to 101), ms";
+    ConnectUpgradeP95 => "connect_upgrade_p95_ms", "95th percentile WebSocket upgrade, ms";
+    ConnectUpgradeP99 => "connect_upgrade_p99_ms", "99th percentile WebSocket upgrade, ms";
+    ConnectUpgradeMax => "connect_upgrade_max_ms", "slowest WebSocket upgrade, ms";
     ErrorRate => "error_rate", "errors / (connection attempts + scheduled sends), 0..1";
     ErrorsTotal => "errors_total", "errors of every cause, count";
     GeneratorStalled => "generator_stalled_seconds", "seconds in which the load generator could not keep its schedule, count";
@@ -75,9 +89,10 @@ fn ratio(num: u64, den: u64) -> Option<f64> {
 }
 
 impl Metric {
-    /// The metric's value in a summary; `None` when the run has no sample.
-    pub fn value(self, s: &Summary) -> Option<f64> {
-        let (l, c) = (&s.figures.latency_ms, &s.figures.connect_ms);
+    /// The metric's value in the figures of a run, a phase or a second;
+    /// `None` when they have no sample of it.
+    pub fn value(self, f: &Figures) -> Option<f64> {
+        let (l, c) = (&f.latency_ms, &f.connect_ms);
         match self {
             Metric::LatencyP50 => pct(l, |p| p.p50),
             Metric::LatencyP90 => pct(l, |p| p.p90),
@@ -90,21 +105,29 @@ impl Metric {
             Metric::ConnectP95 => pct(c, |p| p.p95),
             Metric::ConnectP99 => pct(c, |p| p.p99),
             Metric::ConnectMax => pct(c, |p| p.max),
-            Metric::ErrorRate => Some(s.figures.error_rate),
-            Metric::ErrorsTotal => Some(s.figures.errors_total as f64),
-            Metric::GeneratorStalled => Some(s.figures.generator_stalled_seconds.len() as f64),
-            Metric::Counter(name) => {
-                s.figures.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| v as f64)
-            }
-            Metric::ConnectSuccessRate => {
-                ratio(s.figures.connections.opened, s.figures.connections.attempted)
-            }
-            Metric::MessageLossRate => ratio(s.figures.messages.lost, s.figures.messages.sent),
-            Metric::ConnectionsFailed => Some(s.figures.connections.failed as f64),
-            Metric::ConnectionsClosedByServer => Some(s.figures.connections.closed_by_server as f64),
-            Metric::ConnectionsPeak => Some(s.figures.connections.peak as f64),
-            Metric::MessagesReceived => Some(s.figures.messages.received as f64),
-            Metric::Throughput => Some(s.figures.throughput_msg_per_s),
+            Metric::ConnectTcpP50 => pct(&f.connect_tcp_ms, |p| p.p50),
+            Metric::ConnectTcpP95 => pct(&f.connect_tcp_ms, |p| p.p95),
+            Metric::ConnectTcpP99 => pct(&f.connect_tcp_ms, |p| p.p99),
+            Metric::ConnectTcpMax => pct(&f.connect_tcp_ms, |p| p.max),
+            Metric::ConnectTlsP50 => pct(&f.connect_tls_ms, |p| p.p50),
+            Metric::ConnectTlsP95 => pct(&f.connect_tls_ms, |p| p.p95),
+            Metric::ConnectTlsP99 => pct(&f.connect_tls_ms, |p| p.p99),
+            Metric::ConnectTlsMax => pct(&f.connect_tls_ms, |p| p.max),
+            Metric::ConnectUpgradeP50 => pct(&f.connect_upgrade_ms, |p| p.p50),
+            Metric::ConnectUpgradeP95 => pct(&f.connect_upgrade_ms, |p| p.p95),
+            Metric::ConnectUpgradeP99 => pct(&f.connect_upgrade_ms, |p| p.p99),
+            Metric::ConnectUpgradeMax => pct(&f.connect_upgrade_ms, |p| p.max),
+            Metric::ErrorRate => Some(f.error_rate),
+            Metric::ErrorsTotal => Some(f.errors_total as f64),
+            Metric::GeneratorStalled => Some(f.generator_stalled_seconds.len() as f64),
+            Metric::Counter(name) => f.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| v as f64),
+            Metric::ConnectSuccessRate => ratio(f.connections.opened, f.connections.attempted),
+            Metric::MessageLossRate => ratio(f.messages.lost, f.messages.sent),
+            Metric::ConnectionsFailed => Some(f.connections.failed as f64),
+            Metric::ConnectionsClosedByServer => Some(f.connections.closed_by_server as f64),
+            Metric::ConnectionsPeak => Some(f.connections.peak as f64),
+            Metric::MessagesReceived => Some(f.messages.received as f64),
+            Metric::Throughput => Some(f.throughput_msg_per_s),
         }
     }
 }
@@ -217,10 +240,10 @@ impl Serialize for Condition {
     }
 }
 
-/// Evaluates one threshold; a metric without a sample fails (an empty run
-/// proves nothing).
-pub fn evaluate(metric: Metric, cond: Condition, summary: &Summary) -> ThresholdOutcome {
-    let value = metric.value(summary);
+/// Evaluates one threshold on the figures of a run, a phase or a second; a
+/// metric without a sample fails (an empty run proves nothing).
+pub fn evaluate(metric: Metric, cond: Condition, figures: &Figures) -> ThresholdOutcome {
+    let value = metric.value(figures);
     ThresholdOutcome {
         expression: format!("{metric} {cond}"),
         metric: metric.name().to_string(),

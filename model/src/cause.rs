@@ -34,18 +34,61 @@ pub enum Cause {
     /// A send the schedule asked for that could not leave: the previous
     /// message was still being written.
     MessageUnsent,
+    /// TLS: the server's certificate chains to no trusted CA.
+    TlsUnknownCa,
+    /// TLS: the server's certificate has expired or is not valid yet.
+    TlsExpired,
+    /// TLS: the server's certificate is not valid for the name checked.
+    TlsHostname,
+    /// TLS: the server's certificate is unusable for another reason.
+    TlsBadCertificate,
+    /// TLS: the peer sent a fatal alert (e.g. it rejected our client
+    /// certificate, or we sent none).
+    TlsAlert,
+    /// TLS: any other failure of the TLS handshake or record layer.
+    TlsHandshake,
+    /// Subprotocols were offered and the server picked none.
+    SubprotocolMissing,
+    /// The server picked a subprotocol that was not offered.
+    SubprotocolMismatch,
+    /// The connection's JWT could not be signed.
+    JwtMint,
 }
 
+/// An I/O error whose cause is already known: a layer that understands more
+/// than `io::ErrorKind` (the TLS transport) puts it inside the `io::Error`
+/// it returns, so code that only sees the `io::Error` (the WebSocket
+/// handshake, the frame reader) still counts the right cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownCause(pub Cause);
+
+impl fmt::Display for KnownCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for KnownCause {}
+
 impl Cause {
+    /// An `io::Error` of `kind` that carries this cause (see [`KnownCause`]).
+    pub fn into_io(self, kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::new(kind, KnownCause(self))
+    }
+
     /// The key under which the cause is reported, e.g. `refused`, `http_503`,
     /// `closed_1001`, `message_lost`.
     pub fn key(&self) -> String {
         self.to_string()
     }
 
-    /// Classifies an I/O error.
+    /// Classifies an I/O error (a cause carried inside it as [`KnownCause`]
+    /// wins over its kind).
     pub fn from_io(err: &std::io::Error) -> Cause {
         use std::io::ErrorKind::*;
+        if let Some(known) = err.get_ref().and_then(|e| e.downcast_ref::<KnownCause>()) {
+            return known.0;
+        }
         match err.kind() {
             ConnectionRefused => Cause::Refused,
             ConnectionReset | ConnectionAborted | BrokenPipe => Cause::Reset,
@@ -72,6 +115,15 @@ impl fmt::Display for Cause {
             Cause::MessageLost => f.write_str("message_lost"),
             Cause::MessageCorrupted => f.write_str("message_corrupted"),
             Cause::MessageUnsent => f.write_str("message_unsent"),
+            Cause::TlsUnknownCa => f.write_str("tls_unknown_ca"),
+            Cause::TlsExpired => f.write_str("tls_expired"),
+            Cause::TlsHostname => f.write_str("tls_hostname"),
+            Cause::TlsBadCertificate => f.write_str("tls_bad_certificate"),
+            Cause::TlsAlert => f.write_str("tls_alert"),
+            Cause::TlsHandshake => f.write_str("tls_handshake"),
+            Cause::SubprotocolMissing => f.write_str("subprotocol_missing"),
+            Cause::SubprotocolMismatch => f.write_str("subprotocol_mismatch"),
+            Cause::JwtMint => f.write_str("jwt_mint"),
         }
     }
 }
@@ -81,10 +133,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cause_carried_in_an_io_error_wins_over_its_kind() {
+        let err = Cause::TlsAlert.into_io(std::io::ErrorKind::InvalidData);
+        assert_eq!(Cause::from_io(&err), Cause::TlsAlert);
+        let plain = std::io::Error::new(std::io::ErrorKind::InvalidData, "something else");
+        assert_eq!(Cause::from_io(&plain), Cause::Io(std::io::ErrorKind::InvalidData));
+    }
+
+    #[test]
     fn cause_keys_are_stable() {
         assert_eq!(Cause::ClosedByServer(1001).key(), "closed_1001");
         assert_eq!(Cause::from_io(&std::io::ErrorKind::ConnectionRefused.into()).key(), "refused");
         assert_eq!(Cause::Io(std::io::ErrorKind::AddrNotAvailable).key(), "io_addrnotavailable");
         assert_eq!(Cause::MessageLost.key(), "message_lost");
+        assert_eq!(Cause::TlsUnknownCa.key(), "tls_unknown_ca");
+        assert_eq!(Cause::TlsBadCertificate.key(), "tls_bad_certificate");
     }
 }

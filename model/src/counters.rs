@@ -103,6 +103,16 @@ counters! {
     bytes_sent,
     /// Payload bytes received.
     bytes_received,
+    /// Receive mode: silences on one connection longer than the gap limit.
+    receive_gaps,
+    /// Receive mode: pushed messages without a timestamp that can be read.
+    timestamps_missing,
+    /// Receive mode: timestamps ahead of our clock by more than the clock
+    /// offset's error (their latency is recorded as 0).
+    timestamps_future,
+    /// Sessions of an arrivals stage that arrived while its `max` sessions
+    /// were open, and so were never opened (the open model's backlog).
+    sessions_dropped,
 }
 
 impl Counters {

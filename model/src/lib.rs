@@ -13,6 +13,7 @@ pub mod clock;
 pub mod counters;
 pub mod figures;
 pub mod histogram;
+pub mod jsonpath;
 pub mod results;
 pub mod shape;
 pub mod spec;
@@ -22,7 +23,7 @@ pub mod time;
 
 pub use cause::Cause;
 pub use counters::{AtomicCounters, Counters};
-pub use shape::{Phase, Ramp};
+pub use shape::{Arrivals, Churn, Phase, Ramp, Shape, StageKind, Wave};
 pub use spec::ConnectSpec;
 pub use target::TargetUrl;
 pub use template::Template;

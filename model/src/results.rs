@@ -33,8 +33,15 @@ pub mod files {
 pub mod hlog_tags {
     /// Message round trip, measured from the intended send time.
     pub const LATENCY: &str = "latency";
-    /// TCP connect plus WebSocket upgrade.
+    /// The whole connect: TCP connect, TLS handshake (`wss://`) and
+    /// WebSocket upgrade.
     pub const CONNECT: &str = "connect";
+    /// The TCP connect part of `connect` (written for seconds that have samples).
+    pub const CONNECT_TCP: &str = "connect_tcp";
+    /// The TLS handshake part of `connect` (`wss://` only).
+    pub const CONNECT_TLS: &str = "connect_tls";
+    /// The WebSocket upgrade part of `connect`.
+    pub const CONNECT_UPGRADE: &str = "connect_upgrade";
 }
 
 /// One second of the run, merged across workers: a row of `metrics.csv`.
@@ -51,7 +58,8 @@ pub struct MetricsRow {
     /// written (readers keep the highest revision of each second; a run that
     /// ends normally rewrites the file in order with only the final rows).
     pub revision: u32,
-    /// Connections the plan asked for at the end of this second.
+    /// Connections the plan asked for at the end of this second (a step
+    /// the next second begins with is the next second's).
     pub connections_target: u64,
     /// Open connections at the end of this second.
     pub connections_active: u64,
@@ -70,6 +78,12 @@ pub struct MetricsRow {
     pub latency_max_ms: f64,
     /// 95th percentile connect time, ms.
     pub connect_p95_ms: f64,
+    /// 95th percentile of the TCP connect part, ms.
+    pub connect_tcp_p95_ms: f64,
+    /// 95th percentile of the TLS handshake part, ms (NaN for `ws://`).
+    pub connect_tls_p95_ms: f64,
+    /// 95th percentile of the WebSocket upgrade part, ms.
+    pub connect_upgrade_p95_ms: f64,
     /// 1 when a worker could not keep its schedule during this second (its
     /// process stalled, or many of its sends left late): the latency of this
     /// second then measures the load generator, not the target.
@@ -92,13 +106,16 @@ pub struct MetricsRow {
 const METRICS_HEAD: [&str; 6] =
     ["elapsed_s", "timestamp", "phase", "revision", "connections_target", "connections_active"];
 /// Columns of `metrics.csv` after the counters.
-const METRICS_TAIL: [&str; 13] = [
+const METRICS_TAIL: [&str; 16] = [
     "errors",
     "latency_p50_ms",
     "latency_p95_ms",
     "latency_p99_ms",
     "latency_max_ms",
     "connect_p95_ms",
+    "connect_tcp_p95_ms",
+    "connect_tls_p95_ms",
+    "connect_upgrade_p95_ms",
     "generator_stalled",
     "worker_rss_mb",
     "worker_cpu_pct",
@@ -135,6 +152,9 @@ impl MetricsRow {
             ms(self.latency_p99_ms),
             ms(self.latency_max_ms),
             ms(self.connect_p95_ms),
+            ms(self.connect_tcp_p95_ms),
+            ms(self.connect_tls_p95_ms),
+            ms(self.connect_upgrade_p95_ms),
             self.generator_stalled.to_string(),
             num(self.worker_rss_mb, 1),
             num(self.worker_cpu_pct, 1),
@@ -317,8 +337,17 @@ pub struct Figures {
     pub messages: MessageFigures,
     /// Round trip latency from the intended send time.
     pub latency_ms: Percentiles,
-    /// Connect time (TCP + upgrade).
+    /// Connect time (TCP + TLS + upgrade).
     pub connect_ms: Percentiles,
+    /// Its TCP connect part.
+    #[serde(default)]
+    pub connect_tcp_ms: Percentiles,
+    /// Its TLS handshake part (no samples for `ws://`).
+    #[serde(default)]
+    pub connect_tls_ms: Percentiles,
+    /// Its WebSocket upgrade part.
+    #[serde(default)]
+    pub connect_upgrade_ms: Percentiles,
     /// Errors by cause.
     pub errors: BTreeMap<String, u64>,
     /// Errors of every cause: the sum of `errors`.
@@ -346,6 +375,47 @@ pub struct PhaseSummary {
     /// The phase's figures (inline in the JSON).
     #[serde(flatten)]
     pub figures: Figures,
+    /// What made it: a stage kind (`ramp`, `steps`, `stress`, ...), or
+    /// empty for the fixed `[phases]` table.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Its own verdict, "PASS" or "FAIL", from the thresholds evaluated
+    /// over its seconds only: given for each step of a `steps` or `stress`
+    /// stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// The thresholds over its seconds, when it has a verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<ThresholdOutcome>,
+}
+
+/// Where a stress stage broke.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakingPoint {
+    /// The highest level (connections) that held: the level of the step
+    /// before the one in which the failure began (0 if the first one broke).
+    pub connections: u64,
+    /// The level of the step in which the failure began.
+    pub broke_at_connections: u64,
+    /// The threshold metric that failed.
+    pub failing_metric: String,
+    /// Its condition, e.g. `error_rate < 0.01`.
+    pub expression: String,
+    /// Its value in the second that completed the failing window.
+    pub failing_value: Option<f64>,
+    /// Seconds since the run's start at which the failing window began.
+    pub at_s: f64,
+}
+
+/// `Some(inner)` for a key that is present, even as `null`: tells a stress
+/// run whose level never broke (`null`) from a run without a stress stage
+/// (no key).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// One threshold's outcome.
@@ -408,6 +478,14 @@ pub struct Summary {
     pub phases: Vec<PhaseSummary>,
     /// Thresholds and their outcome.
     pub thresholds: Vec<ThresholdOutcome>,
+    /// A stress stage's finding: `null` when no level broke (see
+    /// `breaking_point_reason`); no key when the run has no stress stage.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub breaking_point: Option<Option<BreakingPoint>>,
+    /// Why the breaking point is what it is, in words (what failed, or that
+    /// every level held); no key without a stress stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaking_point_reason: Option<String>,
 }
 
 #[cfg(test)]

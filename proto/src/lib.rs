@@ -74,6 +74,44 @@ impl fleet::PhaseStart {
     pub fn ramp_from(&self, from: u64) -> stampede_model::Ramp {
         stampede_model::Ramp { from, to: self.connections, ramp: Duration::from_micros(self.ramp_us) }
     }
+
+    /// The shape this phase asks the worker to follow, from `from`
+    /// connections: arrivals, a wave, or a linear move.
+    pub fn shape_from(&self, from: u64) -> stampede_model::Shape {
+        use stampede_model::{Arrivals, Shape, Wave};
+        if self.arrival_per_s > 0.0 {
+            return Shape::Arrivals(Arrivals {
+                from_rate: self.arrival_from_per_s.max(0.0),
+                rate: self.arrival_per_s,
+                ramp: Duration::from_micros(self.duration_us),
+                session: Duration::from_micros(self.session_us),
+                max: self.connections,
+            });
+        }
+        if self.wave_period_us > 0 {
+            return Shape::Wave(Wave {
+                from: self.wave_low,
+                to: self.connections,
+                period: Duration::from_micros(self.wave_period_us),
+            });
+        }
+        Shape::Ramp(self.ramp_from(from))
+    }
+
+    /// Connections replaced per second while holding; `None`: no churn.
+    pub fn churn(&self) -> Option<stampede_model::Churn> {
+        (self.churn_per_s > 0.0).then_some(stampede_model::Churn { per_s: self.churn_per_s })
+    }
+
+    /// The per-connection message interval from now on; `None`: unchanged.
+    pub fn message_interval(&self) -> Option<Duration> {
+        optional_us(self.message_interval_us)
+    }
+
+    /// How far into the phase this command comes.
+    pub fn offset(&self) -> Duration {
+        Duration::from_micros(self.offset_us)
+    }
 }
 
 impl fleet::Snapshot {
@@ -102,5 +140,29 @@ mod tests {
         assert_eq!(counters_from_wire(&foreign), Err(WireError::UnknownCounter("bogus".into())));
         assert_eq!(optional_us(0), None);
         assert_eq!(us_or_zero(optional_us(1500)), 1500);
+    }
+
+    #[test]
+    fn a_phase_start_says_which_shape_to_follow() {
+        use stampede_model::{Ramp, Shape};
+        let plain = fleet::PhaseStart { connections: 50, ramp_us: 2_000_000, ..Default::default() };
+        assert_eq!(
+            plain.shape_from(10),
+            Shape::Ramp(Ramp { from: 10, to: 50, ramp: Duration::from_secs(2) }),
+            "zero extras: the linear move of protocol 2"
+        );
+        assert_eq!((plain.churn(), plain.message_interval()), (None, None));
+        let wave = fleet::PhaseStart { connections: 50, wave_low: 5, wave_period_us: 4_000_000, ..plain };
+        assert_eq!(wave.shape_from(10).level_at(Duration::from_secs(2)), 50);
+        assert_eq!(wave.shape_from(10).level_at(Duration::ZERO), 5, "a wave starts at its low");
+        let arrivals = fleet::PhaseStart {
+            connections: 7,
+            arrival_per_s: 2.0,
+            session_us: 1_000_000,
+            duration_us: 10_000_000,
+            ..Default::default()
+        };
+        let Shape::Arrivals(a) = arrivals.shape_from(0) else { panic!("{:?}", arrivals.shape_from(0)) };
+        assert_eq!((a.max, a.rate, a.session), (7, 2.0, Duration::from_secs(1)));
     }
 }

@@ -23,6 +23,12 @@ pub struct RelayConfig {
     pub max_connections: usize,
     /// Anomalies injected on purpose (none by default).
     pub faults: Faults,
+    /// Serve `wss://` with these certificates (and, with a client CA,
+    /// require client certificates); `None`: plain `ws://`.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Require an HS256 JWT signed with this secret on every upgrade
+    /// (`401` otherwise).
+    pub jwt_secret: Option<crate::jwt::JwtSecret>,
 }
 
 impl Default for RelayConfig {
@@ -33,6 +39,8 @@ impl Default for RelayConfig {
             reuse_port: false,
             max_connections: 0,
             faults: Faults::default(),
+            tls: None,
+            jwt_secret: None,
         }
     }
 }
@@ -217,9 +225,40 @@ pub struct RelayArgs {
     /// relay's start; no fault fires before the line arrives.
     #[arg(long)]
     pub fault_clock_stdin: bool,
+    /// Serve wss:// (TLS) with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Require an HS256 JWT on every upgrade, signed with the secret in
+    /// this environment variable (never on the command line, where `ps`
+    /// shows it).
+    #[arg(long, value_name = "NAME", conflicts_with = "jwt_secret_file")]
+    pub jwt_secret_env: Option<String>,
+    /// Require an HS256 JWT on every upgrade, signed with the secret in
+    /// this file (trailing newline ignored).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
 }
 
 impl RelayArgs {
+    /// The TLS settings the flags name, read from their files.
+    pub fn tls(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        Ok(Some(crate::tls::TlsSettings {
+            cert_pem: read("--tls-cert", cert)?,
+            key_pem: read("--tls-key", key)?,
+            client_ca_pem: self.tls_client_ca.as_deref().map(|p| read("--tls-client-ca", p)).transpose()?,
+        }))
+    }
+
     /// The configuration these flags describe.
     pub fn config(&self) -> RelayConfig {
         RelayConfig {
@@ -233,7 +272,31 @@ impl RelayArgs {
                 leak_mb_per_min: self.fault_leak_mb_per_min,
                 external_clock: self.fault_clock_stdin,
             },
+            tls: None,
+            jwt_secret: None,
         }
+    }
+
+    /// The JWT secret the flags name, read from its variable or file.
+    pub fn jwt_secret(&self) -> Result<Option<crate::jwt::JwtSecret>, String> {
+        let bytes = match (&self.jwt_secret_env, &self.jwt_secret_file) {
+            (Some(name), _) => std::env::var(name)
+                .map_err(|_| format!("--jwt-secret-env {name}: the variable is not set"))?
+                .into_bytes(),
+            (None, Some(path)) => {
+                let mut b = std::fs::read(path)
+                    .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                b
+            }
+            (None, None) => return Ok(None),
+        };
+        if bytes.is_empty() {
+            return Err("the JWT secret is empty".into());
+        }
+        Ok(Some(crate::jwt::JwtSecret::new(bytes)))
     }
 }
 
@@ -258,7 +321,10 @@ pub async fn serve(
     args: &RelayArgs,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), crate::RelayError> {
-    let relay = crate::Relay::start(args.config(), shutdown.clone()).await?;
+    let mut config = args.config();
+    config.tls = args.tls().map_err(crate::RelayError::Config)?;
+    config.jwt_secret = args.jwt_secret().map_err(crate::RelayError::Config)?;
+    let relay = crate::Relay::start(config, shutdown.clone()).await?;
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();

@@ -1,6 +1,6 @@
 //! One accepted TCP connection, up to the point it becomes a WebSocket.
 //!
-//! Owns the bounded head read, the plain-HTTP answers (`/health`,
+//! Owns the TLS handshake (for `wss://`), the bounded head read, the plain-HTTP answers (`/health`,
 //! `/metrics`, errors) and the `101` handshake, so the accept loop stays a
 //! loop and the echo code only ever sees an upgraded stream.
 
@@ -18,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::echo;
 use crate::http::{self, MAX_HEAD, Parsed, Route};
 use crate::server::Shared;
+use crate::tls::Stream;
 
 /// A client that cannot send a request head in this long is dropped, so
 /// idle sockets cannot pin tasks forever.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Likewise for a TLS handshake.
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After answering plain HTTP we half-close and drain for at most this long:
 /// closing with unread input would send RST and could destroy the response
@@ -46,10 +49,26 @@ enum HeadOutcome {
 
 /// Serves one connection to completion. Errors only end the connection;
 /// they are routine under load (resets, timeouts) and logged at debug.
-pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
-    if let Err(e) = stream.set_nodelay(true) {
+pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!("set_nodelay failed: {e}");
     }
+    let mut stream = match &shared.tls {
+        None => Stream::Plain(tcp),
+        // Here, in the connection's own task and bounded in time, so a
+        // client that stalls its handshake never holds up the accept loop.
+        Some(acceptor) => {
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(TLS_TIMEOUT, acceptor.accept(tcp)) => r,
+                () = shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    };
     let outcome = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)) => r,
         () = shutdown.cancelled() => return,
@@ -67,7 +86,14 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, shutdown: 
     };
 
     let resp = match route {
-        Route::Upgrade { key } => {
+        Route::Upgrade { token, .. }
+            if let Some(secret) = &shared.jwt_secret
+                && let Err(why) = crate::jwt::verify(token.as_deref(), secret, unix_s()) =>
+        {
+            tracing::debug!("upgrade refused: {why}");
+            http::response("401 Unauthorized", TEXT, "WWW-Authenticate: Bearer\r\n", &format!("{why}\n"))
+        }
+        Route::Upgrade { key, .. } => {
             // Only the leftover bytes (an early first frame) go on; the head
             // buffer is released before the long-lived session starts.
             let leftover = if head_len >= buf.len() {
@@ -99,7 +125,7 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, shutdown: 
 
 /// Reads until the head is complete, growing the buffer only as needed so
 /// a typical 200-byte upgrade does not cost a full 8 KiB.
-async fn read_head(stream: &mut TcpStream) -> io::Result<HeadOutcome> {
+async fn read_head(stream: &mut Stream) -> io::Result<HeadOutcome> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if buf.len() == buf.capacity() {
@@ -119,7 +145,7 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<HeadOutcome> {
 }
 
 async fn upgrade(
-    mut stream: TcpStream,
+    mut stream: Stream,
     key: &str,
     leftover: Vec<u8>,
     shared: &Shared,
@@ -145,7 +171,7 @@ async fn upgrade(
 
 /// Writes a plain response, then half-closes and drains briefly (see
 /// [`LINGER`]).
-async fn respond(mut stream: TcpStream, resp: &str, shutdown: &CancellationToken) {
+async fn respond(mut stream: Stream, resp: &str, shutdown: &CancellationToken) {
     let result = async {
         stream.write_all(resp.as_bytes()).await?;
         stream.shutdown().await?;
@@ -167,4 +193,8 @@ async fn respond(mut stream: TcpStream, resp: &str, shutdown: &CancellationToken
         }
         () = shutdown.cancelled() => {}
     }
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -38,7 +37,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Close reason of a session ended by the drop fault.
 const DROP_REASON: &str = "stampede fault: drop";
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<crate::tls::Stream>;
 type WsResult = Result<(), tokio_tungstenite::tungstenite::Error>;
 
 /// Runs the session until the peer leaves, an error occurs, or shutdown.

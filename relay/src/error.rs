@@ -16,4 +16,11 @@ pub enum RelayError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    /// The TLS settings cannot be used (bad PEM, a key that is not the
+    /// certificate's).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A flag's value cannot be used.
+    #[error("{0}")]
+    Config(String),
 }

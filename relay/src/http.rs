@@ -18,6 +18,9 @@ pub(crate) enum Route {
     /// Valid RFC 6455 upgrade; carries the client's `Sec-WebSocket-Key`.
     Upgrade {
         key: String,
+        /// A bearer token from `Authorization` or the `access_token` /
+        /// `token` query parameter, if the request carries one.
+        token: Option<String>,
     },
     Health,
     Metrics,
@@ -88,9 +91,26 @@ fn upgrade_route(req: &httparse::Request<'_, '_>) -> Route {
         (Some(key), None) if is_valid_key(key.trim_ascii()) => Route::Upgrade {
             // A valid key is plain base64, hence ASCII.
             key: String::from_utf8_lossy(key.trim_ascii()).into_owned(),
+            token: token(req),
         },
         _ => Route::BadRequest("invalid Sec-WebSocket-Key"),
     }
+}
+
+/// The bearer token of an upgrade request, if any.
+fn token(req: &httparse::Request<'_, '_>) -> Option<String> {
+    let bearer = headers(req, "authorization").find_map(|v| {
+        let v = std::str::from_utf8(v).ok()?.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+    });
+    bearer.or_else(|| {
+        let query = req.path?.split_once('?')?.1;
+        query.split('&').find_map(|pair| match pair.split_once('=') {
+            Some(("access_token" | "token", v)) => Some(v.to_string()),
+            _ => None,
+        })
+    })
 }
 
 fn headers<'r>(req: &'r httparse::Request<'_, '_>, name: &'r str) -> impl Iterator<Item = &'r [u8]> {
@@ -156,7 +176,12 @@ mod tests {
             "upgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n"
         ));
-        assert_eq!(route_of(&head), Route::Upgrade { key: KEY.into() });
+        assert_eq!(route_of(&head), Route::Upgrade { key: KEY.into(), token: None });
+        let ok = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n";
+        let bearer = format!("{ok}Sec-WebSocket-Key: {KEY}\r\nAuthorization: bearer abc.def.ghi\r\n");
+        assert_eq!(route_of(&upgrade(&bearer)), Route::Upgrade { key: KEY.into(), token: Some("abc.def.ghi".into()) });
+        let query = format!("GET /ws?room=1&access_token=t1 HTTP/1.1\r\n{ok}Sec-WebSocket-Key: {KEY}\r\n\r\n");
+        assert_eq!(route_of(&query), Route::Upgrade { key: KEY.into(), token: Some("t1".into()) });
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! lifetime), `conn` (request head, plain HTTP, handshake), `http` (pure
 //! parsing and routing), `echo` (the WebSocket session), `faults`
 //! (anomalies injected on purpose), [`stats`] (counters and metrics text),
-//! [`processes`] (several relay processes sharing a port).
+//! [`processes`] (several relay processes sharing a port), [`tls`]
+//! (`wss://`: server configuration and the TLS byte stream), [`pki`]
+//! (certificates made on the fly).
 
 pub mod config;
 mod conn;
@@ -17,9 +19,12 @@ mod echo;
 mod error;
 mod faults;
 mod http;
+pub mod jwt;
+pub mod pki;
 pub mod processes;
 mod server;
 pub mod stats;
+pub mod tls;
 
 pub use config::RelayConfig;
 pub use error::RelayError;

@@ -7,6 +7,10 @@
 //! (`--fault-clock-stdin`), written to its stdin by
 //! [`RelayProcesses::start_fault_clock`]; each applies the faults to its own
 //! connections, so a drop fraction holds overall.
+//!
+//! TLS: the certificate and key reach the processes as files in a private
+//! temporary folder (mode 0700), removed as soon as every process has read
+//! them and listens.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -16,6 +20,7 @@ use stampede_child::{Supervised, command};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::{Faults, READY_PREFIX};
+use crate::tls::TlsSettings;
 
 /// How long a relay process may take to start listening.
 const READY_WAIT: Duration = Duration::from_secs(10);
@@ -38,24 +43,30 @@ pub struct RelayProcesses {
 
 impl RelayProcesses {
     /// Starts `count` processes of `executable` (run as `EXECUTABLE relay`)
-    /// on one free loopback port, with the echo `delay` and `faults`.
+    /// on one free loopback port, with the echo `delay` and `faults`, and
+    /// serving `wss://` with `tls` if given.
     pub async fn start(
         executable: &Path,
         count: u64,
         delay: Duration,
         faults: &Faults,
+        tls: Option<&TlsSettings>,
     ) -> Result<RelayProcesses, ProcessError> {
+        // Dropped (folder and files removed) when this returns: by then
+        // every process has read its files.
+        let tls_files = tls.map(TlsFiles::write).transpose()?;
+        let tls_args = tls_files.as_ref().map(TlsFiles::args).unwrap_or_default();
         // The first picks a free port; the others join it.
-        let (first, url) = spawn(executable, "127.0.0.1:0", delay, faults, 1).await?;
+        let (first, url) = spawn(executable, "127.0.0.1:0", delay, faults, &tls_args, 1).await?;
         let port = url
-            .trim_start_matches("ws://")
-            .split(['/', ':'])
-            .nth(1)
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', ':']).nth(1))
             .ok_or_else(|| ProcessError(format!("cannot read the port of {url}")))?
             .to_string();
         let mut children = vec![first];
         for i in 2..=count {
-            let (child, _) = spawn(executable, &format!("127.0.0.1:{port}"), delay, faults, i).await?;
+            let listen = format!("127.0.0.1:{port}");
+            let (child, _) = spawn(executable, &listen, delay, faults, &tls_args, i).await?;
             children.push(child);
         }
         Ok(RelayProcesses { children, url })
@@ -93,11 +104,42 @@ impl RelayProcesses {
     }
 }
 
+/// TLS settings written out for relay processes to read.
+struct TlsFiles {
+    dir: tempfile::TempDir,
+    client_ca: bool,
+}
+
+impl TlsFiles {
+    fn write(tls: &TlsSettings) -> Result<TlsFiles, ProcessError> {
+        let io = |e: std::io::Error| ProcessError(format!("cannot write the TLS files: {e}"));
+        // TempDir creates its folder with mode 0700: the key is readable by
+        // this user only.
+        let dir = tempfile::Builder::new().prefix("stampede-relay-tls-").tempdir().map_err(io)?;
+        std::fs::write(dir.path().join("cert.pem"), &tls.cert_pem).map_err(io)?;
+        std::fs::write(dir.path().join("key.pem"), &tls.key_pem).map_err(io)?;
+        if let Some(ca) = &tls.client_ca_pem {
+            std::fs::write(dir.path().join("client-ca.pem"), ca).map_err(io)?;
+        }
+        Ok(TlsFiles { dir, client_ca: tls.client_ca_pem.is_some() })
+    }
+
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let path = |name: &str| self.dir.path().join(name).into_os_string();
+        let mut args = vec!["--tls-cert".into(), path("cert.pem"), "--tls-key".into(), path("key.pem")];
+        if self.client_ca {
+            args.extend(["--tls-client-ca".into(), path("client-ca.pem")]);
+        }
+        args
+    }
+}
+
 async fn spawn(
     executable: &Path,
     listen: &str,
     delay: Duration,
     faults: &Faults,
+    tls_args: &[std::ffi::OsString],
     n: u64,
 ) -> Result<(Supervised, String), ProcessError> {
     let faults = Faults { external_clock: faults.any(), ..faults.clone() };
@@ -105,6 +147,7 @@ async fn spawn(
     cmd.args(["relay", "--listen", listen, "--reuse-port", "--delay-ms"])
         .arg(delay.as_millis().to_string())
         .args(faults.to_args())
+        .args(tls_args)
         .env("RUST_LOG", "warn")
         // With faults the run's start arrives on stdin (--fault-clock-stdin).
         .stdin(if faults.any() { Stdio::piped() } else { Stdio::null() })

@@ -27,9 +27,12 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) delay: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) jwt_secret: Option<crate::jwt::JwtSecret>,
     pub(crate) ws_config: WebSocketConfig,
     /// Injected faults; `None` (nothing to check) when none is configured.
     pub(crate) faults: Option<Arc<FaultState>>,
+    /// `wss://`: every connection does the TLS handshake first.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A running relay. Dropping it does not stop it; cancel the token passed
@@ -40,6 +43,7 @@ pub struct Relay {
     stats: Arc<Stats>,
     tracker: TaskTracker,
     faults: Option<Arc<FaultState>>,
+    tls: bool,
 }
 
 impl Relay {
@@ -63,12 +67,16 @@ impl Relay {
             .max_frame_size(Some(MAX_MESSAGE));
         let stats = Arc::new(Stats::default());
         let fault_state = FaultState::new(&config.faults);
+        let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose().map_err(RelayError::Tls)?;
+        let is_tls = tls.is_some();
         let shared = Arc::new(Shared {
             stats: stats.clone(),
             delay: config.delay,
             max_connections: config.max_connections,
+            jwt_secret: config.jwt_secret.clone(),
             ws_config,
             faults: fault_state.clone(),
+            tls,
         });
 
         let tracker = TaskTracker::new();
@@ -84,7 +92,7 @@ impl Relay {
         // its children before it ends, so `wait` cannot finish early.
         tracker.close();
         tracing::info!(%local_addr, "relay listening");
-        Ok(Relay { local_addr, stats, tracker, faults: fault_state })
+        Ok(Relay { local_addr, stats, tracker, faults: fault_state, tls: is_tls })
     }
 
     /// Starts the fault clock at `epoch` (which may lie in the past or the
@@ -109,7 +117,8 @@ impl Relay {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("ws://{}/ws", SocketAddr::new(ip, self.local_addr.port()))
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", SocketAddr::new(ip, self.local_addr.port()))
     }
 
     pub fn stats(&self) -> Arc<Stats> {

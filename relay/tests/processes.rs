@@ -28,7 +28,7 @@ async fn a_child_that_is_not_a_relay_is_an_error() {
     ] {
         let exe = script(&dir, body);
         let started = tokio::time::Instant::now();
-        let err = RelayProcesses::start(&exe, 2, Duration::ZERO, &Faults::default()).await.unwrap_err();
+        let err = RelayProcesses::start(&exe, 2, Duration::ZERO, &Faults::default(), None).await.unwrap_err();
         assert!(err.to_string().contains(says), "{body}: {err}");
         assert!(started.elapsed() < Duration::from_secs(5), "{body}: no hang");
     }

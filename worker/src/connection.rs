@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use stampede_model::Cause;
-use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -24,11 +23,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::echo::EchoSession;
+use crate::feed::FeedSession;
 pub use crate::handshake::Transport;
 use crate::handshake::{connect_tcp, upgrade};
-use crate::recorder::Recorder;
-use crate::session::Session;
+use crate::recorder::{ConnectTimes, Recorder};
+use crate::request::RequestSession;
+use crate::session::{Session, SessionPlan};
 use crate::target::Target;
+use crate::tls::Stream;
 
 /// How long we wait for the server's answer to our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -45,8 +47,11 @@ pub struct RunContext {
     pub target: Target,
     /// Zero of the monotonic clock that payload send times count from.
     pub epoch: Instant,
-    /// Time between two messages on one connection; `None`: connect only.
+    /// Time between two messages on one connection at the run's start;
+    /// `None`: connect only. Phases may change it: sessions follow `pace`.
     pub interval: Option<Duration>,
+    /// The per-connection message interval now.
+    pub pace: crate::pace::Pace,
     /// Payload size, bytes.
     pub payload_bytes: usize,
     /// Limit for TCP connect plus upgrade.
@@ -61,6 +66,13 @@ pub struct RunContext {
     pub spec: stampede_model::ConnectSpec,
     /// This worker's id (`{{worker}}` in templates).
     pub worker_id: String,
+    /// What an open connection does, prepared once from `spec.session`.
+    pub session: crate::session::SessionPlan,
+    /// Controller clock minus worker clock, µs (one-way latency of pushed
+    /// messages is measured on the controller's clock).
+    pub clock_offset_us: i64,
+    /// What each connection sends to open (headers, token, first message).
+    pub opener: crate::opening::Opener,
 }
 
 /// How one connection ended.
@@ -84,7 +96,13 @@ pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken
         // Boxed: the handshake's state must not stay inside this task's
         // future for the connection's whole life (DEPENDENCIES.md).
         let end = match Box::pin(open(&ctx, slot, &cancel)).await {
-            Some(Ok(ws)) => live::<EchoSession, _>(&ctx, slot, ws, &cancel).await,
+            // The other sessions hold more state: boxed, so the echo
+            // slot's future stays small.
+            Some(Ok(ws)) => match &ctx.session {
+                SessionPlan::Echo => live::<EchoSession, _>(&ctx, slot, ws, &cancel).await,
+                SessionPlan::Request(_) => Box::pin(live::<RequestSession, _>(&ctx, slot, ws, &cancel)).await,
+                SessionPlan::Receive(_) => Box::pin(live::<FeedSession, _>(&ctx, slot, ws, &cancel)).await,
+            },
             Some(Err(())) => End::Failed,
             None => return,
         };
@@ -108,16 +126,33 @@ async fn open(
     ctx: &RunContext,
     slot: u64,
     cancel: &CancellationToken,
-) -> Option<Result<WebSocketStream<TcpStream>, ()>> {
+) -> Option<Result<WebSocketStream<Stream>, ()>> {
     let rec = &ctx.recorder;
     let started = Instant::now();
     let source = (!ctx.sources.is_empty()).then(|| ctx.sources[slot as usize % ctx.sources.len()]);
+    // One connect timeout covers TCP, TLS and the upgrade together.
+    let left = || ctx.connect_timeout.saturating_sub(started.elapsed());
     let attempt = async {
         let tcp = connect_tcp(&ctx.target, source, ctx.connect_timeout).await?;
-        let left = ctx.connect_timeout.saturating_sub(started.elapsed());
-        timeout(left, upgrade(tcp, &ctx.target, &generate_key(), ctx.ws_config))
+        let tcp_done = Instant::now();
+        let stream = match &ctx.target.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                Stream::Tls(Box::new(timeout(left(), tls.connect(tcp)).await.map_err(|_| Cause::Timeout)??))
+            }
+        };
+        let tls_done = Instant::now();
+        let opening = ctx.opener.open(slot)?;
+        let ws = timeout(left(), upgrade(stream, &ctx.target, &generate_key(), &opening, ctx.ws_config))
             .await
-            .map_err(|_| Cause::Timeout)?
+            .map_err(|_| Cause::Timeout)??;
+        let times = ConnectTimes {
+            total: started.elapsed(),
+            tcp: tcp_done - started,
+            tls: ctx.target.tls.is_some().then(|| tls_done - tcp_done),
+            upgrade: tls_done.elapsed(),
+        };
+        Ok::<_, Cause>((ws, times))
     };
     let result = tokio::select! {
         // The run ended before the attempt did: not counted at all (an
@@ -128,8 +163,8 @@ async fn open(
     };
     rec.counters.connections_attempted.fetch_add(1, Relaxed);
     Some(match result {
-        Ok(ws) => {
-            rec.record_connect(started.elapsed());
+        Ok((ws, times)) => {
+            rec.record_connect(times);
             rec.counters.connections_opened.fetch_add(1, Relaxed);
             Ok(ws)
         }
@@ -322,15 +357,18 @@ mod tests {
     /// is most of the worker's memory per idle connection (DEPENDENCIES.md).
     #[test]
     fn a_connection_slot_stays_small() {
+        let target_url = stampede_model::TargetUrl::parse("ws://127.0.0.1:9/ws").unwrap();
         let target = crate::target::Target {
-            url: stampede_model::TargetUrl::parse("ws://127.0.0.1:9/ws").unwrap(),
+            url: target_url.clone(),
             addr: "127.0.0.1:9".parse().unwrap(),
+            tls: None,
         };
         let ctx = std::sync::Arc::new(super::RunContext {
             recorder: Default::default(),
             target,
             epoch: std::time::Instant::now(),
             interval: None,
+            pace: Default::default(),
             payload_bytes: 64,
             connect_timeout: std::time::Duration::from_secs(1),
             reconnect: false,
@@ -338,6 +376,9 @@ mod tests {
             ws_config: Default::default(),
             spec: Default::default(),
             worker_id: "w".into(),
+            session: Default::default(),
+            clock_offset_us: 0,
+            opener: crate::opening::Opener::new(&Default::default(), &target_url, "w").unwrap(),
         });
         let slot = super::run_slot(ctx, 0, Default::default());
         let size = std::mem::size_of_val(&slot);

@@ -11,75 +11,41 @@ use std::time::{Duration, Instant};
 use stampede_model::Cause;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::connection::{RunContext, stagger};
+use crate::connection::RunContext;
 use crate::delivery::{Delivery, Echo};
 use crate::payload::Stamp;
+use crate::schedule::{Schedule, record_lag, record_unsent};
 use crate::session::Session;
-
-/// A send this far behind its intended time is late.
-const LATE: Duration = Duration::from_millis(1);
-/// A send this far behind means the generator stalled (a frozen or starved
-/// process): the latency it adds is ours, not the target's.
-const STALLED: Duration = Duration::from_millis(100);
 
 /// One connection's echo exchange.
 pub struct EchoSession {
     slot: u64,
     /// Which messages came back.
     delivery: Delivery,
-    /// Intended time of message 0 since the epoch; message `n` was due `n`
-    /// intervals later.
-    first_due: Duration,
-    /// The next intended send time.
-    next: Option<Instant>,
-}
-
-impl EchoSession {
-    /// Intended send time of message `seq`, microseconds since the epoch.
-    fn due_us(&self, seq: u64, interval: Duration) -> u64 {
-        (self.first_due.as_nanos() + interval.as_nanos() * u128::from(seq)).div_euclid(1000) as u64
-    }
+    /// When each message is due.
+    schedule: Schedule,
 }
 
 impl Session for EchoSession {
     fn open(ctx: &RunContext, slot: u64, opened: Instant) -> Self {
-        // Staggered over the interval, so connections opened together do
-        // not send together.
-        let first = opened + ctx.interval.map_or(Duration::ZERO, |iv| iv.mul_f64(stagger(slot)));
-        EchoSession {
-            slot,
-            delivery: Delivery::default(),
-            first_due: first.duration_since(ctx.epoch),
-            next: ctx.interval.map(|_| first),
-        }
+        EchoSession { slot, delivery: Delivery::default(), schedule: Schedule::open(ctx, slot, opened) }
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.next
+        self.schedule.next()
     }
 
     fn due(&mut self, ctx: &RunContext, busy: bool) -> Option<Message> {
-        let (intended, iv) = (self.next?, ctx.interval?);
-        // The schedule moves on whatever happens to this send.
-        self.next = Some(intended + iv);
+        let (intended, _) = self.schedule.advance(ctx)?;
         let rec = &ctx.recorder;
         let seq = self.delivery.next_seq();
         if busy {
-            // The previous message is still being written: the link or the
-            // server cannot take the schedule. Counted, not queued.
             self.delivery.skipped(seq);
-            rec.counters.messages_unsent.fetch_add(1, Relaxed);
-            rec.record_error(Cause::MessageUnsent);
+            record_unsent(rec);
             return None;
         }
-        let lag = Instant::now().saturating_duration_since(intended);
-        if lag > LATE {
-            rec.counters.sends_late.fetch_add(1, Relaxed);
-        }
-        if lag > STALLED {
-            rec.counters.sends_stalled.fetch_add(1, Relaxed);
-        }
-        let stamp = Stamp { conn: self.slot, seq, intended_us: self.due_us(seq, iv) };
+        record_lag(rec, intended);
+        let stamp = Stamp { conn: self.slot, seq, intended_us: self.schedule.due_us(seq) };
         let mut payload = String::with_capacity(ctx.payload_bytes);
         stamp.encode(ctx.payload_bytes, &mut payload);
         rec.counters.messages_sent.fetch_add(1, Relaxed);
@@ -90,14 +56,14 @@ impl Session for EchoSession {
     fn received(&mut self, ctx: &RunContext, payload: &[u8]) {
         let rec = &ctx.recorder;
         let now = Instant::now();
-        let Some((stamp, iv)) = Stamp::decode(payload).filter(|s| s.conn == self.slot).zip(ctx.interval)
+        let Some((stamp, _)) = Stamp::decode(payload).filter(|s| s.conn == self.slot).zip(ctx.interval)
         else {
             rec.counters.messages_unmatched.fetch_add(1, Relaxed);
             return;
         };
         // The intended time comes from the schedule, never from the echo: a
         // corrupted stamp cannot fake a latency.
-        let due = self.due_us(stamp.seq, iv);
+        let due = self.schedule.due_us(stamp.seq);
         let intact = stamp.intended_us == due && stamp.is_encoded_in(ctx.payload_bytes, payload);
         match self.delivery.echo(stamp.seq, intact) {
             Echo::Delivered { reordered } => {

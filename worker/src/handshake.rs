@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use futures_util::SinkExt;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::opening::Opening;
 use crate::target::Target;
 use stampede_model::Cause;
 
@@ -22,19 +25,20 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
-/// Sends the upgrade request and checks the answer; on success the stream
-/// speaks WebSocket.
+/// Sends the upgrade request with `opening`'s extras, checks the answer
+/// and sends `opening`'s first message; on success the stream speaks
+/// WebSocket.
 pub async fn upgrade<T: Transport>(
     mut tcp: T,
     target: &Target,
     key: &str,
+    opening: &Opening,
     config: WebSocketConfig,
 ) -> Result<WebSocketStream<T>, Cause> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: stampede\r\n\r\n",
-        target.url.request_target(),
-        target.url.authority
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: stampede\r\n{}\r\n",
+        opening.request_target, target.url.authority, opening.headers
     );
     tcp.write_all(request.as_bytes()).await.map_err(|e| Cause::from_io(&e))?;
 
@@ -54,14 +58,23 @@ pub async fn upgrade<T: Transport>(
             return Err(Cause::BadHandshake);
         }
     };
-    check_response(&head[..end], key)?;
+    check_response(&head[..end], key, &opening.protocols)?;
     let leftover = head[end..].to_vec();
-    Ok(WebSocketStream::from_partially_read(tcp, leftover, Role::Client, Some(config)).await)
+    let mut ws = WebSocketStream::from_partially_read(tcp, leftover, Role::Client, Some(config)).await;
+    if let Some(first) = &opening.first_message {
+        ws.send(Message::text(first.as_str())).await.map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Io(e) => Cause::from_io(&e),
+            _ => Cause::Protocol,
+        })?;
+    }
+    Ok(ws)
 }
 
 /// Validates a response head per RFC 6455 section 4.1, steps 1-4 of the
-/// client's checks.
-fn check_response(head: &[u8], key: &str) -> Result<(), Cause> {
+/// client's checks, and step 6: a subprotocol the server picks must be one
+/// we offered (and when we offered some, we insist it picks one: a server
+/// that ignores the offer would speak something else).
+fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<(), Cause> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     match response.parse(head) {
@@ -84,7 +97,15 @@ fn check_response(head: &[u8], key: &str) -> Result<(), Cause> {
         .is_some_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")));
     let accept_ok =
         header("sec-websocket-accept").is_some_and(|v| v.trim() == derive_accept_key(key.as_bytes()));
-    if upgrade_ok && connection_ok && accept_ok { Ok(()) } else { Err(Cause::BadHandshake) }
+    if !(upgrade_ok && connection_ok && accept_ok) {
+        return Err(Cause::BadHandshake);
+    }
+    match header("sec-websocket-protocol") {
+        None if offered.is_empty() => Ok(()),
+        None => Err(Cause::SubprotocolMissing),
+        Some(picked) if offered.iter().any(|p| *p == picked.trim()) => Ok(()),
+        Some(_) => Err(Cause::SubprotocolMismatch),
+    }
 }
 
 /// Connects TCP (from `source` if given) within `timeout`.
@@ -145,13 +166,13 @@ mod tests {
     fn accepts_the_rfc_example() {
         let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                      Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert_eq!(check_response(head, KEY), Ok(()));
+        assert_eq!(check_response(head, KEY, &[]), Ok(()));
     }
 
     #[test]
     fn names_the_status_of_a_refused_upgrade() {
         let head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(check_response(head, KEY), Err(Cause::HttpStatus(503)));
+        assert_eq!(check_response(head, KEY, &[]), Err(Cause::HttpStatus(503)));
     }
 
     #[test]
@@ -159,6 +180,24 @@ mod tests {
         let head =
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
                      Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
-        assert_eq!(check_response(head, KEY), Err(Cause::BadHandshake));
+        assert_eq!(check_response(head, KEY, &[]), Err(Cause::BadHandshake));
+    }
+
+    #[test]
+    fn the_picked_subprotocol_must_be_one_offered() {
+        let with = |protocol: &str| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n{protocol}\r\n"
+            )
+        };
+        let offered = ["v2".to_string(), "v1".to_string()];
+        assert_eq!(check_response(with("Sec-WebSocket-Protocol: v1\r\n").as_bytes(), KEY, &offered), Ok(()));
+        let missing = check_response(with("").as_bytes(), KEY, &offered);
+        assert_eq!(missing, Err(Cause::SubprotocolMissing));
+        let other = check_response(with("Sec-WebSocket-Protocol: v3\r\n").as_bytes(), KEY, &offered);
+        assert_eq!(other, Err(Cause::SubprotocolMismatch));
+        let unasked = check_response(with("Sec-WebSocket-Protocol: v1\r\n").as_bytes(), KEY, &[]);
+        assert_eq!(unasked, Err(Cause::SubprotocolMismatch));
     }
 }

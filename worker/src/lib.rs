@@ -9,14 +9,22 @@ pub mod connection;
 pub mod delivery;
 pub mod echo;
 pub mod engine;
+pub mod extract;
+pub mod feed;
 pub mod handshake;
+pub mod jwt;
 pub mod link;
 pub mod native;
+pub mod opening;
+pub mod pace;
 pub mod payload;
 pub mod process;
 pub mod recorder;
+pub mod request;
+pub mod schedule;
 pub mod session;
 pub mod target;
+pub mod tls;
 
 use std::net::IpAddr;
 

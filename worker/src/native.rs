@@ -1,14 +1,16 @@
 //! The native engine of one run: Rust WebSocket clients. Keeps this
-//! worker's number of connection slots on the commanded ramp, and emits one
-//! snapshot per second of the run's clock until every connection has closed
-//! after Stop.
+//! worker's connection slots on the commanded shape (ramp, wave, churn,
+//! arrivals), and emits one snapshot per second of the run's clock until
+//! every connection has closed after Stop.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use stampede_model::Ramp;
 use stampede_model::clock::RunClock;
+use stampede_model::{Churn, Ramp, Shape};
 use stampede_proto::fleet::{Assign, Gauges, PhaseStart, Snapshot};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
@@ -18,9 +20,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{RunContext, run_slot};
 use crate::engine::EngineError;
+use crate::opening::Opener;
+use crate::pace::Pace;
 use crate::payload::MIN_PAYLOAD;
 use crate::process::{CpuMeter, rss_bytes};
 use crate::recorder::{Recorder, Snapshotter};
+use crate::session::SessionPlan;
 use crate::target::Target;
 
 /// How often the ramp is re-evaluated.
@@ -57,19 +62,30 @@ impl NativeEngine {
         ws_config.max_message_size = Some(16 << 20);
         ws_config.max_frame_size = Some(16 << 20);
         let spec = assign.connect_spec().map_err(EngineError::Spec)?;
+        // The TLS client is built here, once per run, and shared by every
+        // connection; a bad PEM fails the assignment instead of each connect.
+        let target = target.with_tls(&spec.tls).map_err(|e| EngineError::Spec(e.to_string()))?;
+        let opener = Opener::new(&spec, &target.url, worker_id).map_err(EngineError::Spec)?;
+        // Session templates resolved ({{env.NAME}}) and regexes compiled
+        // once: a missing variable fails the assignment, not each message.
+        let session = SessionPlan::new(&spec.session).map_err(EngineError::Spec)?;
         let recorder = Arc::new(Recorder::default());
         let ctx = Arc::new(RunContext {
             recorder: recorder.clone(),
             target,
             epoch: std::time::Instant::now(),
             interval: assign.message_interval(),
+            pace: Pace::new(assign.message_interval()),
             payload_bytes: (assign.payload_bytes as usize).max(MIN_PAYLOAD),
             connect_timeout: assign.connect_timeout().max(Duration::from_millis(1)),
             reconnect: assign.reconnect,
             sources: addrs,
             ws_config,
+            opener,
             spec,
             worker_id: worker_id.to_string(),
+            session,
+            clock_offset_us: assign.clock_offset_us,
         });
         let clock = RunClock::from_unix_us(assign.run_start_unix_us, assign.clock_offset_us);
         let (phase_tx, phase_rx) = mpsc::channel(16);
@@ -100,18 +116,29 @@ impl NativeEngine {
     }
 }
 
-/// Keeps the number of slots on the ramp: spawns slots to go up, cancels the
-/// newest to go down.
+/// Keeps this worker's connections on the commanded shape: spawns slots to
+/// go up and cancels the newest to go down (a ramp, a wave); replaces the
+/// oldest at the churn rate; opens arriving sessions and closes each when
+/// its life is over (arrivals). Counts come from the model's functions, the
+/// ones the controller's plan uses.
 async fn manage(
     ctx: Arc<RunContext>,
     mut phases: mpsc::Receiver<PhaseStart>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut slots: Vec<CancellationToken> = Vec::new();
-    let mut next_slot = 0u64;
-    let mut ramp = Ramp { from: 0, to: 0, ramp: Duration::ZERO };
-    let mut ramp_start = Instant::now();
+    let mut slots = Slots { ctx, tracker, stop: stop.clone(), next: 0 };
+    // Held connections, oldest first.
+    let mut held: VecDeque<CancellationToken> = VecDeque::new();
+    // Sessions of an arrivals phase, with when each ends, oldest first (all
+    // live equally long, so they end in order).
+    let mut sessions: VecDeque<(Instant, CancellationToken)> = VecDeque::new();
+    let mut shape = Shape::Ramp(Ramp { from: 0, to: 0, ramp: Duration::ZERO });
+    let mut churn: Option<Churn> = None;
+    let mut phase_start = Instant::now();
+    // Phase time of the last tick: churn and arrivals count what is due
+    // between ticks.
+    let mut last = Duration::ZERO;
     let mut tick = tokio::time::interval(RAMP_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -119,31 +146,93 @@ async fn manage(
             _ = stop.cancelled() => break,
             phase = phases.recv() => match phase {
                 Some(p) => {
-                    ramp = p.ramp_from(slots.len() as u64);
-                    ramp_start = Instant::now();
+                    // An arrivals phase's sessions end with it.
+                    for (_, token) in sessions.drain(..) {
+                        token.cancel();
+                    }
+                    if let Some(interval) = p.message_interval() {
+                        slots.ctx.pace.set(interval);
+                    }
+                    shape = p.shape_from(held.len() as u64);
+                    if matches!(shape, Shape::Arrivals(_)) {
+                        // Sessions are the load now: connections held from
+                        // before close.
+                        held.drain(..).for_each(|token| token.cancel());
+                    }
+                    churn = p.churn();
+                    last = p.offset();
+                    let now = Instant::now();
+                    phase_start = now.checked_sub(p.offset()).unwrap_or(now);
                 }
                 None => break,
             },
             _ = tick.tick() => {
-                let want = ramp.level_at(ramp_start.elapsed());
-                while (slots.len() as u64) < want {
-                    let token = stop.child_token();
-                    tracker.spawn(run_slot(ctx.clone(), next_slot, token.clone()));
-                    slots.push(token);
-                    next_slot += 1;
-                }
-                while (slots.len() as u64) > want {
-                    if let Some(token) = slots.pop() {
-                        token.cancel();
+                let now = Instant::now();
+                let t = now.saturating_duration_since(phase_start);
+                match shape {
+                    Shape::Arrivals(a) => {
+                        while sessions.front().is_some_and(|(end, _)| *end <= now) {
+                            if let Some((_, token)) = sessions.pop_front() {
+                                token.cancel();
+                            }
+                        }
+                        let due = a.due_between(last, t);
+                        let room = a.max.saturating_sub(sessions.len() as u64);
+                        for _ in 0..due.min(room) {
+                            sessions.push_back((now + a.session, slots.open()));
+                        }
+                        let dropped = due.saturating_sub(room);
+                        if dropped > 0 {
+                            slots.ctx.recorder.counters.sessions_dropped.fetch_add(dropped, Relaxed);
+                        }
+                    }
+                    Shape::Ramp(_) | Shape::Wave(_) => {
+                        let want = shape.level_at(t);
+                        while (held.len() as u64) < want {
+                            held.push_back(slots.open());
+                        }
+                        while (held.len() as u64) > want {
+                            if let Some(token) = held.pop_back() {
+                                token.cancel();
+                            }
+                        }
+                        // Churn: the oldest closes gracefully (a close frame,
+                        // counted closed by client), a new one opens.
+                        let replace = churn.map_or(0, |c| c.due_between(last, t)).min(held.len() as u64);
+                        for _ in 0..replace {
+                            if let Some(token) = held.pop_front() {
+                                token.cancel();
+                            }
+                            held.push_back(slots.open());
+                        }
                     }
                 }
+                last = t;
             }
         }
     }
     stop.cancel();
-    tracker.close();
+    slots.tracker.close();
     // The engine's tasks end when its connections have closed.
-    tracker.wait().await;
+    slots.tracker.wait().await;
+}
+
+/// Opens connection slots, each numbered once.
+struct Slots {
+    ctx: Arc<RunContext>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    next: u64,
+}
+
+impl Slots {
+    /// Starts the next slot; cancelling the token closes it.
+    fn open(&mut self) -> CancellationToken {
+        let token = self.stop.child_token();
+        self.tracker.spawn(run_slot(self.ctx.clone(), self.next, token.clone()));
+        self.next += 1;
+        token
+    }
 }
 
 /// Emits a snapshot at every whole second of the run clock, and a last one

@@ -1,5 +1,6 @@
 //! Where every connection task records what it measured: lock-free counters,
-//! two HDR histograms behind a short mutex, and error counts by cause. Only
+//! HDR histograms (round trips, connect times and their parts) behind a
+//! short mutex, and error counts by cause. Only
 //! the per-second snapshot crosses a channel or the network (pre-aggregation
 //! at the source), so the hot path costs an atomic add or one histogram
 //! record.
@@ -19,6 +20,36 @@ pub use stampede_model::histogram::new_histogram;
 struct Histograms {
     latency: Histogram<u64>,
     connect: Histogram<u64>,
+    /// The parts of `connect`: TCP connect, TLS handshake (`wss://` only),
+    /// WebSocket upgrade; one sample each per opened connection.
+    connect_tcp: Histogram<u64>,
+    connect_tls: Histogram<u64>,
+    connect_upgrade: Histogram<u64>,
+}
+
+impl Histograms {
+    fn new() -> Histograms {
+        Histograms {
+            latency: new_histogram(),
+            connect: new_histogram(),
+            connect_tcp: new_histogram(),
+            connect_tls: new_histogram(),
+            connect_upgrade: new_histogram(),
+        }
+    }
+}
+
+/// How long opening one connection took, in all and by part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnectTimes {
+    /// From the start of the TCP connect to the end of the upgrade.
+    pub total: Duration,
+    /// TCP connect.
+    pub tcp: Duration,
+    /// TLS handshake; `None` for `ws://`.
+    pub tls: Option<Duration>,
+    /// WebSocket upgrade (request sent to 101 checked).
+    pub upgrade: Duration,
 }
 
 /// The shared recorder of one worker.
@@ -36,7 +67,7 @@ impl Default for Recorder {
         Recorder {
             counters: AtomicCounters::default(),
             active: AtomicU64::new(0),
-            histograms: Mutex::new(Histograms { latency: new_histogram(), connect: new_histogram() }),
+            histograms: Mutex::new(Histograms::new()),
             errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -49,10 +80,16 @@ impl Recorder {
         self.histograms.lock().expect("poisoned").latency.saturating_record(us);
     }
 
-    /// Records one successful connect (TCP + upgrade).
-    pub fn record_connect(&self, took: Duration) {
-        let us = (took.as_micros() as u64).max(1);
-        self.histograms.lock().expect("poisoned").connect.saturating_record(us);
+    /// Records one successful connect: its total and its parts.
+    pub fn record_connect(&self, times: ConnectTimes) {
+        let us = |d: Duration| (d.as_micros() as u64).max(1);
+        let mut h = self.histograms.lock().expect("poisoned");
+        h.connect.saturating_record(us(times.total));
+        h.connect_tcp.saturating_record(us(times.tcp));
+        if let Some(tls) = times.tls {
+            h.connect_tls.saturating_record(us(tls));
+        }
+        h.connect_upgrade.saturating_record(us(times.upgrade));
     }
 
     /// Counts one failure or drop by cause.
@@ -83,7 +120,7 @@ impl Snapshotter {
     /// A snapshotter whose first snapshot gets sequence number 1.
     pub fn new() -> Self {
         Snapshotter {
-            spare: Histograms { latency: new_histogram(), connect: new_histogram() },
+            spare: Histograms::new(),
             last: Counters::default(),
             last_errors: BTreeMap::new(),
             serializer: V2DeflateSerializer::new(),
@@ -123,6 +160,9 @@ impl Snapshotter {
             gauges: Some(fleet::Gauges { connections_active: recorder.active.load(Relaxed), ..process }),
             latency_histogram: encode(&mut self.serializer, &mut self.spare.latency),
             connect_histogram: encode(&mut self.serializer, &mut self.spare.connect),
+            connect_tcp_histogram: encode(&mut self.serializer, &mut self.spare.connect_tcp),
+            connect_tls_histogram: encode(&mut self.serializer, &mut self.spare.connect_tls),
+            connect_upgrade_histogram: encode(&mut self.serializer, &mut self.spare.connect_upgrade),
             errors,
             taken_late_us: stampede_proto::us(taken_late),
         }
@@ -175,5 +215,27 @@ mod tests {
         assert_eq!(h1.len(), 1);
         assert!(h1.equivalent(h1.value_at_quantile(0.5), 20_000));
         assert_eq!(h2.len(), 0);
+    }
+
+    #[test]
+    fn connect_times_are_split_into_their_parts() {
+        let rec = Recorder::default();
+        let mut snap = Snapshotter::new();
+        let ms = Duration::from_millis;
+        rec.record_connect(ConnectTimes { total: ms(6), tcp: ms(1), tls: Some(ms(3)), upgrade: ms(2) });
+        rec.record_connect(ConnectTimes { total: ms(3), tcp: ms(1), tls: None, upgrade: ms(2) });
+        let s = snap.take(&rec, 0, Duration::ZERO, fleet::Gauges::default());
+        let decode =
+            |bytes: &[u8]| -> Histogram<u64> { Deserializer::new().deserialize(&mut &bytes[..]).unwrap() };
+        let (total, tcp) = (decode(&s.connect_histogram), decode(&s.connect_tcp_histogram));
+        let (tls, upgrade) = (decode(&s.connect_tls_histogram), decode(&s.connect_upgrade_histogram));
+        assert_eq!(
+            (total.len(), tcp.len(), tls.len(), upgrade.len()),
+            (2, 2, 1, 2),
+            "no TLS sample for ws://"
+        );
+        assert!(tls.equivalent(tls.max(), 3_000));
+        assert!(upgrade.equivalent(upgrade.min(), 2_000));
+        assert!(total.equivalent(total.max(), 6_000));
     }
 }

@@ -1,14 +1,43 @@
 //! What a connection does once it is open, apart from how it is opened,
 //! kept open and closed ([`crate::connection`]). The lifecycle drives the
 //! socket and the timer; a session decides what to send when, and what each
-//! frame received means. Echo is the one session today; request/response,
-//! broadcast and pairs are sessions to come.
+//! frame received means: echo ([`crate::echo`]), request/response
+//! ([`crate::request`]) or receive-only ([`crate::feed`]).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use stampede_model::spec::SessionSpec;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::connection::RunContext;
+use crate::feed::FeedPlan;
+use crate::request::RequestPlan;
+
+/// The run's session kind, prepared once when the engine starts (templates
+/// resolved, regular expressions compiled) and shared by every connection.
+#[derive(Debug, Default)]
+pub enum SessionPlan {
+    /// Stamped messages echoed back ([`crate::echo`]).
+    #[default]
+    Echo,
+    /// Requests answered by replies ([`crate::request`]).
+    Request(Arc<RequestPlan>),
+    /// Messages the server pushes ([`crate::feed`]).
+    Receive(Arc<FeedPlan>),
+}
+
+impl SessionPlan {
+    /// Prepares `spec`; the error names what cannot be used (a missing
+    /// environment variable, a bad regular expression).
+    pub fn new(spec: &SessionSpec) -> Result<SessionPlan, String> {
+        Ok(match spec {
+            SessionSpec::Echo => SessionPlan::Echo,
+            SessionSpec::Request(r) => SessionPlan::Request(Arc::new(RequestPlan::new(r)?)),
+            SessionSpec::Receive(r) => SessionPlan::Receive(Arc::new(FeedPlan::new(r)?)),
+        })
+    }
+}
 
 /// The behaviour of one open connection.
 pub trait Session: Send + Sized {

@@ -145,6 +145,9 @@ impl Synth {
                 latency_p99_ms: p95 * 1.2,
                 latency_max_ms: p95 * 1.5,
                 connect_p95_ms: 1.0,
+                connect_tcp_p95_ms: 0.2,
+                connect_tls_p95_ms: 0.5,
+                connect_upgrade_p95_ms: 0.8,
                 generator_stalled: u8::from(stalled),
                 worker_rss_mb: rss,
                 worker_cpu_pct: 20.0,
@@ -236,6 +239,7 @@ impl Synth {
                             .collect(),
                         ..Default::default()
                     },
+                    ..Default::default()
                 }
             })
             .collect();
@@ -265,10 +269,13 @@ impl Synth {
                     .filter(|r| r.generator_stalled > 0)
                     .map(|r| r.elapsed_s)
                     .collect(),
+                ..Default::default()
             },
             worker_rss_peak_mb: 0.0,
             phases,
             thresholds: vec![],
+            breaking_point: None,
+            breaking_point_reason: None,
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     }

@@ -63,8 +63,20 @@ pub struct Run {
 
 /// Runs `controller ARGS...`, killing it after `limit`.
 pub fn controller(args: &[&str], limit: Duration) -> Run {
+    controller_with_env(args, &[], limit)
+}
+
+/// Runs `controller ARGS...` with `env` set, killing it after `limit`. The
+/// variables a run obeys (WS_SERVER_URL, TARGET_CONNECTIONS, ...) are
+/// cleared first: a test must not depend on the shell it runs in.
+pub fn controller_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_controller"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_controller"));
+    for (name, _) in stampede_controller::overrides::ENVIRONMENT {
+        cmd.env_remove(name);
+    }
+    let child = cmd
+        .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -39,8 +39,14 @@ pub async fn drive(
 ) -> Vec<Snapshot> {
     let (tx, mut rx) = mpsc::channel(64);
     let engine = Engine::start(assign, "test-worker", &[], tx).await.unwrap();
-    let phase =
-        PhaseStart { index: 0, name: "test".into(), connections, ramp_us: 0, duration_us: 60_000_000 };
+    let phase = PhaseStart {
+        index: 0,
+        name: "test".into(),
+        connections,
+        ramp_us: 0,
+        duration_us: 60_000_000,
+        ..Default::default()
+    };
     engine.phase(phase).await;
     let collect = tokio::spawn(async move {
         let mut all = Vec::new();
