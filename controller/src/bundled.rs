@@ -12,7 +12,7 @@
 //! starts, a second or so earlier while the workers join).
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use stampede_relay::config::Faults;
 use stampede_relay::pki::PkiError;
@@ -53,29 +53,22 @@ pub enum Bundled {
 
 impl Bundled {
     /// Starts `processes` relay processes (0: a relay in this process)
-    /// with `faults`, which wait for [`start_fault_clock`](Self::start_fault_clock);
-    /// returns it and its URL. `max_connections` (0: none) limits the
-    /// in-process relay (the plan never asks it of processes). With `tls`
-    /// it serves `wss://`.
+    /// configured by `config` (echo delay, faults, connection limit, TLS,
+    /// JWT secret); faults wait for
+    /// [`start_fault_clock`](Self::start_fault_clock). Returns it and its URL.
     pub async fn start(
-        delay: Duration,
+        config: RelayConfig,
         processes: u64,
-        faults: &Faults,
-        max_connections: u64,
-        tls: Option<&TlsSettings>,
         executable: &Path,
         shutdown: CancellationToken,
     ) -> Result<(Bundled, String), BundledError> {
         if processes == 0 {
-            let faults = Faults { external_clock: true, ..faults.clone() };
-            let max_connections = usize::try_from(max_connections).unwrap_or(usize::MAX);
-            let tls = tls.cloned();
-            let config = RelayConfig { delay, faults, max_connections, tls, ..RelayConfig::default() };
-            let relay = Relay::start(config, shutdown).await?;
+            let faults = Faults { external_clock: true, ..config.faults.clone() };
+            let relay = Relay::start(RelayConfig { faults, ..config }, shutdown).await?;
             let url = relay.ws_url();
             return Ok((Bundled::InProcess(relay), url));
         }
-        let relays = RelayProcesses::start(executable, processes, delay, faults, tls).await?;
+        let relays = RelayProcesses::start(executable, processes, &config).await?;
         let url = relays.ws_url().to_string();
         Ok((Bundled::Processes(relays), url))
     }

@@ -23,9 +23,13 @@ pub struct JwtSection {
     /// `HS256` (default), `RS256` or `ES256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Spanned<String>>,
-    /// Where the HS256 secret or the RS256/ES256 private key comes from.
-    #[serde(flatten)]
-    pub key: SecretRef,
+    /// The environment variable holding the HS256 secret (or the RS256 /
+    /// ES256 private key, PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<Spanned<String>>,
+    /// The file holding it (`key_file` reads better for a PEM key).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "key_file")]
+    pub secret_file: Option<Spanned<PathBuf>>,
     /// Claims: strings are templates (`sub = "user-{{conn}}"`), other
     /// values are copied. `iat` and `exp` are added.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -207,7 +211,8 @@ fn jwt(j: &JwtSection, src: &Source) -> Result<JwtSpec, ScenarioError> {
             }
         },
     };
-    let key = src.secret(&j.key, table, "[target.jwt]")?;
+    let key_ref = SecretRef { secret_env: j.secret_env.clone(), secret_file: j.secret_file.clone() };
+    let key = src.secret(&key_ref, table, "[target.jwt]")?;
     let mut claims = Vec::new();
     for (name, value) in &j.claims {
         if name == "exp" || name == "iat" {

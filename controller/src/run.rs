@@ -30,6 +30,8 @@ use crate::scenario::{Scenario, ScenarioError};
 use crate::stages::StressWatch;
 use crate::summary::{self, RunFacts};
 use crate::target_metrics::{self, TargetSample};
+use stampede_relay::RelayConfig;
+use stampede_relay::jwt::JwtSecret;
 
 /// Time for workers to close their connections after Stop.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -122,17 +124,15 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             if let Some((ca, _)) = &tls {
                 crate::tls::trust(&mut plan.connect.tls, ca);
             }
-            let tls = tls.as_ref().map(|(_, settings)| settings);
-            let (relay, url) = Bundled::start(
-                *delay,
-                *processes,
-                faults,
-                *max_connections,
-                tls,
-                &executable,
-                services.clone(),
-            )
-            .await?;
+            let config = RelayConfig {
+                delay: *delay,
+                faults: faults.clone(),
+                max_connections: usize::try_from(*max_connections).unwrap_or(usize::MAX),
+                tls: tls.map(|(_, settings)| settings),
+                jwt_secret: plan.bundled_jwt.as_ref().map(|s| JwtSecret::new(s.expose().as_bytes().to_vec())),
+                ..RelayConfig::default()
+            };
+            let (relay, url) = Bundled::start(config, *processes, &executable, services.clone()).await?;
             (Some(relay), url)
         }
         TargetPlan::Url(url) => (None, url.clone()),

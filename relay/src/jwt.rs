@@ -22,6 +22,13 @@ impl JwtSecret {
     pub fn new(bytes: Vec<u8>) -> JwtSecret {
         JwtSecret(bytes)
     }
+
+    /// The secret as an environment variable's value (to hand it to a
+    /// relay process).
+    pub fn as_os_str(&self) -> &std::ffi::OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(&self.0)
+    }
 }
 
 impl fmt::Debug for JwtSecret {

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use stampede_child::{Supervised, command};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::config::{Faults, READY_PREFIX};
+use crate::config::{Faults, READY_PREFIX, RelayConfig};
 use crate::tls::TlsSettings;
 
 /// How long a relay process may take to start listening.
@@ -48,16 +48,14 @@ impl RelayProcesses {
     pub async fn start(
         executable: &Path,
         count: u64,
-        delay: Duration,
-        faults: &Faults,
-        tls: Option<&TlsSettings>,
+        config: &RelayConfig,
     ) -> Result<RelayProcesses, ProcessError> {
         // Dropped (folder and files removed) when this returns: by then
         // every process has read its files.
-        let tls_files = tls.map(TlsFiles::write).transpose()?;
+        let tls_files = config.tls.as_ref().map(TlsFiles::write).transpose()?;
         let tls_args = tls_files.as_ref().map(TlsFiles::args).unwrap_or_default();
         // The first picks a free port; the others join it.
-        let (first, url) = spawn(executable, "127.0.0.1:0", delay, faults, &tls_args, 1).await?;
+        let (first, url) = spawn(executable, "127.0.0.1:0", config, &tls_args, 1).await?;
         let port = url
             .split_once("://")
             .and_then(|(_, rest)| rest.split(['/', ':']).nth(1))
@@ -66,7 +64,7 @@ impl RelayProcesses {
         let mut children = vec![first];
         for i in 2..=count {
             let listen = format!("127.0.0.1:{port}");
-            let (child, _) = spawn(executable, &listen, delay, faults, &tls_args, i).await?;
+            let (child, _) = spawn(executable, &listen, config, &tls_args, i).await?;
             children.push(child);
         }
         Ok(RelayProcesses { children, url })
@@ -134,21 +132,32 @@ impl TlsFiles {
     }
 }
 
+/// The environment variable that carries the JWT secret to a relay process
+/// (never its command line, which `ps` shows to every user).
+const JWT_SECRET_ENV: &str = "STAMPEDE_RELAY_JWT_SECRET";
+
 async fn spawn(
     executable: &Path,
     listen: &str,
-    delay: Duration,
-    faults: &Faults,
+    config: &RelayConfig,
     tls_args: &[std::ffi::OsString],
     n: u64,
 ) -> Result<(Supervised, String), ProcessError> {
-    let faults = Faults { external_clock: faults.any(), ..faults.clone() };
+    let faults = Faults { external_clock: config.faults.any(), ..config.faults.clone() };
     let mut cmd = command(executable);
     cmd.args(["relay", "--listen", listen, "--reuse-port", "--delay-ms"])
-        .arg(delay.as_millis().to_string())
+        .arg(config.delay.as_millis().to_string())
         .args(faults.to_args())
         .args(tls_args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn");
+    if config.max_connections > 0 {
+        // Per process: the kernel spreads connections over them.
+        cmd.args(["--max-connections", &config.max_connections.to_string()]);
+    }
+    if let Some(secret) = &config.jwt_secret {
+        cmd.args(["--jwt-secret-env", JWT_SECRET_ENV]).env(JWT_SECRET_ENV, secret.as_os_str());
+    }
+    cmd
         // With faults the run's start arrives on stdin (--fault-clock-stdin).
         .stdin(if faults.any() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped());

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use stampede_relay::RelayProcesses;
-use stampede_relay::config::Faults;
+use stampede_relay::RelayConfig;
 
 /// An executable shell script standing in for `EXE relay ...`.
 fn script(dir: &tempfile::TempDir, body: &str) -> PathBuf {
@@ -28,7 +28,7 @@ async fn a_child_that_is_not_a_relay_is_an_error() {
     ] {
         let exe = script(&dir, body);
         let started = tokio::time::Instant::now();
-        let err = RelayProcesses::start(&exe, 2, Duration::ZERO, &Faults::default(), None).await.unwrap_err();
+        let err = RelayProcesses::start(&exe, 2, &RelayConfig::default()).await.unwrap_err();
         assert!(err.to_string().contains(says), "{body}: {err}");
         assert!(started.elapsed() < Duration::from_secs(5), "{body}: no hang");
     }

@@ -13,13 +13,13 @@
 //! connections.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use stampede_model::spec::{ConnectSpec, TlsSpec};
 use stampede_proto::fleet::{Assign, PhaseStart, Snapshot};
-use stampede_relay::RelayProcesses;
-use stampede_relay::config::{Faults, RelayArgs};
+use stampede_relay::config::RelayArgs;
+use stampede_relay::{RelayConfig, RelayProcesses};
 use stampede_relay::tls::TlsSettings;
 use stampede_worker::capacity::raise_open_files_limit;
 use stampede_worker::engine::Engine;
@@ -92,15 +92,8 @@ fn measure(tls: bool) {
         let server = ca.server(&["127.0.0.1"]).unwrap();
         let settings = TlsSettings { cert_pem: server.cert, key_pem: server.key, client_ca_pem: None };
         let processes = TOP.div_ceil(PER_RELAY);
-        let relays = RelayProcesses::start(
-            &exe,
-            processes,
-            Duration::ZERO,
-            &Faults::default(),
-            tls.then_some(&settings),
-        )
-        .await
-        .expect("relay processes");
+        let config = RelayConfig { tls: tls.then_some(settings), ..RelayConfig::default() };
+        let relays = RelayProcesses::start(&exe, processes, &config).await.expect("relay processes");
         let url = relays.ws_url().to_string();
         let spec = ConnectSpec {
             tls: TlsSpec { ca_pem: Some(ca.cert_pem().to_string()), ..Default::default() },

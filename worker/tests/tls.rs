@@ -116,6 +116,24 @@ async fn large_messages_cross_tls_intact_in_many_records() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_mib_both_ways_over_tls_never_deadlocks() {
+    // Sends due every 50 ms, far more than the link carries: the writer
+    // waits on the socket while echoes keep being read.
+    let shutdown = CancellationToken::new();
+    let ca = Ca::new("test CA").unwrap();
+    let url = tls_relay(&ca.server(&["127.0.0.1"]).unwrap(), None, &shutdown).await;
+    let mut a = assign(&url, 50, trusting(&ca));
+    a.payload_bytes = 16 << 20;
+    let snaps = drive(&a, 2, Duration::from_secs(3), async || {}).await;
+    let t = totals(&snaps);
+    assert!(t.messages_received >= 2, "echoes keep flowing: {t:?}");
+    assert_eq!(t.messages_received + t.messages_lost, t.messages_sent, "{t:?}");
+    assert_eq!((t.messages_corrupted, t.messages_unmatched), (0, 0), "{t:?}");
+    assert!(t.messages_unsent > 0, "the schedule cannot be kept: {t:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_ws_leaves_the_tls_histogram_empty() {
     let shutdown = CancellationToken::new();
     let relay = Relay::start(RelayConfig::default(), shutdown.clone()).await.unwrap();
