@@ -101,6 +101,7 @@ fn generate(dir: &Path) -> std::io::Result<()> {
         thresholds: vec![],
         breaking_point: None,
         breaking_point_reason: None,
+        subprotocols: Default::default(),
     };
     std::fs::write(
         dir.join("summary.json"),

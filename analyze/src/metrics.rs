@@ -180,7 +180,8 @@ impl<'a> Cells<'a> {
         let mut counters = Counters::default();
         for name in Counters::NAMES {
             if self.has(name) {
-                *counters.get_mut(name).expect("a counter's own name") = self.count(name, i, MAX_PER_SECOND)?;
+                *counters.get_mut(name).expect("a counter's own name") =
+                    self.count(name, i, MAX_PER_SECOND)?;
             }
         }
         let stalled = self.count("generator_stalled", i, 1)?;

@@ -125,6 +125,9 @@ pub enum AggregateError {
     /// Counters the model does not know.
     #[error("bad snapshot: {0}")]
     Wire(#[from] stampede_proto::WireError),
+    /// A subprotocol the run did not offer (a broken or hostile worker).
+    #[error("bad snapshot: subprotocol {0:?} was not offered")]
+    Subprotocol(String),
     /// A second the run cannot have (a broken or hostile worker): taking it
     /// would make every second up to it a row.
     #[error("snapshot for second {second}, but the run lasts at most {last} s")]
@@ -222,6 +225,8 @@ pub struct Aggregator {
     pub snapshots: Vec<u64>,
     /// Snapshots too late to correct their row (counted in the totals only).
     pub too_late: u64,
+    /// Connections opened, by the subprotocol the server picked.
+    pub subprotocols: BTreeMap<String, u64>,
     decoder: Deserializer,
 }
 
@@ -246,6 +251,7 @@ impl Aggregator {
             phases: vec![Totals::default(); plan.phases.len()],
             snapshots: vec![0; ids.len()],
             too_late: 0,
+            subprotocols: BTreeMap::new(),
             decoder: Deserializer::new(),
         }
     }
@@ -273,6 +279,10 @@ impl Aggregator {
             return Err(AggregateError::OutOfRange { second: snap.second, last });
         }
         let counters = snap.model_counters()?;
+        let offered = &self.plan.connect.handshake.subprotocols;
+        if let Some(name) = snap.subprotocols.keys().find(|name| !offered.contains(name)) {
+            return Err(AggregateError::Subprotocol(name.chars().take(64).collect()));
+        }
         let latency = self.decode(&snap.latency_histogram)?;
         let connect = self.decode(&snap.connect_histogram)?;
         let connect_split = ConnectSplit {
@@ -280,6 +290,10 @@ impl Aggregator {
             tls: self.decode(&snap.connect_tls_histogram)?,
             upgrade: self.decode(&snap.connect_upgrade_histogram)?,
         };
+        for (name, n) in &snap.subprotocols {
+            let total = self.subprotocols.entry(name.clone()).or_default();
+            *total = total.saturating_add(*n);
+        }
         let state = &mut self.workers[worker];
         state.applied_seq = snap.seq;
         state.reported_up_to = Some(state.reported_up_to.map_or(snap.second, |r| r.max(snap.second)));
@@ -699,5 +713,12 @@ mod tests {
         let far = snapshot(5, 1_000_000_000, &[], 1, 0);
         assert!(matches!(agg.add(0, &far), Err(AggregateError::OutOfRange { .. })));
         assert_eq!(agg.ready_rows(1e9, true).len(), 1, "no row for every second up to a claimed one");
+        // The run offered no subprotocol: a worker claiming one is refused
+        // (the names it may send are the run's own, a bounded set).
+        let mut snap = snapshot(6, 0, &[], 0, 0);
+        snap.subprotocols.insert("x".repeat(10_000), 1);
+        let err = agg.add(0, &snap).unwrap_err().to_string();
+        assert!(err.contains("was not offered") && err.len() < 200, "{err}");
+        assert!(agg.subprotocols.is_empty());
     }
 }

@@ -176,6 +176,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         thresholds: Vec::new(),
         breaking_point: None,
         breaking_point_reason: None,
+        subprotocols: agg.subprotocols.clone(),
     };
     summary.thresholds =
         plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &summary.figures)).collect();
@@ -213,6 +214,11 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let _ = writeln!(out, "Started:             {}", s.started_at);
     let _ = writeln!(out, "Duration:            {:.1} s", s.duration_s);
     let _ = writeln!(out, "Workers:             {}", s.workers);
+    if !s.subprotocols.is_empty() {
+        let picked: Vec<String> =
+            s.subprotocols.iter().map(|(p, n)| format!("{p} ({n} connections)")).collect();
+        let _ = writeln!(out, "Subprotocol:         {}", picked.join(", "));
+    }
     let k = &s.figures.connections;
     let _ = writeln!(
         out,

@@ -486,6 +486,10 @@ pub struct Summary {
     /// every level held); no key without a stress stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaking_point_reason: Option<String>,
+    /// Connections opened, by the subprotocol the server picked (no key
+    /// when none was offered).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subprotocols: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

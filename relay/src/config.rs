@@ -284,8 +284,8 @@ impl RelayArgs {
                 .map_err(|_| format!("--jwt-secret-env {name}: the variable is not set"))?
                 .into_bytes(),
             (None, Some(path)) => {
-                let mut b = std::fs::read(path)
-                    .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
+                let mut b =
+                    std::fs::read(path).map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
                 while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
                     b.pop();
                 }

@@ -179,8 +179,12 @@ mod tests {
         assert_eq!(route_of(&head), Route::Upgrade { key: KEY.into(), token: None });
         let ok = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n";
         let bearer = format!("{ok}Sec-WebSocket-Key: {KEY}\r\nAuthorization: bearer abc.def.ghi\r\n");
-        assert_eq!(route_of(&upgrade(&bearer)), Route::Upgrade { key: KEY.into(), token: Some("abc.def.ghi".into()) });
-        let query = format!("GET /ws?room=1&access_token=t1 HTTP/1.1\r\n{ok}Sec-WebSocket-Key: {KEY}\r\n\r\n");
+        assert_eq!(
+            route_of(&upgrade(&bearer)),
+            Route::Upgrade { key: KEY.into(), token: Some("abc.def.ghi".into()) }
+        );
+        let query =
+            format!("GET /ws?room=1&access_token=t1 HTTP/1.1\r\n{ok}Sec-WebSocket-Key: {KEY}\r\n\r\n");
         assert_eq!(route_of(&query), Route::Upgrade { key: KEY.into(), token: Some("t1".into()) });
     }
 

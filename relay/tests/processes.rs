@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use stampede_relay::RelayProcesses;
 use stampede_relay::RelayConfig;
+use stampede_relay::RelayProcesses;
 
 /// An executable shell script standing in for `EXE relay ...`.
 fn script(dir: &tempfile::TempDir, body: &str) -> PathBuf {

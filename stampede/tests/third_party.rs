@@ -68,6 +68,7 @@ fn wss_with_a_subprotocol_and_a_header_to_a_json_rpc_service() {
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let summary = read_json(&s.scratch.results().join("summary.json"));
     assert_eq!(num(&summary, "connections.opened"), 10.0);
+    assert_eq!(summary["subprotocols"]["jsonrpc.v2"].as_f64(), Some(10.0), "the server's pick is recorded");
     let sent = num(&summary, "messages.sent");
     assert!(sent > 200.0, "{sent} requests");
     assert_eq!(num(&summary, "messages.received"), sent, "every request answered");

@@ -143,15 +143,19 @@ async fn open(
         };
         let tls_done = Instant::now();
         let opening = ctx.opener.open(slot)?;
-        let ws = timeout(left(), upgrade(stream, &ctx.target, &generate_key(), &opening, ctx.ws_config))
-            .await
-            .map_err(|_| Cause::Timeout)??;
+        let (ws, picked) =
+            timeout(left(), upgrade(stream, &ctx.target, &generate_key(), &opening, ctx.ws_config))
+                .await
+                .map_err(|_| Cause::Timeout)??;
         let times = ConnectTimes {
             total: started.elapsed(),
             tcp: tcp_done - started,
             tls: ctx.target.tls.is_some().then(|| tls_done - tcp_done),
             upgrade: tls_done.elapsed(),
         };
+        if let Some(p) = picked {
+            rec.record_subprotocol(&p);
+        }
         Ok::<_, Cause>((ws, times))
     };
     let result = tokio::select! {

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use futures_util::SinkExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -34,7 +34,7 @@ pub async fn upgrade<T: Transport>(
     key: &str,
     opening: &Opening,
     config: WebSocketConfig,
-) -> Result<WebSocketStream<T>, Cause> {
+) -> Result<(WebSocketStream<T>, Option<String>), Cause> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: stampede\r\n{}\r\n",
@@ -58,7 +58,7 @@ pub async fn upgrade<T: Transport>(
             return Err(Cause::BadHandshake);
         }
     };
-    check_response(&head[..end], key, &opening.protocols)?;
+    let picked = check_response(&head[..end], key, &opening.protocols)?;
     let leftover = head[end..].to_vec();
     let mut ws = WebSocketStream::from_partially_read(tcp, leftover, Role::Client, Some(config)).await;
     if let Some(first) = &opening.first_message {
@@ -67,14 +67,14 @@ pub async fn upgrade<T: Transport>(
             _ => Cause::Protocol,
         })?;
     }
-    Ok(ws)
+    Ok((ws, picked))
 }
 
 /// Validates a response head per RFC 6455 section 4.1, steps 1-4 of the
 /// client's checks, and step 6: a subprotocol the server picks must be one
 /// we offered (and when we offered some, we insist it picks one: a server
 /// that ignores the offer would speak something else).
-fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<(), Cause> {
+fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Option<String>, Cause> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     match response.parse(head) {
@@ -101,10 +101,12 @@ fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<(), Caus
         return Err(Cause::BadHandshake);
     }
     match header("sec-websocket-protocol") {
-        None if offered.is_empty() => Ok(()),
+        None if offered.is_empty() => Ok(None),
         None => Err(Cause::SubprotocolMissing),
-        Some(picked) if offered.iter().any(|p| *p == picked.trim()) => Ok(()),
-        Some(_) => Err(Cause::SubprotocolMismatch),
+        Some(picked) => match offered.iter().find(|p| **p == picked.trim()) {
+            Some(p) => Ok(Some(p.clone())),
+            None => Err(Cause::SubprotocolMismatch),
+        },
     }
 }
 
@@ -166,7 +168,7 @@ mod tests {
     fn accepts_the_rfc_example() {
         let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                      Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert_eq!(check_response(head, KEY, &[]), Ok(()));
+        assert_eq!(check_response(head, KEY, &[]), Ok(None));
     }
 
     #[test]
@@ -192,7 +194,10 @@ mod tests {
             )
         };
         let offered = ["v2".to_string(), "v1".to_string()];
-        assert_eq!(check_response(with("Sec-WebSocket-Protocol: v1\r\n").as_bytes(), KEY, &offered), Ok(()));
+        assert_eq!(
+            check_response(with("Sec-WebSocket-Protocol: v1\r\n").as_bytes(), KEY, &offered),
+            Ok(Some("v1".into()))
+        );
         let missing = check_response(with("").as_bytes(), KEY, &offered);
         assert_eq!(missing, Err(Cause::SubprotocolMissing));
         let other = check_response(with("Sec-WebSocket-Protocol: v3\r\n").as_bytes(), KEY, &offered);

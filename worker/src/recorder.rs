@@ -60,6 +60,9 @@ pub struct Recorder {
     pub active: AtomicU64,
     histograms: Mutex<Histograms>,
     errors: Mutex<BTreeMap<Cause, u64>>,
+    /// Opened connections by the subprotocol the server picked (one of
+    /// those offered: a bounded set).
+    subprotocols: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Recorder {
@@ -69,6 +72,7 @@ impl Default for Recorder {
             active: AtomicU64::new(0),
             histograms: Mutex::new(Histograms::new()),
             errors: Mutex::new(BTreeMap::new()),
+            subprotocols: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -92,6 +96,15 @@ impl Recorder {
         h.connect_upgrade.saturating_record(us(times.upgrade));
     }
 
+    /// Counts one connection opened with the subprotocol `picked`.
+    pub fn record_subprotocol(&self, picked: &str) {
+        let mut map = self.subprotocols.lock().expect("poisoned");
+        match map.get_mut(picked) {
+            Some(n) => *n += 1,
+            None => _ = map.insert(picked.to_string(), 1),
+        }
+    }
+
     /// Counts one failure or drop by cause.
     pub fn record_error(&self, cause: Cause) {
         self.record_errors(cause, 1);
@@ -112,6 +125,7 @@ pub struct Snapshotter {
     spare: Histograms,
     last: Counters,
     last_errors: BTreeMap<Cause, u64>,
+    last_subprotocols: BTreeMap<String, u64>,
     serializer: V2DeflateSerializer,
     seq: u64,
 }
@@ -123,6 +137,7 @@ impl Snapshotter {
             spare: Histograms::new(),
             last: Counters::default(),
             last_errors: BTreeMap::new(),
+            last_subprotocols: BTreeMap::new(),
             serializer: V2DeflateSerializer::new(),
             seq: 0,
         }
@@ -149,6 +164,15 @@ impl Snapshotter {
             })
             .collect();
         self.last_errors = errors_now;
+        let picked_now = recorder.subprotocols.lock().expect("poisoned").clone();
+        let subprotocols = picked_now
+            .iter()
+            .filter_map(|(name, n)| {
+                let d = n - self.last_subprotocols.get(name).copied().unwrap_or(0);
+                (d > 0).then(|| (name.clone(), d))
+            })
+            .collect();
+        self.last_subprotocols = picked_now;
         let now = recorder.counters.read();
         let counters = now.since(&self.last);
         self.last = now;
@@ -165,6 +189,7 @@ impl Snapshotter {
             connect_upgrade_histogram: encode(&mut self.serializer, &mut self.spare.connect_upgrade),
             errors,
             taken_late_us: stampede_proto::us(taken_late),
+            subprotocols,
         }
     }
 }

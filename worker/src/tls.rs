@@ -20,10 +20,10 @@ use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, UnbufferedClientConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use stampede_model::Cause;
 use stampede_model::spec::TlsSpec;
@@ -300,7 +300,11 @@ fn tls_error(err: rustls::Error) -> io::Error {
 
 /// Appends what `encode` writes to `out`, growing `out` to the size it
 /// asks for (`Err(Some(size))`); `Err(None)` is a failure.
-fn append(out: &mut Vec<u8>, guess: usize, mut encode: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>) -> io::Result<()> {
+fn append(
+    out: &mut Vec<u8>,
+    guess: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) -> io::Result<()> {
     let start = out.len();
     let mut room = guess;
     loop {

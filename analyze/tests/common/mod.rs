@@ -276,6 +276,7 @@ impl Synth {
             thresholds: vec![],
             breaking_point: None,
             breaking_point_reason: None,
+            subprotocols: Default::default(),
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     }
