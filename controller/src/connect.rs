@@ -267,6 +267,56 @@ mod tests {
         assert!(expand_env("${OPEN", env).is_err());
     }
 
+    fn plan(text: &str) -> Result<crate::plan::Plan, String> {
+        let path = Path::new("t.toml");
+        let sc = crate::scenario::Scenario::parse(path, text).map_err(|e| e.to_string())?;
+        crate::plan::Plan::new(&sc, path, text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn handshake_and_jwt_mistakes_are_errors_at_their_line() {
+        let head = "name = \"s\"\n[target]\nurl = \"ws://127.0.0.1:9/ws\"\n";
+        for (extra, at, says) in [
+            ("headers = { X-A = \"{{user}}\" }", "t.toml:4:", "unknown template variable {{user}}"),
+            ("headers = { X-A = \"${STAMPEDE_NOT_SET_ANYWHERE}\" }", "t.toml:4:", "is not set"),
+            ("subprotocols = [\"a b\"]", "t.toml:4:", "not a valid token"),
+            ("origin = \"{{conn\"", "t.toml:4:", "not closed"),
+            ("[target.jwt]\nclaims = { sub = \"x\" }", "t.toml:4:", "exactly one of `secret_env"),
+            ("[target.jwt]\nsecret_env = \"A\"\nsecret_file = \"b\"", "t.toml:4:", "exactly one of"),
+            ("[target.jwt]\nsecret_file = \"/nonexistent/key\"", "t.toml:5:", "/nonexistent/key"),
+            (
+                "[target.jwt]\nsecret_env = \"PATH\"\nalg = \"HS512\"",
+                "t.toml:6:",
+                "use \"HS256\", \"RS256\" or \"ES256\"",
+            ),
+            ("[target.jwt]\nsecret_env = \"PATH\"\nsend_as = \"cookie\"", "t.toml:6:", "\"query:NAME\""),
+            (
+                "[target.jwt]\nsecret_env = \"PATH\"\nmessage = \"{{jwt}}\"",
+                "t.toml:6:",
+                "only used with send_as",
+            ),
+            ("[target.jwt]\nsecret_env = \"PATH\"\nclaims = { exp = 1 }", "t.toml:6:", "set for you"),
+            ("bundled_jwt = { secret_env = \"PATH\" }", "t.toml:2:", "needs `bundled = true`"),
+        ] {
+            let err = plan(&format!("{head}{extra}\n")).expect_err(extra);
+            assert!(err.starts_with(at) && err.contains(says), "{extra}: {err}");
+        }
+        let ok = plan(&format!(
+            "{head}headers = {{ X-A = \"${{PATH}}\" }}\n[target.jwt]\nsecret_env = \"PATH\"\nsend_as = \"query:t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.connect.handshake.headers[0].1.source(), std::env::var("PATH").unwrap());
+        assert!(matches!(ok.connect.jwt.unwrap().send_as, JwtPlacement::Query(ref q) if q == "t"));
+    }
+
+    #[test]
+    fn request_mode_without_sends_is_an_error() {
+        let text = "name = \"s\"\n[target]\nbundled = true\n[load]\nmessage_interval_s = 0\n\
+                    [messages]\nmode = \"request\"\ntemplate = '{\"id\":{{seq}}}'\nmatch = \"json:id\"\n";
+        let err = plan(text).unwrap_err();
+        assert!(err.starts_with("t.toml:7:") && err.contains("give message_interval_s"), "{err}");
+    }
+
     #[test]
     fn sensitive_literal_headers_are_redacted_in_the_copy() {
         let h: BTreeMap<String, Spanned<String>> =

@@ -421,6 +421,15 @@ impl Plan {
         let src = crate::connect::Source { path, text: source };
         crate::connect::fill(&mut connect, &sc.target, &src)?;
         connect.session = crate::messages::session_spec(sc, path, source)?;
+        let sends = interval > 0.0 || phases.iter().any(|p| p.message_interval.is_some());
+        if matches!(connect.session, stampede_model::spec::SessionSpec::Request(_)) && !sends {
+            return Err(err(
+                key_at(source, "mode").unwrap_or_else(|| table_at("messages")),
+                "mode = \"request\" sends a request every message_interval_s, which is 0 (connect only): \
+                 give message_interval_s (or message_rate)"
+                    .into(),
+            ));
+        }
         crate::tls::fill(&mut connect.tls, &sc.target, path, source)?;
         let bundled_jwt = match &sc.target.bundled_jwt {
             Some(_) if !sc.target.bundled => {
