@@ -56,6 +56,9 @@ examples! {
     odin_medium: "odin/medium.toml";
     odin_stress: "odin/stress.toml";
     odin_progressive: "odin/progressive.toml";
+    stress_until_break: "stress-until-break.toml";
+    json_rpc: "json-rpc.toml";
+    wss_jwt: "wss-jwt.toml";
 }
 
 /// Every file under examples/ is listed above (a new example without a
