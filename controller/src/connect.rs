@@ -268,9 +268,7 @@ mod tests {
     }
 
     fn plan(text: &str) -> Result<crate::plan::Plan, String> {
-        let path = Path::new("t.toml");
-        let sc = crate::scenario::Scenario::parse(path, text).map_err(|e| e.to_string())?;
-        crate::plan::Plan::new(&sc, path, text).map_err(|e| e.to_string())
+        crate::plan::tests::plan(text).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -666,10 +666,11 @@ pub fn split(total: u64, capacities: &[u64]) -> Option<Vec<u64>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn plan(text: &str) -> Result<Plan, ScenarioError> {
+    /// The plan of scenario `text` (named `t.toml` in errors).
+    pub(crate) fn plan(text: &str) -> Result<Plan, ScenarioError> {
         let path = Path::new("t.toml");
         let sc = Scenario::parse(path, text)?;
         Plan::new(&sc, path, text)

@@ -707,11 +707,7 @@ mod tests {
     use crate::plan::{PhasePlan, Plan};
     use crate::scenario::Scenario;
 
-    fn plan(text: &str) -> Result<Plan, ScenarioError> {
-        let path = Path::new("t.toml");
-        let sc = Scenario::parse(path, text)?;
-        Plan::new(&sc, path, text)
-    }
+    use crate::plan::tests::plan;
 
     const HEAD: &str = "name = \"s\"\n[target]\nbundled = true\n[load]\nconnections = 100\n\
                         [thresholds]\nerror_rate = \"< 0.01\"\nlatency_p99_ms = \"< 50\"\n";
