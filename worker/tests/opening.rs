@@ -138,3 +138,36 @@ async fn a_server_that_ignores_or_twists_the_offered_subprotocols_fails_every_at
         assert_eq!(errors(&snaps, cause), 4, "{picked:?}");
     }
 }
+
+/// What a controller sends is an input like any other: a spec that is not
+/// JSON, names an unknown field, smuggles a header line or carries an
+/// unusable key fails the assignment with a message, never a panic or a
+/// request with an injected header.
+#[tokio::test]
+async fn a_hostile_connection_spec_fails_the_assignment_with_a_reason() {
+    use stampede_worker::engine::Engine;
+    let big = format!("{{\"handshake\":{{\"headers\":[[\"X\",\"{}\"]]}}}}", "a".repeat(1 << 20));
+    for (json, says) in [
+        ("{not json", "connection spec"),
+        ("{\"bogus\":1}", "unknown field"),
+        (r#"{"handshake":{"headers":[["X-A","ok\r\nEvil: 1"]]}}"#, "line break"),
+        (r#"{"handshake":{"headers":[["Host","x"]]}}"#, "handshake itself"),
+        (r#"{"handshake":{"origin":"{{nope}}"}}"#, "unknown template variable"),
+        (r#"{"jwt":{"alg":"RS256","key":"junk","claims":[],"expires_in_s":1,"send_as":"Bearer"}}"#, "PEM"),
+        (r#"{"tls":{"ca_pem":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}}"#, "TLS"),
+    ] {
+        let mut assign = common::assign("wss://127.0.0.1:9/ws", 100, 64, false);
+        assign.connect_spec_json = json.to_string();
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let err =
+            Engine::start(&assign, "w", &[], tx).await.err().unwrap_or_else(|| panic!("{json} was accepted"));
+        assert!(err.to_string().contains(says), "{json}: {err}");
+    }
+    // A megabyte of header value is the controller's business (it is
+    // bounded by the gRPC message limit): it is taken, not a crash.
+    let mut assign = common::assign("ws://127.0.0.1:9/ws", 100, 64, false);
+    assign.connect_spec_json = big;
+    let (tx, _rx) = tokio::sync::mpsc::channel(4);
+    let engine = Engine::start(&assign, "w", &[], tx).await.expect("a large but valid spec");
+    engine.stop();
+}
