@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use stampede_proto::auth::FleetToken;
+
 use crate::plan::{MIN_INTERVAL_S, Overrides};
 use crate::run::{RunError, RunOptions, run};
 use crate::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS};
@@ -38,6 +40,11 @@ pub struct RunArgs {
     /// No progress lines or summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// File holding the fleet token remote workers must prove (or
+    /// STAMPEDE_FLEET_TOKEN_FILE, or the token in STAMPEDE_FLEET_TOKEN);
+    /// a local fleet gets a fresh one.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// A duration flag: `20`, `250ms`, `20s`, `5m`, `2h`, at most a week.
@@ -86,6 +93,7 @@ impl RunArgs {
             .or(env),
             executable: None,
             quiet: self.quiet,
+            fleet_token: FleetToken::from_sources(self.token_file.as_deref(), |n| std::env::var(n).ok())?,
         })
     }
 }

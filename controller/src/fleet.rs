@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use stampede_model::clock::unix_us;
 
 use stampede_proto::PROTOCOL_VERSION;
+use stampede_proto::auth::FleetToken;
 use stampede_proto::fleet::fleet_server::{Fleet, FleetServer};
 use stampede_proto::fleet::{ControllerMessage, Hello, WorkerMessage, worker_message::Body};
 use tokio::net::TcpListener;
@@ -38,6 +39,13 @@ pub enum FleetEvent {
         /// The message.
         body: Body,
     },
+    /// A would-be worker was refused (no or a wrong fleet token).
+    Refused {
+        /// Its address.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
     /// A worker's stream ended.
     Left {
         /// Worker id.
@@ -48,6 +56,9 @@ pub enum FleetEvent {
 }
 
 struct Service {
+    /// Workers must prove it in their Hello; `None`: anyone may join
+    /// (a remote fleet on loopback only).
+    token: Option<FleetToken>,
     events: mpsc::Sender<FleetEvent>,
     /// Each worker's stream reader, awaited at shutdown.
     tasks: TaskTracker,
@@ -62,6 +73,7 @@ impl Fleet for Service {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::JoinStream>, Status> {
+        let peer = request.remote_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
         let hello = match first {
@@ -74,8 +86,18 @@ impl Fleet for Service {
                 hello.protocol_version
             )));
         }
+        let now = unix_us(SystemTime::now());
+        if let Some(token) = &self.token
+            && let Err(why) = token.check(&hello.worker_id, hello.sent_at_unix_us, &hello.token_proof, now)
+        {
+            // Refused before anything about the run reaches it.
+            let id: String = hello.worker_id.chars().take(64).collect();
+            tracing::warn!("refused a worker from {peer} (calling itself {id:?}): {why}");
+            let _ = self.events.try_send(FleetEvent::Refused { peer, reason: why.clone() });
+            return Err(Status::unauthenticated(why));
+        }
         let worker = hello.worker_id.clone();
-        let offset_us = unix_us(SystemTime::now()) - hello.sent_at_unix_us;
+        let offset_us = now - hello.sent_at_unix_us;
         let (link, rx) = mpsc::channel(64);
         self.events
             .send(FleetEvent::Joined { hello, link, offset_us })
@@ -111,6 +133,7 @@ impl Fleet for Service {
 /// returns the bound address at once.
 pub async fn serve(
     listen: SocketAddr,
+    token: Option<FleetToken>,
     events: mpsc::Sender<FleetEvent>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
@@ -118,7 +141,7 @@ pub async fn serve(
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let incoming = TcpListenerStream::new(listener);
-    let service = Service { events, tasks: tasks.clone(), shutdown: shutdown.clone() };
+    let service = Service { token, events, tasks: tasks.clone(), shutdown: shutdown.clone() };
     let service = FleetServer::new(service).max_decoding_message_size(64 << 20);
     tasks.spawn(async move {
         let result = tonic::transport::Server::builder()

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use stampede_model::TargetUrl;
+use stampede_proto::auth::{FleetToken, TOKEN_ENV, TOKEN_FILE_ENV};
 
 use stampede_child::{Supervised, command};
 
@@ -19,7 +20,13 @@ pub struct LocalFleet {
 impl LocalFleet {
     /// Starts `count` workers (`EXECUTABLE worker ...`) that join
     /// `controller_url`.
-    pub fn spawn(executable: &Path, count: u32, controller_url: &str) -> std::io::Result<LocalFleet> {
+    /// They get `token` by environment, never on their command line.
+    pub fn spawn(
+        executable: &Path,
+        count: u32,
+        controller_url: &str,
+        token: Option<&FleetToken>,
+    ) -> std::io::Result<LocalFleet> {
         let mut children = Vec::new();
         for i in 1..=count {
             let id = format!("local-{i}");
@@ -27,8 +34,12 @@ impl LocalFleet {
             cmd.arg("worker")
                 .args(["--controller", controller_url, "--id", &id, "--once", "--join-timeout", "30"])
                 .env("RUST_LOG", std::env::var("STAMPEDE_WORKER_LOG").unwrap_or_else(|_| "warn".into()))
+                .env_remove(TOKEN_FILE_ENV)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
+            if let Some(token) = token {
+                cmd.env(TOKEN_ENV, token.as_env_value());
+            }
             children.push(Supervised::spawn(format!("worker {id}"), &mut cmd)?);
         }
         Ok(LocalFleet { children })

@@ -104,6 +104,9 @@ pub async fn wait_for_workers(
                     members.retain(|m| m.hello.worker_id != worker);
                     tracing::warn!("worker {worker} left before the run: {reason}");
                 }
+                Some(FleetEvent::Refused { peer, reason }) => {
+                    eprintln!("refused a worker from {peer}: {reason}");
+                }
                 Some(FleetEvent::Message { .. }) => {}
                 None => return Err(RunError::Fleet("the fleet server stopped".into())),
             }

@@ -18,6 +18,8 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use stampede_proto::auth::{FleetToken, TOKEN_ENV, TOKEN_FILE_ENV};
+
 use crate::aggregate::Aggregator;
 use crate::bundled::{Bundled, BundledError};
 use crate::fleet::{self, FleetEvent};
@@ -51,6 +53,9 @@ pub struct RunOptions {
     pub executable: Option<PathBuf>,
     /// No progress lines and no summary on stderr.
     pub quiet: bool,
+    /// The fleet token remote workers must prove (a local fleet gets a
+    /// fresh random one).
+    pub fleet_token: Option<FleetToken>,
 }
 
 /// A finished run.
@@ -140,12 +145,24 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
 
     let (events_tx, mut events) = mpsc::channel(1024);
     let listen = plan.fleet.listen;
-    let addr = fleet::serve(listen, events_tx, services.clone(), &tasks)
+    let token = match (plan.fleet.local, &opts.fleet_token) {
+        (Some(_), _) => Some(FleetToken::random()),
+        (None, Some(token)) => Some(token.clone()),
+        (None, None) if listen.ip().is_loopback() => None,
+        (None, None) => {
+            return Err(RunError::Fleet(format!(
+                "a remote fleet listening on {listen} needs a fleet token, or anyone who reaches the port \
+                 commands the fleet: give --token-file FILE (or {TOKEN_FILE_ENV} / {TOKEN_ENV}) here and to \
+                 every worker"
+            )));
+        }
+    };
+    let addr = fleet::serve(listen, token.clone(), events_tx, services.clone(), &tasks)
         .await
         .map_err(|source| RunError::Listen { addr: listen, source })?;
     let mut local = match plan.fleet.local {
         Some(n) => Some(
-            LocalFleet::spawn(&executable, n, &format!("http://{addr}"))
+            LocalFleet::spawn(&executable, n, &format!("http://{addr}"), token.as_ref())
                 .map_err(|source| RunError::Spawn { program: executable.clone(), source })?,
         ),
         None => {
@@ -480,6 +497,9 @@ impl Running {
                     Body::Error(err) => self.log(format!("worker {worker}: {}", err.message)).await,
                     Body::PhaseAck(_) | Body::Hello(_) => {}
                 }
+            }
+            FleetEvent::Refused { peer, reason } => {
+                self.log(format!("refused a worker from {peer}: {reason}")).await;
             }
             FleetEvent::Left { worker, reason } => {
                 let Some(i) = self.member(&worker) else { return };

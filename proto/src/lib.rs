@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use stampede_model::Counters;
 
+pub mod auth;
+
 /// Generated from `proto/fleet.proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod fleet {

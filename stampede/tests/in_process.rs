@@ -23,7 +23,18 @@ fn free_port() -> u16 {
 
 /// Starts worker `id` in this process, joining the controller at `port`.
 fn worker(port: u16, id: &str, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    worker_with_token(port, id, None, stop)
+}
+
+/// Starts worker `id`, proving the fleet token in `token_file` if given.
+fn worker_with_token(
+    port: u16,
+    id: &str,
+    token_file: Option<std::path::PathBuf>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let opts = WorkerOptions {
+        token_file,
         controller: format!("http://127.0.0.1:{port}"),
         id: Some(id.into()),
         max_connections: None,
@@ -66,7 +77,13 @@ dir = "{}"
 }
 
 fn options(path: std::path::PathBuf) -> RunOptions {
-    RunOptions { scenario: path, overrides: Overrides::default(), executable: None, quiet: true }
+    RunOptions {
+        scenario: path,
+        overrides: Overrides::default(),
+        executable: None,
+        quiet: true,
+        fleet_token: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +276,50 @@ async fn a_hostile_fleet_peer_cannot_corrupt_or_stall_the_run() {
     ] {
         assert!(log.contains(line), "test.log lacks {line:?}:\n{log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_fleet_token_strangers_are_refused_and_the_run_goes_on() {
+    use stampede_proto::auth::FleetToken;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = scenario(tmp.path(), port);
+    let token_file = tmp.path().join("fleet.token");
+    std::fs::write(&token_file, "the-fleet-token-0123456789\n").unwrap();
+    let token = FleetToken::from_sources(Some(&token_file), |_| None).unwrap();
+    let strangers = tokio::spawn(async move {
+        // Strangers first: no proof, then a proof made with another token.
+        // Each is refused before the run tells it anything.
+        let no_proof = peer(port, hello("stranger-1", stampede_proto::PROTOCOL_VERSION)).await.unwrap_err();
+        let wrong = FleetToken::new(b"not-the-fleet-token-0000".to_vec()).unwrap();
+        let mut forged = hello("stranger-2", stampede_proto::PROTOCOL_VERSION);
+        if let Some(Body::Hello(h)) = &mut forged.body {
+            h.sent_at_unix_us = stampede_model::clock::unix_us(std::time::SystemTime::now());
+            h.token_proof = wrong.prove("stranger-2", h.sent_at_unix_us);
+            h.capacity = Some(fleet::Capacity { max_connections: 1_000_000_000, ..Default::default() });
+        }
+        let forged = peer(port, forged).await.unwrap_err();
+        (no_proof, forged)
+    });
+    let stop = CancellationToken::new();
+    let workers = [
+        worker_with_token(port, "w1", Some(token_file.clone()), stop.clone()),
+        worker_with_token(port, "w2", Some(token_file.clone()), stop.clone()),
+    ];
+    let outcome =
+        run(RunOptions { fleet_token: token, ..options(path) }, CancellationToken::new()).await.unwrap();
+    let (no_proof, forged) = strangers.await.unwrap();
+    assert_eq!(no_proof.code(), tonic::Code::Unauthenticated, "{no_proof:?}");
+    assert!(no_proof.message().contains("no fleet token"), "{no_proof:?}");
+    assert_eq!(forged.message(), "wrong fleet token");
+    for w in workers {
+        tokio::time::timeout(Duration::from_secs(10), w).await.expect("--once workers exit").unwrap();
+    }
+    let s = &outcome.summary;
+    assert_eq!(s.verdict, "PASS");
+    let mut ids: Vec<&str> = s.worker_details.iter().map(|w| w.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["w1", "w2"], "the strangers took no share");
+    assert_eq!(s.figures.connections.opened, 20);
 }

@@ -67,3 +67,24 @@ join_timeout_s = 20
         assert!(status.success(), "a --once worker leaves cleanly after its run: {status}");
     }
 }
+
+/// A fleet port open beyond loopback without a token would let anyone who
+/// reaches it take the load: the controller refuses to start.
+#[test]
+fn a_remote_fleet_beyond_loopback_needs_a_token() {
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "open.toml",
+        "name = \"open\"\n[target]\nbundled = true\n[fleet]\nremote = true\nworkers = 1\nlisten = \"0.0.0.0:0\"\n\
+         join_timeout_s = 1\n",
+    );
+    let out = scratch.results_parent();
+    let args = ["run", path.to_str().unwrap(), "--output", out.to_str().unwrap()];
+    let run = common::controller_with_env(&args, &[("STAMPEDE_FLEET_TOKEN", "")], Duration::from_secs(30));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("needs a fleet token"), "{}", run.stderr);
+    let short =
+        common::controller_with_env(&args, &[("STAMPEDE_FLEET_TOKEN", "short")], Duration::from_secs(30));
+    assert_eq!(short.code, 2, "{}", short.stderr);
+    assert!(short.stderr.contains("at least 16"), "{}", short.stderr);
+}

@@ -52,6 +52,11 @@ pub struct WorkerOptions {
     /// controller breaks.
     #[arg(long)]
     pub once: bool,
+    /// File holding the fleet token the controller asks for (or
+    /// STAMPEDE_FLEET_TOKEN_FILE, or the token itself in STAMPEDE_FLEET_TOKEN;
+    /// never on the command line, where `ps` shows it).
+    #[arg(long, value_name = "FILE", env = "STAMPEDE_FLEET_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Give up when the controller cannot be reached for this many seconds
     /// (default: keep trying).
     #[arg(long, value_name = "SECS")]
@@ -67,6 +72,9 @@ pub enum WorkerError {
     /// The controller would not take this worker.
     #[error("the controller refused this worker: {0}")]
     Refused(String),
+    /// The fleet token cannot be read.
+    #[error("{0}")]
+    Token(String),
     /// The link broke mid-run (with `--once`).
     #[error("lost the link to the controller: {0}")]
     LinkLost(String),
@@ -78,6 +86,11 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
     let hostname = hostname();
     let worker_id = opts.id.clone().unwrap_or_else(|| format!("{hostname}-{}", std::process::id()));
     opts.id = Some(worker_id.clone());
+    // The file flag reads STAMPEDE_FLEET_TOKEN_FILE itself (clap).
+    let token = stampede_proto::auth::FleetToken::from_sources(opts.token_file.as_deref(), |name| {
+        (name == stampede_proto::auth::TOKEN_ENV).then(|| std::env::var(name).ok()).flatten()
+    })
+    .map_err(WorkerError::Token)?;
     tracing::info!(
         "worker {worker_id}: {} cores, room for {} connections",
         capacity.cores,
@@ -91,8 +104,9 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
         capacity: Some(capacity),
         sent_at_unix_us: 0,
         resume_run_id: String::new(),
+        token_proof: Vec::new(),
     };
-    link::serve(&opts, hello, shutdown).await
+    link::serve(&opts, hello, token, shutdown).await
 }
 
 fn hostname() -> String {

@@ -46,6 +46,7 @@ enum SessionEnd {
 pub async fn serve(
     opts: &WorkerOptions,
     hello: Hello,
+    token: Option<stampede_proto::auth::FleetToken>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut run: Option<Run> = None;
@@ -75,6 +76,8 @@ pub async fn serve(
         let (tx, rx) = mpsc::channel(64);
         let mut hello = hello.clone();
         hello.sent_at_unix_us = stampede_model::clock::unix_us(SystemTime::now());
+        hello.token_proof =
+            token.as_ref().map(|t| t.prove(&hello.worker_id, hello.sent_at_unix_us)).unwrap_or_default();
         hello.resume_run_id = run.as_ref().map(|r| r.id.clone()).unwrap_or_default();
         send(&tx, Msg::Hello(hello)).await;
         if let Some(r) = &run {

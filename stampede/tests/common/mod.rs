@@ -75,6 +75,7 @@ pub fn controller_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration)
     for (name, _) in stampede_controller::overrides::ENVIRONMENT {
         cmd.env_remove(name);
     }
+    cmd.env_remove(stampede_proto::auth::TOKEN_ENV).env_remove(stampede_proto::auth::TOKEN_FILE_ENV);
     let child = cmd
         .envs(env.iter().copied())
         .args(args)
