@@ -94,6 +94,10 @@ impl Hlog {
             base64::engine::general_purpose::STANDARD
                 .decode_vec(h.encoded_histogram(), &mut raw)
                 .map_err(|e| format(format!("bad base64: {e}")))?;
+            // A file is an input like any other: its header is checked
+            // before decoding allocates what it claims.
+            stampede_model::histogram::check_encoded(&raw)
+                .map_err(|e| format(format!("bad histogram: {e}")))?;
             let decoded: Histogram<u64> = decoder
                 .deserialize(&mut raw.as_slice())
                 .map_err(|e| format(format!("bad histogram: {e:?}")))?;

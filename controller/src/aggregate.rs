@@ -363,6 +363,7 @@ impl Aggregator {
         if bytes.is_empty() {
             return Ok(new_histogram());
         }
+        stampede_model::histogram::check_encoded(bytes).map_err(AggregateError::Histogram)?;
         let h: Histogram<u64> = self
             .decoder
             .deserialize(&mut &bytes[..])
@@ -702,6 +703,15 @@ mod tests {
         let mut snap = snapshot(1, 0, &[], 0, 0);
         snap.latency_histogram = b"not a histogram".to_vec();
         assert!(agg.add(0, &snap).is_err());
+        // A few bytes whose header claims a range of 2^62 us: refused by
+        // its header, before decoding would allocate what it claims.
+        let mut claim = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new().serialize(&new_histogram(), &mut claim).unwrap();
+        claim[24..32].copy_from_slice(&(1u64 << 62).to_be_bytes());
+        let mut snap = snapshot(1, 0, &[], 0, 0);
+        snap.connect_histogram = claim;
+        let err = agg.add(0, &snap).unwrap_err().to_string();
+        assert!(err.contains("claims the range"), "{err}");
         let mut snap = snapshot(2, 0, &[], 0, 0);
         snap.counters.insert("no_such_counter".into(), 1);
         assert!(agg.add(0, &snap).is_err());
