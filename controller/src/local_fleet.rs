@@ -20,13 +20,21 @@ pub struct LocalFleet {
 impl LocalFleet {
     /// Starts `count` workers (`EXECUTABLE worker ...`) that join
     /// `controller_url`.
-    /// They get `token` by environment, never on their command line.
+    /// They get `token` by environment, never on their command line, and
+    /// may load `target_url` (their allowlist: loopback otherwise).
     pub fn spawn(
         executable: &Path,
         count: u32,
         controller_url: &str,
         token: Option<&FleetToken>,
+        target_url: &str,
     ) -> std::io::Result<LocalFleet> {
+        let allow = TargetUrl::parse(target_url)
+            .map(|t| match t.ip() {
+                Some(ip) => std::net::SocketAddr::new(ip, t.port).to_string(),
+                None => format!("{}:{}", t.host, t.port),
+            })
+            .ok();
         let mut children = Vec::new();
         for i in 1..=count {
             let id = format!("local-{i}");
@@ -34,6 +42,7 @@ impl LocalFleet {
             cmd.arg("worker")
                 .args(["--controller", controller_url, "--id", &id, "--once", "--join-timeout", "30"])
                 .env("RUST_LOG", std::env::var("STAMPEDE_WORKER_LOG").unwrap_or_else(|_| "warn".into()))
+                .args(allow.iter().flat_map(|a| ["--allow-target", a.as_str()]))
                 .env_remove(TOKEN_FILE_ENV)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());

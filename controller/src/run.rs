@@ -162,7 +162,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         .map_err(|source| RunError::Listen { addr: listen, source })?;
     let mut local = match plan.fleet.local {
         Some(n) => Some(
-            LocalFleet::spawn(&executable, n, &format!("http://{addr}"), token.as_ref())
+            LocalFleet::spawn(&executable, n, &format!("http://{addr}"), token.as_ref(), &target_url)
                 .map_err(|source| RunError::Spawn { program: executable.clone(), source })?,
         ),
         None => {

@@ -35,6 +35,7 @@ fn worker_with_token(
 ) -> tokio::task::JoinHandle<()> {
     let opts = WorkerOptions {
         token_file,
+        allow_targets: vec![],
         controller: format!("http://127.0.0.1:{port}"),
         id: Some(id.into()),
         max_connections: None,

@@ -88,3 +88,40 @@ fn a_remote_fleet_beyond_loopback_needs_a_token() {
     assert_eq!(short.code, 2, "{}", short.stderr);
     assert!(short.stderr.contains("at least 16"), "{}", short.stderr);
 }
+
+/// A worker whose operator allows other targets refuses the plan, and the
+/// controller says so (the run does not go ahead with a silent worker).
+#[test]
+fn a_plan_aimed_outside_a_workers_allowlist_is_refused_with_a_clear_message() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["worker", "--controller", &url, "--id", "careful", "--once", "--join-timeout", "60"])
+        .args(["--allow-target", "10.0.0.0/8", "--allow-target", "relay.internal:443"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let path = scratch.file(
+        "aimed.toml",
+        &format!(
+            "name = \"aimed\"\n[target]\nbundled = true\n[load]\nconnections = 5\n\
+             [phases]\nwarmup_s = 0\nramp_up_s = 1\nsustained_s = 2\ncooldown_s = 0\n\
+             [fleet]\nremote = true\nworkers = 1\nlisten = \"127.0.0.1:{port}\"\njoin_timeout_s = 20\n"
+        ),
+    );
+    let run = scratch.run(&path, Duration::from_secs(60));
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_ne!(run.code, 0, "stderr:\n{}", run.stderr);
+    let log = std::fs::read_to_string(scratch.results().join("test.log")).unwrap_or_default();
+    let says = "this worker refuses target 127.0.0.1:";
+    assert!(run.stderr.contains(says) || log.contains(says), "stderr:\n{}\ntest.log:\n{log}", run.stderr);
+    assert!(
+        run.stderr.contains("10.0.0.0/8, relay.internal:443")
+            || log.contains("10.0.0.0/8, relay.internal:443")
+    );
+}

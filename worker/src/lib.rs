@@ -4,6 +4,7 @@
 //! `main.rs` (and the controller's local fleet) only parse flags and call
 //! [`run`].
 
+pub mod allow;
 pub mod capacity;
 pub mod connection;
 pub mod delivery;
@@ -57,6 +58,10 @@ pub struct WorkerOptions {
     /// never on the command line, where `ps` shows it).
     #[arg(long, value_name = "FILE", env = "STAMPEDE_FLEET_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// A target this worker agrees to load: HOST, HOST:PORT, IP, IP:PORT or
+    /// IP/BITS; repeat for more. Without any: loopback targets only.
+    #[arg(long = "allow-target", value_name = "TARGET")]
+    pub allow_targets: Vec<String>,
     /// Give up when the controller cannot be reached for this many seconds
     /// (default: keep trying).
     #[arg(long, value_name = "SECS")]
@@ -72,7 +77,7 @@ pub enum WorkerError {
     /// The controller would not take this worker.
     #[error("the controller refused this worker: {0}")]
     Refused(String),
-    /// The fleet token cannot be read.
+    /// The fleet token or the target allowlist cannot be used.
     #[error("{0}")]
     Token(String),
     /// The link broke mid-run (with `--once`).
@@ -91,6 +96,7 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
         (name == stampede_proto::auth::TOKEN_ENV).then(|| std::env::var(name).ok()).flatten()
     })
     .map_err(WorkerError::Token)?;
+    allow::Allowlist::parse(&opts.allow_targets).map_err(WorkerError::Token)?;
     tracing::info!(
         "worker {worker_id}: {} cores, room for {} connections",
         capacity.cores,

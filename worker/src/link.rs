@@ -194,6 +194,10 @@ async fn handle(cmd: Cmd, tx: &mpsc::Sender<WorkerMessage>, run: &mut Option<Run
             if run.as_ref().is_some_and(|r| r.id == assign.run_id) {
                 return; // a resumed run: already running
             }
+            if let Err(why) = allowed(&assign.target_url, opts).await {
+                send(tx, Msg::Error(fleet::WorkerError { message: why, fatal: true })).await;
+                return;
+            }
             let (snap_tx, snap_rx) = mpsc::channel(8);
             match Engine::start(
                 &assign,
@@ -240,4 +244,12 @@ async fn handle(cmd: Cmd, tx: &mpsc::Sender<WorkerMessage>, run: &mut Option<Run
             }
         }
     }
+}
+
+/// Whether this worker's allowlist lets it load `url`; the error is what
+/// the controller shows.
+async fn allowed(url: &str, opts: &WorkerOptions) -> Result<(), String> {
+    let list = crate::allow::Allowlist::parse(&opts.allow_targets)?;
+    let target = crate::target::Target::resolve(url).await.map_err(|e| e.to_string())?;
+    list.check(&target)
 }
