@@ -241,6 +241,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         stopping: None,
         aborted: None,
         progress,
+        lost: Vec::new(),
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
     if plan.connect.tls.insecure_skip_verify {
@@ -282,6 +283,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             })
             .collect(),
         aborted: run.aborted.clone(),
+        workers_lost: run.lost.clone(),
     };
     let mut summary = summary::build(&run.plan, &run.agg, facts);
     if let Some(watch) = &run.stress {
@@ -320,6 +322,8 @@ struct Running {
     stopping: Option<Instant>,
     aborted: Option<String>,
     progress: Progress,
+    /// Workers lost so far, in order.
+    lost: Vec<stampede_model::results::WorkerLost>,
 }
 
 impl Running {
@@ -444,6 +448,13 @@ impl Running {
         if !m.finished {
             self.agg.set_live(i, false);
             let id = m.hello.worker_id.clone();
+            let at_s = self.run_start.elapsed().as_secs_f64();
+            self.lost.push(stampede_model::results::WorkerLost {
+                id: id.clone(),
+                at_s,
+                reason: reason.to_string(),
+            });
+            self.progress.line(format!("worker {id} lost at {at_s:.1} s: {reason}"));
             self.log(format!("worker {id} lost: {reason}")).await;
         }
     }

@@ -26,6 +26,8 @@ pub struct RunFacts {
     pub workers: Vec<WorkerInfo>,
     /// Why the run ended early.
     pub aborted: Option<String>,
+    /// Workers lost during the run.
+    pub workers_lost: Vec<stampede_model::results::WorkerLost>,
 }
 
 fn connections(target: u64, peak: u64, t: &Totals) -> ConnectionFigures {
@@ -90,6 +92,7 @@ fn figures_of(t: &Totals, span: Span) -> Figures {
         throughput_msg_per_s: throughput(t.counters.messages_received, span.seconds),
         counters: t.counters,
         generator_stalled_seconds: span.stalled,
+        workers_lost: Vec::new(),
     }
 }
 
@@ -178,6 +181,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         breaking_point_reason: None,
         subprotocols: agg.subprotocols.clone(),
     };
+    summary.figures.workers_lost = facts.workers_lost;
     summary.thresholds =
         plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &summary.figures)).collect();
     let pass = summary.aborted.is_none() && summary.thresholds.iter().all(|t| t.pass) && steps_pass;
@@ -214,6 +218,9 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let _ = writeln!(out, "Started:             {}", s.started_at);
     let _ = writeln!(out, "Duration:            {:.1} s", s.duration_s);
     let _ = writeln!(out, "Workers:             {}", s.workers);
+    for lost in &s.figures.workers_lost {
+        let _ = writeln!(out, "Worker lost:         {} at {:.1} s: {}", lost.id, lost.at_s, lost.reason);
+    }
     if !s.subprotocols.is_empty() {
         let picked: Vec<String> =
             s.subprotocols.iter().map(|(p, n)| format!("{p} ({n} connections)")).collect();

@@ -71,6 +71,7 @@ metrics! {
     ErrorRate => "error_rate", "errors / (connection attempts + scheduled sends), 0..1";
     ErrorsTotal => "errors_total", "errors of every cause, count";
     GeneratorStalled => "generator_stalled_seconds", "seconds in which the load generator could not keep its schedule, count";
+    WorkersLost => "workers_lost", "workers lost during the run (died, link broken, plan refused), count";
     ConnectSuccessRate => "connect_success_rate", "opened / attempted connections, 0..1";
     MessageLossRate => "message_loss_rate", "lost / sent messages, 0..1";
     ConnectionsFailed => "connections_failed", "failed connection attempts, count";
@@ -120,6 +121,7 @@ impl Metric {
             Metric::ErrorRate => Some(f.error_rate),
             Metric::ErrorsTotal => Some(f.errors_total as f64),
             Metric::GeneratorStalled => Some(f.generator_stalled_seconds.len() as f64),
+            Metric::WorkersLost => Some(f.workers_lost.len() as f64),
             Metric::Counter(name) => f.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| v as f64),
             Metric::ConnectSuccessRate => ratio(f.connections.opened, f.connections.attempted),
             Metric::MessageLossRate => ratio(f.messages.lost, f.messages.sent),

@@ -361,6 +361,20 @@ pub struct Figures {
     /// Seconds (elapsed_s) in which the load generator could not keep its
     /// schedule: latency there measures stampede, not the target.
     pub generator_stalled_seconds: Vec<u64>,
+    /// Workers lost during the run (the whole run's figures only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers_lost: Vec<WorkerLost>,
+}
+
+/// A worker the run lost: it died, its link broke, or it refused the plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLost {
+    /// Its id.
+    pub id: String,
+    /// When, s from the run's start.
+    pub at_s: f64,
+    /// Why, as the controller saw it.
+    pub reason: String,
 }
 
 /// Figures of one phase.

@@ -154,6 +154,14 @@ async fn a_worker_leaving_mid_run_is_reported_and_rows_stop_waiting_for_it() {
     let _ = tokio::time::timeout(Duration::from_secs(10), w2).await;
     let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
     assert!(log.contains("worker w2 lost"), "{log}");
+    assert!(log.contains("Worker lost:         w2 at "), "{log}");
+    let lost = &outcome.summary.figures.workers_lost;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].id, "w2");
+    assert!((3.0..7.0).contains(&lost[0].at_s), "left ~4 s after the run began: {}", lost[0].at_s);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["workers_lost"][0]["id"], "w2", "summary.json says which worker was lost");
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("metrics.json")).unwrap()).unwrap();
     assert!(rows.len() >= 7, "rows go on without the lost worker: {}", rows.len());
