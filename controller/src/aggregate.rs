@@ -125,6 +125,11 @@ pub enum AggregateError {
     /// Counters the model does not know.
     #[error("bad snapshot: {0}")]
     Wire(#[from] stampede_proto::WireError),
+    /// Error cause keys too long or too many (a broken or hostile worker).
+    #[error(
+        "bad snapshot: more than {MAX_CAUSES} distinct error causes, or a cause key over {MAX_CAUSE_LEN} bytes"
+    )]
+    Causes,
     /// A subprotocol the run did not offer (a broken or hostile worker).
     #[error("bad snapshot: subprotocol {0:?} was not offered")]
     Subprotocol(String),
@@ -138,6 +143,12 @@ pub enum AggregateError {
         last: u64,
     },
 }
+
+/// Distinct error causes a run may have: far more than the model's causes
+/// (HTTP statuses and close codes included), far fewer than a flood.
+const MAX_CAUSES: usize = 512;
+/// Longest error cause key, bytes.
+const MAX_CAUSE_LEN: usize = 64;
 
 /// Seconds after the plan's end in which snapshots may still arrive (the
 /// stop grace, closing drains, a slow link).
@@ -279,6 +290,13 @@ impl Aggregator {
             return Err(AggregateError::OutOfRange { second: snap.second, last });
         }
         let counters = snap.model_counters()?;
+        // Error causes are a small, fixed vocabulary (model/src/cause.rs):
+        // a worker sending many, long or never-seen-before keys would grow
+        // every phase's map without bound.
+        let fresh = snap.errors.keys().filter(|k| !self.run.errors.contains_key(*k)).count();
+        if snap.errors.keys().any(|k| k.len() > MAX_CAUSE_LEN) || self.run.errors.len() + fresh > MAX_CAUSES {
+            return Err(AggregateError::Causes);
+        }
         let offered = &self.plan.connect.handshake.subprotocols;
         if let Some(name) = snap.subprotocols.keys().find(|name| !offered.contains(name)) {
             return Err(AggregateError::Subprotocol(name.chars().take(64).collect()));
@@ -723,6 +741,14 @@ mod tests {
         let far = snapshot(5, 1_000_000_000, &[], 1, 0);
         assert!(matches!(agg.add(0, &far), Err(AggregateError::OutOfRange { .. })));
         assert_eq!(agg.ready_rows(1e9, true).len(), 1, "no row for every second up to a claimed one");
+        // Cause keys: a long one, then a flood of distinct ones.
+        let mut snap = snapshot(7, 0, &[], 0, 0);
+        snap.errors.insert("x".repeat(65), 1);
+        assert!(matches!(agg.add(0, &snap), Err(AggregateError::Causes)));
+        let mut snap = snapshot(7, 0, &[], 0, 0);
+        snap.errors = (0..10_000).map(|i| (format!("http_{i}"), 1)).collect();
+        assert!(matches!(agg.add(0, &snap), Err(AggregateError::Causes)));
+        assert!(agg.run.errors.len() <= MAX_CAUSES, "{}", agg.run.errors.len());
         // The run offered no subprotocol: a worker claiming one is refused
         // (the names it may send are the run's own, a bounded set).
         let mut snap = snapshot(6, 0, &[], 0, 0);
