@@ -161,6 +161,7 @@ struct Report {
     errors: u64,
     gauges: Gauges,
     stalled: bool,
+    clock_offset_us: i64,
 }
 
 /// A second: what the workers reported for it so far.
@@ -275,6 +276,14 @@ impl Aggregator {
         self.plan = plan.clone();
     }
 
+    /// Takes a worker that joined during the run; returns its index.
+    pub fn add_worker(&mut self, id: &str) -> usize {
+        self.workers.push(WorkerState { id: id.to_string(), live: true, ..Default::default() });
+        self.gauges.push(Gauges::default());
+        self.snapshots.push(0);
+        self.workers.len() - 1
+    }
+
     /// Marks a worker gone (rows stop waiting for it) or back.
     pub fn set_live(&mut self, worker: usize, live: bool) {
         self.workers[worker].live = live;
@@ -322,6 +331,7 @@ impl Aggregator {
             errors,
             gauges: snap.gauges.unwrap_or_default(),
             stalled: snap.taken_late() > STALL || counters.sends_stalled > 0,
+            clock_offset_us: snap.clock_offset_us,
         };
 
         let phase = self.plan.phase_at(Duration::from_secs(snap.second));
@@ -357,6 +367,7 @@ impl Aggregator {
         r.errors = r.errors.saturating_add(report.errors);
         r.gauges = report.gauges;
         r.stalled |= report.stalled;
+        r.clock_offset_us = report.clock_offset_us;
         if late {
             second.revision += 1;
             let mut row = self.build_row(s, &self.written[&s]);
@@ -505,6 +516,7 @@ impl Aggregator {
                 rss_mb: gauges.rss_bytes as f64 / 1e6,
                 cpu_pct: r.gauges.cpu_us as f64 / 1e4,
                 reported: this.is_some(),
+                clock_offset_ms: r.clock_offset_us as f64 / 1e3,
             });
         }
         let ts = self.target.get(&s).cloned().unwrap_or_default();

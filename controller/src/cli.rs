@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use stampede_proto::auth::FleetToken;
+use stampede_proto::transport::ServerTls;
 
 use crate::plan::{MIN_INTERVAL_S, Overrides};
 use crate::run::{RunError, RunOptions, run};
@@ -45,6 +46,17 @@ pub struct RunArgs {
     /// a local fleet gets a fresh one.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve the fleet over TLS with this certificate chain (PEM; or
+    /// STAMPEDE_FLEET_CERT); workers dial https:// and check it.
+    #[arg(long, value_name = "FILE", requires = "fleet_key")]
+    pub fleet_cert: Option<PathBuf>,
+    /// The private key of --fleet-cert (PEM; or STAMPEDE_FLEET_KEY).
+    #[arg(long, value_name = "FILE", requires = "fleet_cert")]
+    pub fleet_key: Option<PathBuf>,
+    /// Require worker certificates signed by this CA (PEM; or
+    /// STAMPEDE_FLEET_CLIENT_CA): mutual TLS, which may replace the token.
+    #[arg(long, value_name = "FILE")]
+    pub fleet_client_ca: Option<PathBuf>,
 }
 
 /// A duration flag: `20`, `250ms`, `20s`, `5m`, `2h`, at most a week.
@@ -94,6 +106,12 @@ impl RunArgs {
             executable: None,
             quiet: self.quiet,
             fleet_token: FleetToken::from_sources(self.token_file.as_deref(), |n| std::env::var(n).ok())?,
+            fleet_tls: ServerTls::from_sources(
+                self.fleet_cert.clone(),
+                self.fleet_key.clone(),
+                self.fleet_client_ca.clone(),
+                |n| std::env::var(n).ok(),
+            )?,
         })
     }
 }
@@ -111,7 +129,7 @@ pub async fn run_command(args: RunArgs, shutdown: CancellationToken) -> i32 {
         Ok(outcome) if outcome.interrupted => EXIT_INTERRUPTED,
         Ok(outcome) if outcome.summary.verdict == "PASS" => EXIT_PASS,
         Ok(_) => EXIT_FAIL,
-        Err(err @ RunError::Scenario(_)) => {
+        Err(err @ (RunError::Scenario(_) | RunError::Cost(_))) => {
             eprintln!("error: {err}");
             EXIT_CONFIG
         }
@@ -123,12 +141,18 @@ pub async fn run_command(args: RunArgs, shutdown: CancellationToken) -> i32 {
     }
 }
 
-/// `controller check`: validates the scenario; returns the process exit code.
+/// `controller check`: validates the scenario and prints the fleet it needs
+/// and what that costs ([`crate::deploy::estimate`]); a scenario whose cost
+/// is above its `max_cost` fails, as its run would. Returns the exit code.
 pub fn check_command(scenario: &Path) -> i32 {
     let checked = crate::scenario::Scenario::load(scenario)
         .and_then(|(sc, source)| crate::plan::Plan::new(&sc, scenario, &source));
     match checked {
         Ok(plan) => {
+            if let Err(err) = crate::deploy::check_cost(&plan) {
+                eprintln!("error: {}: {err}", scenario.display());
+                return EXIT_CONFIG;
+            }
             println!(
                 "{}: ok ({} phases, {:.0} s, peak {} connections, {} thresholds)",
                 scenario.display(),
@@ -137,6 +161,13 @@ pub fn check_command(scenario: &Path) -> i32 {
                 plan.peak(),
                 plan.thresholds.len()
             );
+            let estimate = crate::deploy::estimate(&plan);
+            for line in estimate.lines() {
+                println!("  {line}");
+            }
+            if let Some(why) = estimate.shortfall() {
+                eprintln!("warning: {why}");
+            }
             EXIT_PASS
         }
         Err(err) => {

@@ -3,6 +3,7 @@
 //! lives in a single task and needs no locks.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
 use stampede_model::clock::unix_us;
@@ -10,7 +11,10 @@ use stampede_model::clock::unix_us;
 use stampede_proto::PROTOCOL_VERSION;
 use stampede_proto::auth::FleetToken;
 use stampede_proto::fleet::fleet_server::{Fleet, FleetServer};
-use stampede_proto::fleet::{ControllerMessage, Hello, WorkerMessage, worker_message::Body};
+use stampede_proto::fleet::{
+    ControllerMessage, Heartbeat, Hello, WorkerMessage, controller_message::Body as Cmd, worker_message::Body,
+};
+use stampede_proto::transport::{KEEPALIVE, KEEPALIVE_TIMEOUT, ServerTls};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -25,6 +29,9 @@ pub type Link = mpsc::Sender<Result<ControllerMessage, Status>>;
 pub enum FleetEvent {
     /// A worker said Hello.
     Joined {
+        /// This stream's number: events of an earlier stream of the same
+        /// worker (one that rejoined) are told apart by it.
+        session: u64,
         /// Its Hello.
         hello: Hello,
         /// Commands to it.
@@ -36,6 +43,8 @@ pub enum FleetEvent {
     Message {
         /// Worker id.
         worker: String,
+        /// The stream it came on.
+        session: u64,
         /// The message.
         body: Body,
     },
@@ -50,6 +59,8 @@ pub enum FleetEvent {
     Left {
         /// Worker id.
         worker: String,
+        /// The stream that ended.
+        session: u64,
         /// Why.
         reason: String,
     },
@@ -63,6 +74,8 @@ struct Service {
     /// Each worker's stream reader, awaited at shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Numbers the streams.
+    sessions: AtomicU64,
 }
 
 #[tonic::async_trait]
@@ -86,6 +99,11 @@ impl Fleet for Service {
                 hello.protocol_version
             )));
         }
+        if let Err(why) = check_hello(&hello) {
+            tracing::warn!("refused a worker from {peer}: {why}");
+            let _ = self.events.try_send(FleetEvent::Refused { peer, reason: why.clone() });
+            return Err(Status::invalid_argument(why));
+        }
         let now = unix_us(SystemTime::now());
         if let Some(token) = &self.token
             && let Err(why) = token.check(&hello.worker_id, hello.sent_at_unix_us, &hello.token_proof, now)
@@ -98,9 +116,12 @@ impl Fleet for Service {
         }
         let worker = hello.worker_id.clone();
         let offset_us = now - hello.sent_at_unix_us;
+        let session = self.sessions.fetch_add(1, Relaxed);
         let (link, rx) = mpsc::channel(64);
+        // Weak: dropping the run's `link` must end the stream.
+        let replies = link.downgrade();
         self.events
-            .send(FleetEvent::Joined { hello, link, offset_us })
+            .send(FleetEvent::Joined { session, hello, link, offset_us })
             .await
             .map_err(|_| Status::unavailable("the controller is shutting down"))?;
         let events = self.events.clone();
@@ -113,7 +134,21 @@ impl Fleet for Service {
                 };
                 match message {
                     Ok(Some(WorkerMessage { body: Some(body) })) => {
-                        let event = FleetEvent::Message { worker: worker.clone(), body };
+                        if let Body::Heartbeat(beat) = &body {
+                            // Answered here, not in the run loop: the
+                            // worker's clock offset is measured from it.
+                            // A full link drops the answer (the worker is
+                            // not reading; its own timeout tells it).
+                            let answer = Heartbeat {
+                                worker_sent_at_unix_us: beat.worker_sent_at_unix_us,
+                                controller_at_unix_us: unix_us(SystemTime::now()),
+                            };
+                            if let Some(replies) = replies.upgrade() {
+                                let answer = ControllerMessage { body: Some(Cmd::Heartbeat(answer)) };
+                                let _ = replies.try_send(Ok(answer));
+                            }
+                        }
+                        let event = FleetEvent::Message { worker: worker.clone(), session, body };
                         if events.send(event).await.is_err() {
                             return;
                         }
@@ -123,28 +158,83 @@ impl Fleet for Service {
                     Err(status) => break status.message().to_string(),
                 }
             };
-            let _ = events.send(FleetEvent::Left { worker, reason }).await;
+            let _ = events.send(FleetEvent::Left { worker, session, reason }).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-/// Binds the fleet server and serves it until `shutdown` on `tasks`;
-/// returns the bound address at once.
+/// Checks the sizes of what a Hello says (it ends up in logs, results and
+/// memory for the whole run).
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    let printable = |s: &str| !s.chars().any(char::is_control);
+    if hello.worker_id.is_empty() || hello.worker_id.len() > 64 || !printable(&hello.worker_id) {
+        return Err("a worker id must be 1-64 printable bytes".into());
+    }
+    if hello.hostname.len() > 255 || !printable(&hello.hostname) {
+        return Err("a hostname must be at most 255 printable bytes".into());
+    }
+    if hello.engines.len() > 8 || hello.engines.iter().any(|e| e.len() > 32) {
+        return Err("at most 8 engines of at most 32 bytes".into());
+    }
+    if hello.resume_run_id.len() > 200 || hello.token_proof.len() > 64 {
+        return Err("resume_run_id or token_proof too long".into());
+    }
+    Ok(())
+}
+
+/// Why the fleet server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address cannot be bound.
+    #[error("cannot listen for workers on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS material cannot be used.
+    #[error("fleet TLS: {0}")]
+    Tls(String),
+}
+
+/// A snapshot holds a few histograms of at most 1 MiB each
+/// (stampede_model::histogram): anything bigger is not one of ours.
+pub const MAX_MESSAGE: usize = 8 << 20;
+
+/// Binds the fleet server (with `tls`, HTTPS) and serves it until
+/// `shutdown` on `tasks`; returns the bound address at once.
 pub async fn serve(
     listen: SocketAddr,
     token: Option<FleetToken>,
+    tls: Option<&ServerTls>,
     events: mpsc::Sender<FleetEvent>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+) -> Result<SocketAddr, ServeError> {
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.config().map_err(ServeError::Tls)?)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let listener =
+        TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: listen, source })?;
     let incoming = TcpListenerStream::new(listener);
-    let service = Service { token, events, tasks: tasks.clone(), shutdown: shutdown.clone() };
-    let service = FleetServer::new(service).max_decoding_message_size(64 << 20);
+    let service = Service {
+        token,
+        events,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+        sessions: AtomicU64::new(1),
+    };
+    let service = FleetServer::new(service).max_decoding_message_size(MAX_MESSAGE);
     tasks.spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await;

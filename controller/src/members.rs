@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{FleetEvent, Link};
 use crate::local_fleet::LocalFleet;
-use crate::plan::Plan;
+use crate::plan::{FleetPlan, Plan};
 use crate::run::RunError;
 
-/// Seconds without a snapshot after which a worker is reported silent.
+/// Time without a word (snapshot or heartbeat; workers send one every
+/// second) after which a worker is taken as lost.
 pub const SILENT_AFTER: Duration = Duration::from_secs(3);
 
 /// A worker of this run.
@@ -23,27 +24,40 @@ pub struct Member {
     pub hello: Hello,
     /// Commands to it; `None` once it is gone.
     pub link: Option<Link>,
+    /// Its current stream (events of older ones are stale).
+    pub session: u64,
+    /// Connections it is given at most: its claim, capped by its own
+    /// open-file limit and the scenario's `max_connections_per_worker`.
+    pub capacity: u64,
     /// Controller clock minus its clock, us.
     pub offset_us: i64,
     /// It sent Finished.
     pub finished: bool,
-    /// When its last snapshot arrived.
+    /// When it was last heard from.
     pub last_heard: Instant,
-    /// Reported silent and not heard from since.
-    pub silent: bool,
+    /// Why it may not come back (it sent nonsense).
+    pub banned: Option<String>,
 }
 
 impl Member {
-    /// A member that just joined.
-    pub fn new(hello: Hello, link: Link, offset_us: i64) -> Member {
+    /// A member that just joined on stream `session`, capped by `fleet`.
+    pub fn new(hello: Hello, link: Link, offset_us: i64, session: u64, fleet: &FleetPlan) -> Member {
+        let claimed = hello.capacity.map_or(0, |c| c.max_connections.min(c.open_files_limit));
         Member {
             hello,
             link: Some(link),
+            session,
+            capacity: fleet.capacity(claimed),
             offset_us,
             finished: false,
             last_heard: Instant::now(),
-            silent: false,
+            banned: None,
         }
+    }
+
+    /// Still taking part: its link is up and it has not finished.
+    pub fn live(&self) -> bool {
+        self.link.is_some() && !self.finished
     }
 
     /// Sends a command; false if it could not be delivered (the worker has
@@ -60,9 +74,9 @@ impl Member {
         }
     }
 
-    /// Connections it can hold.
-    pub fn max_connections(&self) -> u64 {
-        self.hello.capacity.map_or(0, |c| c.max_connections)
+    /// Connections it can be given now: none once it is gone.
+    pub fn room(&self) -> u64 {
+        if self.live() { self.capacity } else { 0 }
     }
 }
 
@@ -92,16 +106,20 @@ pub async fn wait_for_workers(
                 }
             }
             event = events.recv() => match event {
-                Some(FleetEvent::Joined { hello, link, offset_us }) => {
+                Some(FleetEvent::Joined { session, hello, link, offset_us }) => {
                     if members.iter().any(|m| m.hello.worker_id == hello.worker_id) {
                         tracing::warn!("a second worker calls itself {:?}; refused", hello.worker_id);
                         continue;
                     }
                     tracing::info!("worker {} joined", hello.worker_id);
-                    members.push(Member::new(hello, link, offset_us));
+                    members.push(Member::new(hello, link, offset_us, session, &plan.fleet));
                 }
-                Some(FleetEvent::Left { worker, reason }) => {
-                    members.retain(|m| m.hello.worker_id != worker);
+                Some(FleetEvent::Left { worker, session, reason }) => {
+                    let before = members.len();
+                    members.retain(|m| m.hello.worker_id != worker || m.session != session);
+                    if members.len() == before {
+                        continue;
+                    }
                     tracing::warn!("worker {worker} left before the run: {reason}");
                 }
                 Some(FleetEvent::Refused { peer, reason }) => {

@@ -3,7 +3,6 @@
 //! (phase start times and connection levels), plus how a phase's connections
 //! are split across workers.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use stampede_proto::fleet::PhaseStart;
 use stampede_proto::{us, us_or_zero};
 use stampede_relay::config::{DropAt, Faults, SlowWindow};
 
+pub use crate::fleet_plan::{FleetPlan, LostPolicy, split};
 pub use crate::overrides::Overrides;
 use crate::scenario::{Count, PhasesSection, Scenario, ScenarioError, Seconds, TargetSection};
 use crate::stages::{self, StressPlan};
@@ -174,19 +174,6 @@ impl PhasePlan {
                 .collect(),
         }
     }
-}
-
-/// Who generates the load.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FleetPlan {
-    /// Start this many local worker processes; `None`: wait for remote ones.
-    pub local: Option<u32>,
-    /// Workers to wait for.
-    pub workers: u32,
-    /// Address of the fleet gRPC server.
-    pub listen: SocketAddr,
-    /// How long to wait for them.
-    pub join_timeout: Duration,
 }
 
 /// A validated scenario.
@@ -382,26 +369,7 @@ impl Plan {
                 url
             }
         };
-        let f = &sc.fleet;
-        let workers = match (f.workers, f.remote) {
-            (Some(Count(n)), _) => n,
-            (None, false) => peak.div_ceil(CONNECTIONS_PER_LOCAL_WORKER).max(1),
-            (None, true) => {
-                return Err(err(
-                    table_at("fleet"),
-                    "a remote fleet needs `workers = N`: how many workers to wait for".into(),
-                ));
-            }
-        };
-        let workers = u32::try_from(workers)
-            .ok()
-            .filter(|n| *n <= 1000)
-            .ok_or_else(|| err(table_at("fleet"), format!("{workers} workers is more than 1000")))?;
-        let default_listen = if f.remote { "0.0.0.0:7700" } else { "127.0.0.1:0" };
-        let listen_text = f.listen.clone().unwrap_or_else(|| default_listen.to_string());
-        let listen = listen_text.parse().map_err(|_| {
-            err(table_at("fleet"), format!("listen {listen_text:?} is not an address like 0.0.0.0:7700"))
-        })?;
+        let fleet = FleetPlan::new(&sc.fleet, peak, &|at, msg| err(at, msg), table_at("fleet"))?;
 
         // Under message_rate the run starts with its first phase's interval.
         let interval = match message_rate {
@@ -458,12 +426,7 @@ impl Plan {
             phases,
             stress,
             thresholds,
-            fleet: FleetPlan {
-                local: (!f.remote).then_some(workers),
-                workers,
-                listen,
-                join_timeout: f.join_timeout_s.map_or(Duration::from_secs(30), secs),
-            },
+            fleet,
             output_dir: sc.output.dir.clone(),
         })
     }
@@ -635,36 +598,6 @@ fn faults(t: &TargetSection) -> Faults {
     }
 }
 
-/// Splits `total` connections over workers in proportion to their
-/// capacities (largest remainder), never giving one more than it can hold.
-/// `None` if the fleet cannot hold them all.
-pub fn split(total: u64, capacities: &[u64]) -> Option<Vec<u64>> {
-    let room: u64 = capacities.iter().sum();
-    if total > room {
-        return None;
-    }
-    if total == 0 {
-        return Some(vec![0; capacities.len()]);
-    }
-    let mut shares: Vec<u64> =
-        capacities.iter().map(|&c| (u128::from(total) * u128::from(c) / u128::from(room)) as u64).collect();
-    let mut left = total - shares.iter().sum::<u64>();
-    // Hand out the rest by largest remainder, ties to the lower index.
-    let mut order: Vec<usize> = (0..capacities.len()).collect();
-    let remainder = |i: usize| u128::from(total) * u128::from(capacities[i]) % u128::from(room);
-    order.sort_by_key(|&i| std::cmp::Reverse(remainder(i)));
-    for i in order.into_iter().cycle() {
-        if left == 0 {
-            break;
-        }
-        if shares[i] < capacities[i] {
-            shares[i] += 1;
-            left -= 1;
-        }
-    }
-    Some(shares)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -689,22 +622,6 @@ pub(crate) mod tests {
             }
         }
         assert!(checked >= 3, "examples/ holds the scenarios");
-    }
-
-    #[test]
-    fn split_follows_capacity_and_adds_up() {
-        assert_eq!(split(100, &[1000, 1000]), Some(vec![50, 50]));
-        assert_eq!(split(101, &[1000, 1000]), Some(vec![51, 50]));
-        assert_eq!(split(90, &[2000, 1000]), Some(vec![60, 30]));
-        assert_eq!(split(10, &[7, 3, 0]), Some(vec![7, 3, 0]));
-        assert_eq!(split(0, &[5, 5]), Some(vec![0, 0]));
-        assert_eq!(split(11, &[5, 5]), None);
-        for total in 0..=300 {
-            let caps = [97, 13, 200, 1];
-            let shares = split(total, &caps).unwrap();
-            assert_eq!(shares.iter().sum::<u64>(), total);
-            assert!(shares.iter().zip(caps).all(|(s, c)| *s <= c), "{total}: {shares:?}");
-        }
     }
 
     #[test]

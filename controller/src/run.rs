@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use stampede_model::clock::RunClock;
-use stampede_model::results::{Summary, WorkerInfo};
+use stampede_model::results::{Rebalance, Summary, WorkerInfo, WorkerLost};
 use stampede_proto::fleet::{
-    Assign, SnapshotAck, Stop, controller_message::Body as Cmd, worker_message::Body,
+    Assign, Hello, SnapshotAck, Stop, controller_message::Body as Cmd, worker_message::Body,
 };
 use stampede_proto::{us, us_or_zero};
 use tokio::sync::mpsc;
@@ -19,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use stampede_proto::auth::{FleetToken, TOKEN_ENV, TOKEN_FILE_ENV};
+use stampede_proto::transport::ServerTls;
 
 use crate::aggregate::Aggregator;
 use crate::bundled::{Bundled, BundledError};
 use crate::fleet::{self, FleetEvent};
 use crate::local_fleet::{self, LocalFleet};
 use crate::members::{Member, SILENT_AFTER, wait_for_workers};
-use crate::plan::{Overrides, Plan, TargetPlan, split};
+use crate::plan::{LostPolicy, Overrides, Plan, TargetPlan, split};
 use crate::progress::Progress;
 use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
 use crate::scenario::{Scenario, ScenarioError};
@@ -56,6 +57,8 @@ pub struct RunOptions {
     /// The fleet token remote workers must prove (a local fleet gets a
     /// fresh random one).
     pub fleet_token: Option<FleetToken>,
+    /// TLS for the fleet server (remote fleets).
+    pub fleet_tls: Option<ServerTls>,
 }
 
 /// A finished run.
@@ -82,13 +85,8 @@ pub enum RunError {
     #[error("cannot start the bundled relay: {0}")]
     Relay(#[from] BundledError),
     /// The fleet server would not start.
-    #[error("cannot listen for workers on {addr}: {source}")]
-    Listen {
-        /// Address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Serve(#[from] fleet::ServeError),
     /// Local workers would not start.
     #[error("cannot start local workers ({program}): {source}")]
     Spawn {
@@ -100,6 +98,9 @@ pub enum RunError {
     /// The fleet is not fit for the run.
     #[error("{0}")]
     Fleet(String),
+    /// The estimated cost is above the scenario's `max_cost`.
+    #[error("{0}")]
+    Cost(String),
     /// Interrupted before the run began.
     #[error("interrupted before the run started")]
     Interrupted,
@@ -112,6 +113,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     opts.overrides.apply(&mut scenario);
     let mut plan = Plan::new(&scenario, &opts.scenario, &source)?;
     let scenario_toml = toml::to_string_pretty(&scenario).unwrap_or_else(|_| source.clone());
+    // Refused before anything starts, as `controller check` says.
+    crate::deploy::check_cost(&plan).map_err(RunError::Cost)?;
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
     // The fleet server, its stream readers and the target scraper: stopped
@@ -145,28 +148,30 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
 
     let (events_tx, mut events) = mpsc::channel(1024);
     let listen = plan.fleet.listen;
+    // Worker certificates checked by TLS stand in for the token.
+    let mutual_tls = opts.fleet_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let token = match (plan.fleet.local, &opts.fleet_token) {
         (Some(_), _) => Some(FleetToken::random()),
         (None, Some(token)) => Some(token.clone()),
-        (None, None) if listen.ip().is_loopback() => None,
+        (None, None) if listen.ip().is_loopback() || mutual_tls => None,
         (None, None) => {
             return Err(RunError::Fleet(format!(
                 "a remote fleet listening on {listen} needs a fleet token, or anyone who reaches the port \
                  commands the fleet: give --token-file FILE (or {TOKEN_FILE_ENV} / {TOKEN_ENV}) here and to \
-                 every worker"
+                 every worker, or require worker certificates (--fleet-client-ca)"
             )));
         }
     };
-    let addr = fleet::serve(listen, token.clone(), events_tx, services.clone(), &tasks)
-        .await
-        .map_err(|source| RunError::Listen { addr: listen, source })?;
+    let tls = opts.fleet_tls.as_ref().filter(|_| plan.fleet.local.is_none());
+    let addr = fleet::serve(listen, token.clone(), tls, events_tx, services.clone(), &tasks).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut local = match plan.fleet.local {
         Some(n) => Some(
             LocalFleet::spawn(&executable, n, &format!("http://{addr}"), token.as_ref(), &target_url)
                 .map_err(|source| RunError::Spawn { program: executable.clone(), source })?,
         ),
         None => {
-            eprintln!("waiting for {} workers to join at http://{addr} ...", plan.fleet.workers);
+            eprintln!("waiting for {} workers to join at {scheme}://{addr} ...", plan.fleet.workers);
             None
         }
     };
@@ -179,8 +184,15 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         plan.fleet.workers
     ));
 
+    // What a remote fleet costs, said before it starts (a local fleet
+    // costs nothing extra); test.log gets it too.
+    let estimate =
+        if plan.fleet.local.is_none() { crate::deploy::estimate(&plan).lines() } else { Vec::new() };
+    for line in &estimate {
+        progress.line(line.clone());
+    }
     let members = wait_for_workers(&plan, &mut events, &mut local, &shutdown).await?;
-    let capacities: Vec<u64> = members.iter().map(Member::max_connections).collect();
+    let capacities: Vec<u64> = members.iter().map(Member::room).collect();
     if split(plan.peak(), &capacities).is_none() {
         return Err(RunError::Fleet(format!(
             "the fleet can hold {} connections, the scenario needs {}: add workers (--workers or [fleet] workers)",
@@ -209,20 +221,25 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         None => Vec::new(),
     };
     let ids: Vec<String> = members.iter().map(|m| m.hello.worker_id.clone()).collect();
+    let assign = Assign {
+        run_id: run_id.clone(),
+        target_url: target_url.clone(),
+        message_interval_us: us_or_zero(plan.message_interval),
+        payload_bytes: plan.payload_bytes,
+        connect_timeout_us: us(plan.connect_timeout),
+        run_start_unix_us: run_start_us,
+        clock_offset_us: 0,
+        source_addresses: Vec::new(),
+        reconnect: plan.reconnect,
+        buffer_bytes: plan.buffer_bytes,
+        connect_spec_json: plan.connect.to_json(),
+    };
     let mut unassigned = Vec::new();
     for (i, m) in members.iter().enumerate() {
         let sent = m.send(Cmd::Assign(Assign {
-            run_id: run_id.clone(),
-            target_url: target_url.clone(),
-            message_interval_us: us_or_zero(plan.message_interval),
-            payload_bytes: plan.payload_bytes,
-            connect_timeout_us: us(plan.connect_timeout),
-            run_start_unix_us: run_start_us,
             clock_offset_us: m.offset_us,
             source_addresses: sources.get(i).cloned().unwrap_or_default(),
-            reconnect: plan.reconnect,
-            buffer_bytes: plan.buffer_bytes,
-            connect_spec_json: plan.connect.to_json(),
+            ..assign.clone()
         }));
         if !sent {
             unassigned.push(i);
@@ -242,8 +259,14 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         aborted: None,
         progress,
         lost: Vec::new(),
+        rebalanced: Vec::new(),
+        unbalanced: Vec::new(),
+        assign,
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
+    for line in estimate {
+        run.log(format!("fleet estimate: {line}")).await;
+    }
     if plan.connect.tls.insecure_skip_verify {
         // Said even with --quiet: a run that trusts anything should not look
         // like one that checked.
@@ -278,12 +301,13 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             .map(|(m, n)| WorkerInfo {
                 id: m.hello.worker_id.clone(),
                 hostname: m.hello.hostname.clone(),
-                max_connections: m.max_connections(),
+                max_connections: m.capacity,
                 snapshots: *n,
             })
             .collect(),
         aborted: run.aborted.clone(),
         workers_lost: run.lost.clone(),
+        rebalanced: run.rebalanced.clone(),
     };
     let mut summary = summary::build(&run.plan, &run.agg, facts);
     if let Some(watch) = &run.stress {
@@ -324,6 +348,13 @@ struct Running {
     progress: Progress,
     /// Workers lost so far, in order.
     lost: Vec<stampede_model::results::WorkerLost>,
+    /// Each time the load was spread anew.
+    rebalanced: Vec<Rebalance>,
+    /// Fleet changes not rebalanced yet.
+    unbalanced: Vec<String>,
+    /// What every worker is assigned (a late joiner gets it too, with its
+    /// own clock offset).
+    assign: Assign,
 }
 
 impl Running {
@@ -375,6 +406,7 @@ impl Running {
                     }
                 }
             }
+            self.settle().await;
             if self.stopping.is_some() && self.members.iter().all(|m| m.finished || m.link.is_none()) {
                 break;
             }
@@ -385,13 +417,12 @@ impl Running {
 
     async fn start_phase(&mut self, index: usize, elapsed_in_phase: Duration) {
         let phase = &self.plan.phases[index];
-        let capacities: Vec<u64> = self.members.iter().map(Member::max_connections).collect();
+        let capacities: Vec<u64> = self.members.iter().map(Member::room).collect();
         let commands = phase.commands(index, &capacities, elapsed_in_phase);
         let started = format!("phase {} started: {}", phase.name(), phase.describe());
         let mut undelivered = Vec::new();
         for (i, (m, command)) in self.members.iter().zip(commands).enumerate() {
-            let sent = m.send(Cmd::PhaseStart(command));
-            if !sent && m.link.is_some() {
+            if m.live() && !m.send(Cmd::PhaseStart(command)) {
                 undelivered.push(i);
             }
         }
@@ -441,22 +472,76 @@ impl Running {
         self.stopping = Some(Instant::now() + STOP_GRACE);
     }
 
-    /// Marks worker `i` lost: rows stop waiting for it.
+    /// Marks worker `i` lost: rows stop waiting for it, its link is
+    /// dropped (a worker that still hears will rejoin), and its share goes
+    /// to the others or the run aborts, as the scenario says.
     async fn lose(&mut self, i: usize, reason: &str) {
         let m = &mut self.members[i];
         m.link = None;
-        if !m.finished {
-            self.agg.set_live(i, false);
-            let id = m.hello.worker_id.clone();
-            let at_s = self.run_start.elapsed().as_secs_f64();
-            self.lost.push(stampede_model::results::WorkerLost {
-                id: id.clone(),
-                at_s,
-                reason: reason.to_string(),
-            });
-            self.progress.line(format!("worker {id} lost at {at_s:.1} s: {reason}"));
-            self.log(format!("worker {id} lost: {reason}")).await;
+        if m.finished {
+            return;
         }
+        self.agg.set_live(i, false);
+        let id = m.hello.worker_id.clone();
+        let at_s = self.elapsed_s();
+        self.lost.push(WorkerLost { id: id.clone(), at_s, reason: reason.to_string(), back_at_s: None });
+        self.progress.line(format!("worker {id} lost at {at_s:.1} s: {reason}"));
+        self.log(format!("worker {id} lost: {reason}")).await;
+        if self.stopping.is_some() {
+            return;
+        }
+        match self.plan.fleet.on_worker_lost {
+            LostPolicy::Abort => {
+                self.abort(format!("worker {id} lost ({reason}) and on_worker_lost = \"abort\"")).await;
+            }
+            LostPolicy::Rebalance => self.unbalanced.push(format!("{id} lost")),
+        }
+    }
+
+    /// Rebalances for what changed in the fleet since the last time (a
+    /// rebalance may lose a worker it cannot reach: then once more).
+    async fn settle(&mut self) {
+        while !self.unbalanced.is_empty() {
+            let reason = std::mem::take(&mut self.unbalanced).join(", ");
+            self.rebalance(reason).await;
+        }
+    }
+
+    /// Spreads the current phase anew over the live workers, `into` the
+    /// phase: each moves from where it is to its new share.
+    async fn rebalance(&mut self, reason: String) {
+        let Some(current) = self.next_phase.checked_sub(1) else { return };
+        if self.stopping.is_some() || self.members.iter().all(|m| !m.live()) {
+            return;
+        }
+        let phase = &self.plan.phases[current];
+        let into = self.run_start.elapsed().saturating_sub(phase.start);
+        let planned = phase.peak();
+        let room: u64 = self.members.iter().map(Member::room).sum();
+        let capacities: Vec<u64> = self.members.iter().map(Member::room).collect();
+        let shares = split(planned, &capacities).unwrap_or(capacities);
+        let connections: std::collections::BTreeMap<String, u64> = self
+            .members
+            .iter()
+            .zip(&shares)
+            .filter(|(m, _)| m.live())
+            .map(|(m, n)| (m.hello.worker_id.clone(), *n))
+            .collect();
+        let unplaced = planned.saturating_sub(room);
+        let listed: Vec<String> = connections.iter().map(|(w, n)| format!("{w} {n}")).collect();
+        let short =
+            if unplaced > 0 { format!("; {unplaced} connections have no room") } else { String::new() };
+        let line = format!("rebalanced after {reason}: {}{short}", listed.join(", "));
+        self.progress.line(line.clone());
+        self.log(line).await;
+        self.rebalanced.push(Rebalance {
+            at_s: self.elapsed_s(),
+            reason,
+            phase: phase.name().to_string(),
+            connections,
+            unplaced,
+        });
+        self.start_phase(current, into).await;
     }
 
     async fn abort(&mut self, why: String) {
@@ -475,70 +560,123 @@ impl Running {
 
     async fn on_event(&mut self, event: FleetEvent) {
         match event {
-            FleetEvent::Message { worker, body } => {
-                let Some(i) = self.member(&worker) else { return };
+            FleetEvent::Message { worker, session, body } => {
+                let current = |m: &Member| m.session == session && m.link.is_some();
+                let Some(i) = self.member(&worker).filter(|&i| current(&self.members[i])) else {
+                    return; // an earlier stream, or a worker taken as lost
+                };
+                self.members[i].last_heard = Instant::now();
                 match body {
-                    Body::Snapshot(snap) => {
-                        let m = &mut self.members[i];
-                        m.last_heard = Instant::now();
-                        if std::mem::take(&mut m.silent) {
-                            self.log(format!(
-                                "worker {worker} heard from again (snapshot for second {})",
-                                snap.second
-                            ))
-                            .await;
-                        }
-                        match self.agg.add(i, &snap) {
-                            Ok(_) => {
-                                self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
-                            }
-                            Err(err) => {
-                                self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq))
-                                    .await
-                            }
-                        }
-                    }
+                    Body::Snapshot(snap) => self.on_snapshot(i, snap).await,
                     Body::Finished(_) => {
                         self.members[i].finished = true;
                         self.log(format!("worker {worker} finished")).await;
                     }
                     Body::Error(err) if err.fatal => {
-                        self.abort(format!("worker {worker}: {}", err.message)).await;
+                        let message: String = err.message.chars().take(1000).collect();
+                        self.abort(format!("worker {worker}: {message}")).await;
                     }
-                    Body::Error(err) => self.log(format!("worker {worker}: {}", err.message)).await,
-                    Body::PhaseAck(_) | Body::Hello(_) => {}
+                    Body::Error(err) => {
+                        let message: String = err.message.chars().take(1000).collect();
+                        self.log(format!("worker {worker}: {message}")).await;
+                    }
+                    Body::PhaseAck(_) | Body::Hello(_) | Body::Heartbeat(_) => {}
                 }
             }
             FleetEvent::Refused { peer, reason } => {
                 self.log(format!("refused a worker from {peer}: {reason}")).await;
             }
-            FleetEvent::Left { worker, reason } => {
+            FleetEvent::Left { worker, session, reason } => {
                 let Some(i) = self.member(&worker) else { return };
-                self.lose(i, &reason).await;
-            }
-            FleetEvent::Joined { hello, link, offset_us } => {
-                let known = self.member(&hello.worker_id);
-                match known {
-                    Some(i) if hello.resume_run_id == self.run_id && self.stopping.is_none() => {
-                        self.log(format!("worker {} rejoined", hello.worker_id)).await;
-                        let m = &mut self.members[i];
-                        m.link = Some(link);
-                        m.offset_us = offset_us;
-                        m.last_heard = Instant::now();
-                        self.agg.set_live(i, true);
-                        // Its engine kept the last phase it heard of; repeat
-                        // the current one in case it missed a change.
-                        if let Some(current) = self.next_phase.checked_sub(1) {
-                            let into =
-                                self.run_start.elapsed().saturating_sub(self.plan.phases[current].start);
-                            self.start_phase(current, into).await;
-                        }
-                    }
-                    _ => {
-                        // Dropping `link` ends its stream.
-                        self.log(format!("worker {} refused: a run is in progress", hello.worker_id)).await;
-                    }
+                let m = &self.members[i];
+                if m.session == session && m.link.is_some() {
+                    self.lose(i, &reason).await;
                 }
+            }
+            FleetEvent::Joined { session, hello, link, offset_us } => {
+                self.on_join(session, hello, link, offset_us).await
+            }
+        }
+    }
+
+    async fn on_snapshot(&mut self, i: usize, snap: stampede_proto::fleet::Snapshot) {
+        let worker = self.members[i].hello.worker_id.clone();
+        if snap.run_id != self.run_id {
+            // An outbox from another run: acknowledged so the worker drops
+            // it, never counted here.
+            let run: String = snap.run_id.chars().take(100).collect();
+            self.log(format!("worker {worker}: snapshot {} of another run ({run:?}) ignored", snap.seq))
+                .await;
+            self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
+            return;
+        }
+        match self.agg.add(i, &snap) {
+            Ok(_) => {
+                self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
+            }
+            Err(err) => {
+                // Nonsense from a worker: its figures cannot be trusted, so
+                // it leaves the run (and may not rejoin it); the run goes on.
+                let why = format!("sent a snapshot that was refused ({err})");
+                self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq)).await;
+                self.members[i].banned = Some(why.clone());
+                self.lose(i, &why).await;
+            }
+        }
+    }
+
+    /// A worker said Hello during the run: one of ours coming back, a new
+    /// one taking a share, or one that may not take part.
+    async fn on_join(&mut self, session: u64, hello: Hello, link: fleet::Link, offset_us: i64) {
+        let id = hello.worker_id.clone();
+        if self.stopping.is_some() {
+            self.log(format!("worker {id} refused: the run is ending")).await;
+            return; // dropping `link` ends its stream
+        }
+        match self.member(&id) {
+            Some(i) if self.members[i].banned.is_some() => {
+                let why = self.members[i].banned.clone().unwrap_or_default();
+                self.log(format!("worker {id} refused: it {why}")).await;
+            }
+            Some(i) if self.members[i].link.is_some() => {
+                self.log(format!("worker {id} refused: a worker of that name is taking part")).await;
+            }
+            Some(i) if self.members[i].finished => {
+                self.log(format!("worker {id} refused: it finished its part")).await;
+            }
+            Some(i) if hello.resume_run_id == self.run_id => {
+                let m = &mut self.members[i];
+                m.link = Some(link);
+                m.session = session;
+                m.offset_us = offset_us;
+                m.last_heard = Instant::now();
+                self.agg.set_live(i, true);
+                let at_s = self.elapsed_s();
+                if let Some(lost) = self.lost.iter_mut().rev().find(|l| l.id == id) {
+                    lost.back_at_s = Some(at_s);
+                }
+                self.progress.line(format!("worker {id} rejoined at {at_s:.1} s"));
+                self.log(format!("worker {id} rejoined")).await;
+                self.unbalanced.push(format!("{id} rejoined"));
+            }
+            Some(_) => {
+                self.log(format!("worker {id} refused: it lost its run, and a name in use cannot join anew"))
+                    .await;
+            }
+            None if self.members.len() >= 1000 => {
+                self.log(format!("worker {id} refused: the fleet has 1000 workers")).await;
+            }
+            None => {
+                let member = Member::new(hello, link, offset_us, session, &self.plan.fleet);
+                let assign = Assign { clock_offset_us: offset_us, ..self.assign.clone() };
+                if !member.send(Cmd::Assign(assign)) {
+                    return;
+                }
+                self.agg.add_worker(&id);
+                self.members.push(member);
+                self.progress.line(format!("worker {id} joined at {:.1} s", self.elapsed_s()));
+                self.log(format!("worker {id} joined the run late")).await;
+                self.unbalanced.push(format!("{id} joined"));
             }
         }
     }
@@ -574,24 +712,16 @@ impl Running {
         }
     }
 
-    /// Reports workers that have sent nothing for a while (a frozen
-    /// process, a stalled link), once per silence.
+    /// Loses workers that have sent nothing, not even a heartbeat, for
+    /// [`SILENT_AFTER`]: a frozen process or a stalled link.
     async fn check_silence(&mut self) {
-        let mut silent = Vec::new();
-        for m in &mut self.members {
-            let quiet_for = m.last_heard.elapsed();
-            if m.link.is_some() && !m.finished && !m.silent && quiet_for >= SILENT_AFTER {
-                m.silent = true;
-                silent.push(format!(
-                    "worker {} silent for {:.0} s",
-                    m.hello.worker_id,
-                    quiet_for.as_secs_f64()
-                ));
-            }
-        }
-        for line in silent {
-            self.progress.line(line.clone());
-            self.log(line).await;
+        let silent: Vec<(usize, f64)> = (0..self.members.len())
+            .filter(|&i| self.members[i].live())
+            .map(|i| (i, self.members[i].last_heard.elapsed().as_secs_f64()))
+            .filter(|(_, quiet)| *quiet >= SILENT_AFTER.as_secs_f64())
+            .collect();
+        for (i, quiet) in silent {
+            self.lose(i, &format!("silent for {quiet:.0} s (no snapshot, no heartbeat)")).await;
         }
     }
 

@@ -237,6 +237,22 @@ pub struct FleetSection {
     /// How long to wait for the workers to join, s (default 30).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join_timeout_s: Option<Seconds>,
+    /// No worker gets more connections than this, whatever it claims.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_worker: Option<Count>,
+    /// "rebalance" (default: the lost share goes to the other workers) or
+    /// "abort".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_worker_lost: Option<crate::fleet_plan::LostPolicy>,
+    /// What one worker costs per hour, for the estimate in `check`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_worker_hour: Option<Amount>,
+    /// Refuse to start when the estimated cost is above this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<Amount>,
+    /// Memory one worker has, MB (sizes the fleet and its manifests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_memory_mb: Option<Count>,
 }
 
 /// `[output]`
@@ -362,6 +378,23 @@ impl<'de> Deserialize<'de> for ExtraMs {
             )));
         }
         Ok(ExtraMs(v))
+    }
+}
+
+/// An amount of money: finite, not negative.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Amount(pub f64);
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Int(i) if i >= 0 => Ok(Amount(i as f64)),
+            Value::Float(v) if v.is_finite() && v >= 0.0 => Ok(Amount(v)),
+            other => Err(serde::de::Error::custom(format!(
+                "{other} is not an amount: give a number of at least 0, e.g. 0.34"
+            ))),
+        }
     }
 }
 

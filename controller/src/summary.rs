@@ -28,6 +28,8 @@ pub struct RunFacts {
     pub aborted: Option<String>,
     /// Workers lost during the run.
     pub workers_lost: Vec<stampede_model::results::WorkerLost>,
+    /// The load spread anew over the workers.
+    pub rebalanced: Vec<stampede_model::results::Rebalance>,
 }
 
 fn connections(target: u64, peak: u64, t: &Totals) -> ConnectionFigures {
@@ -93,6 +95,7 @@ fn figures_of(t: &Totals, span: Span) -> Figures {
         counters: t.counters,
         generator_stalled_seconds: span.stalled,
         workers_lost: Vec::new(),
+        rebalanced: Vec::new(),
     }
 }
 
@@ -182,6 +185,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         subprotocols: agg.subprotocols.clone(),
     };
     summary.figures.workers_lost = facts.workers_lost;
+    summary.figures.rebalanced = facts.rebalanced;
     summary.thresholds =
         plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &summary.figures)).collect();
     let pass = summary.aborted.is_none() && summary.thresholds.iter().all(|t| t.pass) && steps_pass;
@@ -219,7 +223,14 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     let _ = writeln!(out, "Duration:            {:.1} s", s.duration_s);
     let _ = writeln!(out, "Workers:             {}", s.workers);
     for lost in &s.figures.workers_lost {
-        let _ = writeln!(out, "Worker lost:         {} at {:.1} s: {}", lost.id, lost.at_s, lost.reason);
+        let back = lost.back_at_s.map_or(String::new(), |b| format!(" (back at {b:.1} s)"));
+        let _ =
+            writeln!(out, "Worker lost:         {} at {:.1} s: {}{back}", lost.id, lost.at_s, lost.reason);
+    }
+    for r in &s.figures.rebalanced {
+        let shares: Vec<String> = r.connections.iter().map(|(w, n)| format!("{w} {n}")).collect();
+        let _ =
+            writeln!(out, "Rebalanced:          at {:.1} s ({}): {}", r.at_s, r.reason, shares.join(", "));
     }
     if !s.subprotocols.is_empty() {
         let picked: Vec<String> =

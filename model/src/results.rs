@@ -220,6 +220,9 @@ pub struct WorkerRow {
     pub cpu_pct: f64,
     /// Whether the worker reported this second (else its gauges are carried).
     pub reported: bool,
+    /// The clock offset the worker numbered this second with (controller
+    /// minus worker), ms; refreshed from heartbeats during the run.
+    pub clock_offset_ms: f64,
 }
 
 /// Column names of `workers.csv`, in order.
@@ -236,11 +239,12 @@ pub const WORKER_COLUMNS: &[&str] = &[
     "rss_mb",
     "cpu_pct",
     "reported",
+    "clock_offset_ms",
 ];
 
 impl WorkerRow {
     /// The row as CSV cells, in [`WORKER_COLUMNS`] order.
-    pub fn csv_cells(&self) -> [String; 12] {
+    pub fn csv_cells(&self) -> [String; 13] {
         [
             self.elapsed_s.to_string(),
             self.timestamp.clone(),
@@ -254,6 +258,7 @@ impl WorkerRow {
             num(self.rss_mb, 1),
             num(self.cpu_pct, 1),
             u8::from(self.reported).to_string(),
+            num(self.clock_offset_ms, 3),
         ]
     }
 }
@@ -364,6 +369,10 @@ pub struct Figures {
     /// Workers lost during the run (the whole run's figures only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers_lost: Vec<WorkerLost>,
+    /// Each time the load was spread anew over the workers: a worker was
+    /// lost, came back, or joined late (the whole run's figures only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebalanced: Vec<Rebalance>,
 }
 
 /// A worker the run lost: it died, its link broke, or it refused the plan.
@@ -375,6 +384,30 @@ pub struct WorkerLost {
     pub at_s: f64,
     /// Why, as the controller saw it.
     pub reason: String,
+    /// When it rejoined and took part again, s from the run's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_at_s: Option<f64>,
+}
+
+/// The current phase's connections spread anew over the workers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rebalance {
+    /// When, s from the run's start.
+    pub at_s: f64,
+    /// What changed in the fleet.
+    pub reason: String,
+    /// The phase it applied to.
+    pub phase: String,
+    /// Connections each live worker holds from then on (at the phase's
+    /// level; a ramp moves them together).
+    pub connections: BTreeMap<String, u64>,
+    /// Connections the phase asks for that no worker had room for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unplaced: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Figures of one phase.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use stampede_model::Counters;
 
 pub mod auth;
+pub mod transport;
 
 /// Generated from `proto/fleet.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -19,7 +20,7 @@ pub mod fleet {
 
 /// Version of the fleet protocol a worker announces in its Hello; the
 /// controller refuses workers that speak another one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A message that does not fit the model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,12 +1,14 @@
 //! `controller`: the one stampede executable. `run` and `check` drive a
 //! test; `worker` and `relay` are what the local fleet and big bundled runs
-//! start as child processes, so nothing else needs installing.
+//! start as child processes, so nothing else needs installing; `deploy`
+//! renders what runs a fleet elsewhere (Kubernetes manifests).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
 use clap::{Parser, Subcommand};
 use stampede_controller::cli::{RunArgs, check_command, run_command};
+use stampede_controller::deploy::{DeployCommand, deploy_command};
 use stampede_controller::{EXIT_ERROR, EXIT_PASS};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,13 @@ enum Command {
         /// The scenario file.
         scenario: PathBuf,
     },
+    /// Render what runs a scenario's fleet elsewhere: `deploy kubernetes
+    /// SCENARIO` prints its manifests.
+    Deploy {
+        /// Where to deploy.
+        #[command(subcommand)]
+        to: DeployCommand,
+    },
     /// Act as a worker (what the local fleet starts; same flags as `worker`).
     Worker(stampede_worker::WorkerOptions),
     /// Run the bundled relay (what big bundled runs start; same flags as `relay`).
@@ -44,6 +53,7 @@ fn main() {
         let code = match cli.command {
             Command::Run(args) => run_command(args, shutdown).await,
             Command::Check { scenario } => check_command(&scenario),
+            Command::Deploy { to } => deploy_command(&to),
             Command::Relay(args) => report(stampede_relay::config::serve(&args, shutdown).await),
             Command::Worker(opts) => report(stampede_worker::run(opts, shutdown).await),
         };

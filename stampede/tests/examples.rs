@@ -1,6 +1,7 @@
 //! Every example scenario runs to PASS against the bundled relay, in its
-//! short default form (a few trimmed further with flags), and the
-//! environment variables of the 10K suite steer a run as README says.
+//! short default form (a few trimmed further with flags), but the one that
+//! needs a Kubernetes cluster, which is checked; and the environment
+//! variables of the 10K suite steer a run as README says.
 
 mod common;
 
@@ -59,6 +60,29 @@ examples! {
     stress_until_break: "stress-until-break.toml";
     json_rpc: "json-rpc.toml";
     wss_jwt: "wss-jwt.toml";
+}
+
+/// `kubernetes.toml` needs a cluster (its target is a Service there, its
+/// workers pods): checked here, its manifests validated in deploy.rs.
+#[test]
+fn kubernetes_checks_and_says_its_fleet_and_cost() {
+    let path = example("kubernetes.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "no warning: {}", String::from_utf8_lossy(&out.stderr));
+    for part in [
+        "fleet: 10 remote workers, up to 4000 connections each (max_connections_per_worker); the peak of 20000 \
+         needs 5",
+        "memory: 64 MiB per worker",
+        "time: 840 s planned + 240 s grace",
+        "cost: at most 0.30 (0.1 per worker-hour), max_cost 1: ok",
+    ] {
+        assert!(stdout.contains(part), "{part:?} in:\n{stdout}");
+    }
 }
 
 /// Every file under examples/ is listed above (a new example without a

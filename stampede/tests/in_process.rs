@@ -42,6 +42,10 @@ fn worker_with_token(
         source_addresses: vec![],
         once: true,
         join_timeout: Some(20),
+        grace: 30.0,
+        fleet_ca: None,
+        fleet_cert: None,
+        fleet_key: None,
     };
     tokio::spawn(async move {
         let _ = stampede_worker::run(opts, stop).await;
@@ -84,6 +88,7 @@ fn options(path: std::path::PathBuf) -> RunOptions {
         executable: None,
         quiet: true,
         fleet_token: None,
+        fleet_tls: None,
     }
 }
 
@@ -181,6 +186,14 @@ async fn peer(
     port: u16,
     first: WorkerMessage,
 ) -> Result<tokio::sync::mpsc::Sender<WorkerMessage>, tonic::Status> {
+    Ok(assigned_peer(port, first).await?.0)
+}
+
+/// [`peer`], also giving the run id of the Assign it gets.
+async fn assigned_peer(
+    port: u16,
+    first: WorkerMessage,
+) -> Result<(tokio::sync::mpsc::Sender<WorkerMessage>, tokio::sync::watch::Receiver<String>), tonic::Status> {
     let url = format!("http://127.0.0.1:{port}");
     let mut client = loop {
         match FleetClient::connect(url.clone()).await {
@@ -191,9 +204,23 @@ async fn peer(
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     tx.send(first).await.unwrap();
     let mut inbound = client.join(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    // Read the commands, as a live worker would, and ignore them.
-    tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-    Ok(tx)
+    // Read the commands, as a live worker would, and ignore them but the
+    // Assign's run id.
+    let (run_tx, run_rx) = tokio::sync::watch::channel(String::new());
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = inbound.message().await {
+            if let Some(fleet::controller_message::Body::Assign(a)) = m.body {
+                let _ = run_tx.send(a.run_id);
+            }
+        }
+    });
+    Ok((tx, run_rx))
+}
+
+/// Waits for a peer's Assign; its run id.
+async fn run_id(mut assigned: tokio::sync::watch::Receiver<String>) -> String {
+    let id = assigned.wait_for(|id| !id.is_empty()).await.expect("the controller assigns a run");
+    id.clone()
 }
 
 fn hello(id: &str, protocol_version: u32) -> WorkerMessage {
@@ -209,9 +236,10 @@ fn hello(id: &str, protocol_version: u32) -> WorkerMessage {
     }
 }
 
-fn snapshot(seq: u64, second: u64, counters: &[(&str, u64)], histogram: &[u8]) -> WorkerMessage {
+fn snapshot(run: &str, seq: u64, second: u64, counters: &[(&str, u64)], histogram: &[u8]) -> WorkerMessage {
     WorkerMessage {
         body: Some(Body::Snapshot(fleet::Snapshot {
+            run_id: run.into(),
             seq,
             second,
             counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -231,7 +259,7 @@ async fn a_hostile_fleet_peer_cannot_corrupt_or_stall_the_run() {
     let hostile = async {
         // Refused at the door: no Hello first, another protocol version;
         // and one that connects and says nothing does not hold the run up.
-        let no_hello = peer(port, snapshot(1, 0, &[], &[])).await.unwrap_err();
+        let no_hello = peer(port, snapshot("", 1, 0, &[], &[])).await.unwrap_err();
         assert_eq!(no_hello.code(), tonic::Code::InvalidArgument, "{no_hello}");
         let old = peer(port, hello("old", 1)).await.unwrap_err();
         assert_eq!(old.code(), tonic::Code::FailedPrecondition, "{old}");
@@ -239,25 +267,37 @@ async fn a_hostile_fleet_peer_cannot_corrupt_or_stall_the_run() {
             let _ = FleetClient::connect(format!("http://127.0.0.1:{port}")).await;
         });
 
-        // A member that misbehaves: the same snapshot 1,000 times, a second
-        // far beyond the run, a histogram that is not one, a counter that
-        // does not exist, a counter at u64::MAX; then silence.
-        let rogue = peer(port, hello("w2", stampede_proto::PROTOCOL_VERSION)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // A member that misbehaves: the same snapshot 1,000 times, a counter
+        // at u64::MAX twice (saturated), a snapshot of another run (ignored),
+        // then a second far beyond the run: nonsense, so it is lost and may
+        // not come back.
+        let version = stampede_proto::PROTOCOL_VERSION;
+        let (rogue, assigned) = assigned_peer(port, hello("w2", version)).await.unwrap();
+        let run = run_id(assigned).await;
         for _ in 0..1000 {
-            rogue.send(snapshot(1, 0, &[("messages_sent", 5)], &[])).await.unwrap();
+            rogue.send(snapshot(&run, 1, 0, &[("messages_sent", 5)], &[])).await.unwrap();
         }
-        rogue.send(snapshot(2, 1_000_000_000, &[("messages_sent", 1)], &[])).await.unwrap();
-        rogue.send(snapshot(3, 1, &[], b"\x1c\x84\x93\x14not a histogram")).await.unwrap();
-        rogue.send(snapshot(4, 1, &[("messages_teleported", 1)], &[])).await.unwrap();
-        rogue.send(snapshot(5, 1, &[("bytes_received", u64::MAX)], &[])).await.unwrap();
-        rogue.send(snapshot(6, 2, &[("bytes_received", u64::MAX)], &[])).await.unwrap();
-        (rogue, silent)
+        rogue.send(snapshot(&run, 2, 1, &[("bytes_received", u64::MAX)], &[])).await.unwrap();
+        rogue.send(snapshot(&run, 3, 2, &[("bytes_received", u64::MAX)], &[])).await.unwrap();
+        rogue.send(snapshot("an-old-run", 4, 2, &[("messages_sent", 1000)], &[])).await.unwrap();
+        rogue.send(snapshot(&run, 5, 1_000_000_000, &[("messages_sent", 1)], &[])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let banned = peer(port, hello("w2", version)).await;
+        // Late joiners with a histogram that is not one, a counter that does
+        // not exist; and one that joins and then says nothing at all.
+        let (w3, assigned) = assigned_peer(port, hello("w3", version)).await.unwrap();
+        w3.send(snapshot(&run_id(assigned).await, 1, 2, &[], b"\x1c\x84\x93\x14not a histogram"))
+            .await
+            .unwrap();
+        let (w4, assigned) = assigned_peer(port, hello("w4", version)).await.unwrap();
+        w4.send(snapshot(&run_id(assigned).await, 1, 2, &[("messages_teleported", 1)], &[])).await.unwrap();
+        let quiet = peer(port, hello("w5", version)).await.unwrap();
+        (vec![rogue, w3, w4, quiet], silent, banned)
     };
     let run = tokio::time::timeout(Duration::from_secs(60), run(options(path), CancellationToken::new()));
-    let (outcome, (rogue, silent)) = tokio::join!(run, hostile);
+    let (outcome, (rogues, silent, banned)) = tokio::join!(run, hostile);
     let outcome = outcome.expect("the run ends").unwrap();
-    drop(rogue);
+    drop(rogues);
     silent.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), real).await;
     let s = &outcome.summary;
@@ -278,13 +318,23 @@ async fn a_hostile_fleet_peer_cannot_corrupt_or_stall_the_run() {
     assert!(s.figures.messages.received > 0 && s.figures.messages.lost == 0, "{:?}", s.figures.messages);
     let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
     for line in [
-        "worker w2: snapshot 2 dropped: snapshot for second 1000000000",
-        "worker w2: snapshot 3 dropped: bad histogram",
-        "worker w2: snapshot 4 dropped: bad snapshot: unknown counter \"messages_teleported\"",
-        "worker w2 silent for 3 s",
+        "worker w2: snapshot 4 of another run (\"an-old-run\") ignored",
+        "worker w2: snapshot 5 dropped: snapshot for second 1000000000",
+        "worker w2 lost: sent a snapshot that was refused",
+        "worker w2 refused: it sent a snapshot that was refused",
+        "worker w3: snapshot 1 dropped: bad histogram",
+        "worker w3 lost: sent a snapshot that was refused",
+        "worker w4: snapshot 1 dropped: bad snapshot: unknown counter \"messages_teleported\"",
+        "worker w5 lost: silent for 3 s",
     ] {
         assert!(log.contains(line), "test.log lacks {line:?}:\n{log}");
     }
+    // The banned name's stream is ended, not served.
+    if let Ok(tx) = banned {
+        tokio::time::timeout(Duration::from_secs(5), tx.closed()).await.expect("the controller drops it");
+    }
+    let lost: Vec<&str> = s.figures.workers_lost.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(lost, ["w2", "w3", "w4", "w5"], "each is lost once, in order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,7 +184,16 @@ fn a_frozen_worker_loses_nothing_and_its_seconds_are_flagged_as_a_generator_stal
     assert!(!stalls.is_empty(), "{}", report["findings"]);
 
     let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
-    assert!(log.contains("worker local-1 silent for 3 s"), "{log}");
+    // Frozen, it is taken as lost within 3 s and its share moves to the
+    // other worker; thawed, it rejoins, resends, and takes its share back.
+    assert!(log.contains("worker local-1 lost"), "{log}");
+    assert!(log.contains("rebalanced after local-1 lost: local-2 40"), "{log}");
+    assert!(log.contains("rebalanced after local-1 rejoined: local-1 20, local-2 20"), "{log}");
+    let lost = &summary["workers_lost"][0];
+    assert_eq!(lost["id"], "local-1", "{summary}");
+    let (at, back) = (num(lost, "at_s"), num(lost, "back_at_s"));
+    assert!((5.0..=11.5).contains(&at), "frozen ~7 s after the start, lost within 3 s (and a beat): {at}");
+    assert!((6.0..=11.0).contains(&(back - at)), "back once thawed (frozen for 10 s): {at} -> {back}");
     assert!(log.contains("late data from local-1"), "{log}");
     assert!(log.contains("the load generator stalled in seconds"), "{log}");
 }

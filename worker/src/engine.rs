@@ -52,6 +52,14 @@ impl Engine {
         }
     }
 
+    /// Takes a fresh measurement of the controller's clock (controller
+    /// minus ours, us).
+    pub fn set_clock_offset(&self, offset_us: i64) {
+        match self {
+            Engine::Native(e) => e.set_clock_offset(offset_us),
+        }
+    }
+
     /// Ends the load gracefully; the last snapshot follows.
     pub fn stop(&self) {
         match self {

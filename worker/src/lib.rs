@@ -66,6 +66,29 @@ pub struct WorkerOptions {
     /// (default: keep trying).
     #[arg(long, value_name = "SECS")]
     pub join_timeout: Option<u64>,
+    /// After losing the controller mid-run, keep the load going this many
+    /// seconds for it to come back, then close every connection.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, env = "STAMPEDE_WORKER_GRACE", value_parser = grace)]
+    pub grace: f64,
+    /// Verify an https:// controller against this CA (PEM; or
+    /// STAMPEDE_FLEET_CA); default: the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub fleet_ca: Option<std::path::PathBuf>,
+    /// This worker's certificate (PEM), when the controller asks for one
+    /// (mutual TLS); needs --fleet-key.
+    #[arg(long, value_name = "FILE", requires = "fleet_key")]
+    pub fleet_cert: Option<std::path::PathBuf>,
+    /// The private key of --fleet-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "fleet_cert")]
+    pub fleet_key: Option<std::path::PathBuf>,
+}
+
+/// `--grace`: 0 to 3600 seconds.
+fn grace(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give seconds from 0 to 3600")),
+    }
 }
 
 /// Why a worker stopped.
@@ -77,7 +100,7 @@ pub enum WorkerError {
     /// The controller would not take this worker.
     #[error("the controller refused this worker: {0}")]
     Refused(String),
-    /// The fleet token or the target allowlist cannot be used.
+    /// The fleet token, TLS settings or target allowlist cannot be used.
     #[error("{0}")]
     Token(String),
     /// The link broke mid-run (with `--once`).
@@ -97,6 +120,14 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
     })
     .map_err(WorkerError::Token)?;
     allow::Allowlist::parse(&opts.allow_targets).map_err(WorkerError::Token)?;
+    let tls = stampede_proto::transport::ClientTls::from_sources(
+        opts.fleet_ca.clone(),
+        opts.fleet_cert.clone(),
+        opts.fleet_key.clone(),
+        |name| std::env::var(name).ok(),
+    )
+    .map_err(WorkerError::Token)?;
+    let endpoint = stampede_proto::transport::endpoint(&opts.controller, &tls).map_err(WorkerError::Token)?;
     tracing::info!(
         "worker {worker_id}: {} cores, room for {} connections",
         capacity.cores,
@@ -112,7 +143,7 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
         resume_run_id: String::new(),
         token_proof: Vec::new(),
     };
-    link::serve(&opts, hello, token, shutdown).await
+    link::serve(&opts, endpoint, hello, token, shutdown).await
 }
 
 fn hostname() -> String {

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ const RAMP_TICK: Duration = Duration::from_millis(10);
 pub struct NativeEngine {
     phases: mpsc::Sender<PhaseStart>,
     stop: CancellationToken,
+    /// Controller clock minus ours, us, as last measured: seconds are
+    /// numbered by it.
+    offset_us: Arc<AtomicI64>,
     /// The ramp manager and the reporter; they await every connection task.
     tasks: TaskTracker,
 }
@@ -93,14 +97,26 @@ impl NativeEngine {
         let slots = TaskTracker::new();
         let tasks = TaskTracker::new();
         tasks.spawn(manage(ctx, phase_rx, stop.clone(), slots.clone()));
-        tasks.spawn(report(recorder, Instant::from_std(clock.mono), stop.clone(), slots, snapshots));
+        let offset_us = Arc::new(AtomicI64::new(assign.clock_offset_us));
+        let clock = Clock {
+            zero: Instant::from_std(clock.mono),
+            assigned_us: assign.clock_offset_us,
+            now_us: offset_us.clone(),
+        };
+        tasks.spawn(report(recorder, clock, stop.clone(), slots, snapshots));
         tasks.close();
-        Ok(NativeEngine { phases: phase_tx, stop, tasks })
+        Ok(NativeEngine { phases: phase_tx, stop, offset_us, tasks })
     }
 
     /// Starts a phase now.
     pub async fn phase(&self, phase: PhaseStart) {
         let _ = self.phases.send(phase).await;
+    }
+
+    /// Takes a fresh measurement of the controller's clock (controller
+    /// minus ours, us): the next seconds end by it.
+    pub fn set_clock_offset(&self, offset_us: i64) {
+        self.offset_us.store(offset_us, Relaxed);
     }
 
     /// Closes every connection; the last snapshot follows once all are closed.
@@ -235,25 +251,45 @@ impl Slots {
     }
 }
 
+/// The run's clock on this worker: its zero as assigned, moved by how much
+/// the measured offset to the controller's clock has changed since.
+struct Clock {
+    zero: Instant,
+    assigned_us: i64,
+    now_us: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// The run's zero on our monotonic clock now: a controller clock
+    /// further ahead of ours puts it earlier.
+    fn zero(&self) -> Instant {
+        let moved = self.now_us.load(Relaxed) - self.assigned_us;
+        let by = Duration::from_micros(moved.unsigned_abs());
+        if moved >= 0 { self.zero.checked_sub(by).unwrap_or(self.zero) } else { self.zero + by }
+    }
+}
+
 /// Emits a snapshot at every whole second of the run clock, and a last one
-/// once every slot has ended after Stop.
+/// once every slot has ended after Stop. Seconds are numbered one after
+/// the other whatever the clock does: a refreshed offset moves where the
+/// next second ends, never skips or repeats one.
 async fn report(
     recorder: Arc<Recorder>,
-    run_start: Instant,
+    clock: Clock,
     stop: CancellationToken,
     slots: TaskTracker,
     out: mpsc::Sender<Snapshot>,
 ) {
     let mut snapshotter = Snapshotter::new();
     let mut cpu = CpuMeter::new();
-    let mut second = Instant::now().saturating_duration_since(run_start).as_secs();
+    let mut second = Instant::now().saturating_duration_since(clock.zero()).as_secs();
     let finished = async {
         stop.cancelled().await;
         slots.wait().await;
     };
     tokio::pin!(finished);
     loop {
-        let due = run_start + Duration::from_secs(second + 1);
+        let due = clock.zero() + Duration::from_secs(second + 1);
         let last = tokio::select! {
             _ = sleep_until(due) => false,
             _ = &mut finished => true,
@@ -262,7 +298,8 @@ async fn report(
         // and the controller flags these seconds as a generator stall.
         let taken_late = if last { Duration::ZERO } else { Instant::now().saturating_duration_since(due) };
         let gauges = Gauges { rss_bytes: rss_bytes(), cpu_us: cpu.delta_us(), ..Default::default() };
-        let snap = snapshotter.take(&recorder, second, taken_late, gauges);
+        let mut snap = snapshotter.take(&recorder, second, taken_late, gauges);
+        snap.clock_offset_us = clock.now_us.load(Relaxed);
         if out.send(snap).await.is_err() || last {
             return;
         }

@@ -190,6 +190,9 @@ impl Snapshotter {
             errors,
             taken_late_us: stampede_proto::us(taken_late),
             subprotocols,
+            // Filled in by the engine and the link.
+            run_id: String::new(),
+            clock_offset_us: 0,
         }
     }
 }
