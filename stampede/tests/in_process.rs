@@ -177,6 +177,48 @@ async fn a_worker_leaving_mid_run_is_reported_and_rows_stop_waiting_for_it() {
         outcome.summary.figures.connections.closed_by_client >= 10,
         "w2 closed its connections before leaving"
     );
+    // Its share went to w1, and the fleet was back at 20 within a second.
+    let r = &outcome.summary.figures.rebalanced;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].reason, "w2 lost");
+    assert_eq!(r[0].connections, [("w1".to_string(), 20)].into(), "{r:?}");
+    assert!(log.contains("rebalanced after w2 lost: w1 20"), "{log}");
+    let lost_at = lost[0].at_s.ceil() as usize;
+    let after: Vec<u64> =
+        rows[lost_at + 1..rows.len() - 2].iter().map(|r| r["connections_active"].as_u64().unwrap()).collect();
+    assert!(!after.is_empty() && after.iter().all(|n| *n == 20), "back to 20 after the loss: {after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joining_late_takes_a_share() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = scenario(tmp.path(), port);
+    let stop = CancellationToken::new();
+    let early = [worker(port, "w1", stop.clone()), worker(port, "w2", stop.clone())];
+    let late_stop = stop.clone();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        worker(port, "w3", late_stop).await
+    });
+    let outcome = run(options(path), CancellationToken::new()).await.unwrap();
+    for w in early {
+        tokio::time::timeout(Duration::from_secs(10), w).await.expect("--once workers exit").unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), late).await.expect("w3 exits").unwrap().unwrap();
+    let s = &outcome.summary;
+    assert_eq!(s.verdict, "PASS", "{s:?}");
+    let r = &s.figures.rebalanced;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].reason, "w3 joined");
+    assert_eq!(r[0].connections.values().sum::<u64>(), 20, "{r:?}");
+    assert!(r[0].connections.values().all(|n| (6..=7).contains(n)), "split three ways: {r:?}");
+    let w3 = s.worker_details.iter().find(|w| w.id == "w3").expect("w3 is in the results");
+    assert!(w3.snapshots >= 2, "w3 reported: {w3:?}");
+    assert_eq!(s.figures.messages.received, s.figures.messages.sent);
+    let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
+    assert!(log.contains("worker w3 joined the run late"), "{log}");
 }
 
 /// A fleet peer speaking the protocol by hand: Hello (or not) first, then

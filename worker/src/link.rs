@@ -102,6 +102,7 @@ pub async fn serve(
     let mut run: Option<Run> = None;
     let mut backoff = Duration::ZERO;
     let give_up = opts.join_timeout.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut last_error: Option<String> = None;
     loop {
         // Dial while the load goes on: snapshots keep coming into the
         // outbox, and the grace keeps counting.
@@ -155,7 +156,12 @@ pub async fn serve(
                 if run.is_none() && give_up.is_some_and(|t| Instant::now() >= t) {
                     return Err(WorkerError::Unreachable(opts.controller.clone(), err));
                 }
-                tracing::debug!("controller not reachable: {err}");
+                // Said once per different reason: a wrong CA or a closed
+                // port should be visible without flooding the log.
+                if last_error.as_deref() != Some(err.as_str()) {
+                    tracing::warn!("cannot join the controller at {}: {err}", opts.controller);
+                    last_error = Some(err);
+                }
                 backoff = (backoff * 2).clamp(Duration::from_millis(100), max_backoff);
                 continue;
             }
@@ -169,6 +175,7 @@ pub async fn serve(
             }
         };
         backoff = Duration::ZERO;
+        last_error = None;
         tracing::info!("joined controller {}", opts.controller);
         if let Some(r) = run.as_mut() {
             r.orphaned_since = None;

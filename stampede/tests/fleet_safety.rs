@@ -1,0 +1,390 @@
+//! A remote fleet that is safe to run: TLS on the control plane (with a
+//! token, or with worker certificates instead), workers that stop their
+//! load when their controller dies, and a worker that joins a new
+//! controller bringing nothing of its old run. Real processes on loopback;
+//! certificates made by the test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ONE_RUN_AT_A_TIME, Scratch, num, read_json};
+use stampede_relay::pki::Ca;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A worker process dialing `url` with extra flags; stderr to `log`.
+fn worker(id: &str, url: &str, extra: &[&str], log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["worker", "--controller", url, "--id", id])
+        .args(extra)
+        .env_remove("STAMPEDE_FLEET_TOKEN")
+        .env_remove("STAMPEDE_FLEET_TOKEN_FILE")
+        .env_remove("STAMPEDE_FLEET_CA")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The remote-fleet scenario: `workers` workers at `port`, loading `target`
+/// (the bundled relay when `None`).
+fn scenario(scratch: &Scratch, port: u16, workers: u32, target: Option<&str>, sustained_s: u32) -> PathBuf {
+    let target = match target {
+        Some(url) => format!("url = \"{url}\""),
+        None => "bundled = true".into(),
+    };
+    scratch.file(
+        "fleet.toml",
+        &format!(
+            r#"
+name = "fleet"
+[target]
+{target}
+[load]
+connections = 40
+message_interval_s = 0.2
+[phases]
+warmup_s = 0
+ramp_up_s = 2
+sustained_s = {sustained_s}
+cooldown_s = 1
+[fleet]
+remote = true
+workers = {workers}
+listen = "127.0.0.1:{port}"
+join_timeout_s = 30
+"#
+        ),
+    )
+}
+
+/// Writes a CA and a certificate for 127.0.0.1 signed by it; their paths
+/// (ca, cert, key).
+fn server_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca = Ca::new(name).unwrap();
+    let pem = ca.server(&["127.0.0.1", "localhost"]).unwrap();
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&paths.0, ca.cert_pem()).unwrap();
+    std::fs::write(&paths.1, &pem.cert).unwrap();
+    std::fs::write(&paths.2, &pem.key).unwrap();
+    paths
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn worker_ids(summary: &serde_json::Value) -> Vec<String> {
+    let mut ids: Vec<String> = summary["worker_details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_fleet_over_tls_with_a_token_passes_and_unverified_workers_never_join() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let (ca, cert, key) = server_pki(dir, "fleet");
+    let (other_ca, _, _) = server_pki(dir, "stranger");
+    let token = dir.join("token");
+    std::fs::write(&token, "a-fleet-token-for-this-test-0001\n").unwrap();
+    let port = free_port();
+    let https = format!("https://127.0.0.1:{port}");
+    let (ca, token) = (ca.to_str().unwrap(), token.to_str().unwrap());
+    let good: Vec<Child> = (1..=2)
+        .map(|i| {
+            let log = dir.join(format!("w{i}.log"));
+            worker(&format!("w{i}"), &https, &["--once", "--fleet-ca", ca, "--token-file", token], &log)
+        })
+        .collect();
+    // Trusts another CA; speaks plain HTTP/2 to a TLS port.
+    let mut wrong_ca = worker(
+        "wrong-ca",
+        &https,
+        &["--once", "--fleet-ca", other_ca.to_str().unwrap(), "--token-file", token],
+        &dir.join("wrong-ca.log"),
+    );
+    let mut plain = worker(
+        "plain",
+        &format!("http://127.0.0.1:{port}"),
+        &["--once", "--token-file", token],
+        &dir.join("plain.log"),
+    );
+
+    let path = scenario(&scratch, port, 2, None, 4);
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let run = common::controller(
+        &[
+            "run",
+            path.to_str().unwrap(),
+            "--output",
+            scratch.results_parent().to_str().unwrap(),
+            "--token-file",
+            token,
+            "--fleet-cert",
+            cert,
+            "--fleet-key",
+            key,
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("join at https://127.0.0.1:{port}")), "{}", run.stderr);
+    let summary = read_json(&scratch.results().join("summary.json"));
+    assert_eq!(summary["verdict"], "PASS");
+    assert_eq!(worker_ids(&summary), ["w1", "w2"], "only the verified workers took part");
+    assert_eq!(num(&summary, "messages.lost"), 0.0);
+    assert!(num(&summary, "messages.received") > 100.0, "{summary}");
+    for mut w in good {
+        assert_eq!(wait_exit(&mut w, Duration::from_secs(15)), Some(0), "--once workers exit 0");
+    }
+    // The others never got in, and say why.
+    let _ = wrong_ca.kill();
+    let _ = plain.kill();
+    let _ = (wrong_ca.wait(), plain.wait());
+    let said = std::fs::read_to_string(dir.join("wrong-ca.log")).unwrap();
+    assert!(said.to_lowercase().contains("certificate"), "the TLS failure is named: {said}");
+    assert!(!said.contains("joined controller"), "{said}");
+    let said = std::fs::read_to_string(dir.join("plain.log")).unwrap();
+    assert!(!said.contains("joined controller"), "{said}");
+}
+
+#[test]
+fn with_mutual_tls_worker_certificates_replace_the_token() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let (ca, cert, key) = server_pki(dir, "fleet");
+    let workers_ca = Ca::new("workers").unwrap();
+    let client_ca = dir.join("workers-ca.pem");
+    std::fs::write(&client_ca, workers_ca.cert_pem()).unwrap();
+    let port = free_port();
+    let https = format!("https://127.0.0.1:{port}");
+    let ca = ca.to_str().unwrap();
+    let good: Vec<Child> = (1..=2)
+        .map(|i| {
+            let pem = workers_ca.client(&format!("w{i}")).unwrap();
+            let (c, k) = (dir.join(format!("w{i}.pem")), dir.join(format!("w{i}.key")));
+            std::fs::write(&c, &pem.cert).unwrap();
+            std::fs::write(&k, &pem.key).unwrap();
+            let flags = [
+                "--once",
+                "--fleet-ca",
+                ca,
+                "--fleet-cert",
+                c.to_str().unwrap(),
+                "--fleet-key",
+                k.to_str().unwrap(),
+            ];
+            worker(&format!("w{i}"), &https, &flags, &dir.join(format!("w{i}.log")))
+        })
+        .collect();
+    let mut uncertified = worker("nocert", &https, &["--once", "--fleet-ca", ca], &dir.join("nocert.log"));
+
+    let path = scenario(&scratch, port, 2, None, 3);
+    let run = common::controller(
+        &[
+            "run",
+            path.to_str().unwrap(),
+            "--output",
+            scratch.results_parent().to_str().unwrap(),
+            "--fleet-cert",
+            cert.to_str().unwrap(),
+            "--fleet-key",
+            key.to_str().unwrap(),
+            "--fleet-client-ca",
+            client_ca.to_str().unwrap(),
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary = read_json(&scratch.results().join("summary.json"));
+    assert_eq!(worker_ids(&summary), ["w1", "w2"]);
+    assert_eq!(num(&summary, "messages.lost"), 0.0);
+    for mut w in good {
+        assert_eq!(wait_exit(&mut w, Duration::from_secs(15)), Some(0));
+    }
+    let _ = uncertified.kill();
+    let _ = uncertified.wait();
+    let said = std::fs::read_to_string(dir.join("nocert.log")).unwrap();
+    assert!(!said.contains("joined controller"), "a worker without a certificate is not let in: {said}");
+}
+
+/// `relay_connections_active` from the relay's /metrics.
+fn relay_connections(port: u16) -> Option<u64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("relay_connections_active ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// A relay process of its own (the controller's bundled one dies with it).
+struct Relay(Child, u16);
+
+impl Relay {
+    fn start() -> Relay {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_controller"))
+            .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while relay_connections(port).is_none() {
+            assert!(Instant::now() < end, "the relay did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Relay(child, port)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_run(scratch: &Scratch, path: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["run", path.to_str().unwrap(), "--output", scratch.results_parent().to_str().unwrap()])
+        .env_remove("STAMPEDE_FLEET_TOKEN")
+        .env_remove("STAMPEDE_FLEET_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn workers_whose_controller_dies_stop_their_load_within_the_grace() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let relay = Relay::start();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let target = format!("ws://127.0.0.1:{}/ws", relay.1);
+    let flags = ["--once", "--grace", "3", "--join-timeout", "30"];
+    let mut workers: Vec<Child> =
+        (1..=2).map(|i| worker(&format!("w{i}"), &url, &flags, &dir.join(format!("w{i}.log")))).collect();
+    let path = scenario(&scratch, port, 2, Some(&target), 60);
+    let mut controller = spawn_run(&scratch, &path);
+    // Wait for the load to be up, then kill the controller outright.
+    let end = Instant::now() + Duration::from_secs(30);
+    while relay_connections(relay.1).unwrap_or(0) < 40 {
+        assert!(Instant::now() < end, "the load never reached 40 connections");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    controller.kill().unwrap();
+    let killed = Instant::now();
+    controller.wait().unwrap();
+    // The workers keep their load through the grace, then close it.
+    let mut zero_after = None;
+    while killed.elapsed() < Duration::from_secs(20) {
+        if relay_connections(relay.1) == Some(0) {
+            zero_after = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let zero_after = zero_after.expect("the relay's connections went to 0 within 20 s of the kill");
+    // 3 s of silence to notice, 3 s of grace, a few for closing handshakes.
+    assert!(zero_after >= Duration::from_secs(3), "kept through the grace: {zero_after:?}");
+    assert!(zero_after <= Duration::from_secs(12), "stopped soon after the grace: {zero_after:?}");
+    for (i, w) in workers.iter_mut().enumerate() {
+        let code = wait_exit(w, Duration::from_secs(15));
+        assert_eq!(code, Some(1), "w{} exits with an error", i + 1);
+        let said = std::fs::read_to_string(dir.join(format!("w{}.log", i + 1))).unwrap();
+        assert!(said.contains("no controller took this worker back within 3 s"), "{said}");
+    }
+}
+
+#[test]
+fn a_worker_that_joins_a_new_controller_brings_nothing_of_its_old_run() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let relay = Relay::start();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let target = format!("ws://127.0.0.1:{}/ws", relay.1);
+    // Not --once: they serve run after run, and hold their load 60 s for a
+    // controller to come back.
+    let flags = ["--grace", "60"];
+    let mut workers: Vec<Child> =
+        (1..=2).map(|i| worker(&format!("w{i}"), &url, &flags, &dir.join(format!("w{i}.log")))).collect();
+    let first = scenario(&scratch, port, 2, Some(&target), 60);
+    let mut controller = spawn_run(&scratch, &first);
+    let end = Instant::now() + Duration::from_secs(30);
+    while relay_connections(relay.1).unwrap_or(0) < 40 {
+        assert!(Instant::now() < end, "the load never reached 40 connections");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the outboxes fill with seconds the dead controller never acks.
+    std::thread::sleep(Duration::from_secs(2));
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    std::fs::remove_dir_all(scratch.results_parent()).unwrap();
+
+    // A new controller, a new run, on the same address.
+    let second = scenario(&scratch, port, 2, Some(&target), 4);
+    let run = common::controller(
+        &["run", second.to_str().unwrap(), "--output", scratch.results_parent().to_str().unwrap()],
+        Duration::from_secs(90),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let results = scratch.results();
+    let summary = read_json(&results.join("summary.json"));
+    assert_eq!(worker_ids(&summary), ["w1", "w2"]);
+    // Only this run's seconds and messages: rows from 0, as long as the
+    // plan (7 s), their sums the totals, and every message answered.
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(results.join("metrics.json")).unwrap()).unwrap();
+    assert!((7..=10).contains(&rows.len()), "{} rows", rows.len());
+    let sent: f64 = rows.iter().map(|r| r["messages_sent"].as_f64().unwrap()).sum();
+    assert_eq!(sent, num(&summary, "messages.sent"));
+    assert_eq!(num(&summary, "messages.received"), num(&summary, "messages.sent"));
+    assert!(num(&summary, "connections.peak") <= 40.0, "the old run's connections are gone: {summary}");
+    for i in 1..=2 {
+        let said = std::fs::read_to_string(dir.join(format!("w{i}.log"))).unwrap();
+        assert!(said.contains("dropping what was left of run"), "w{i} dropped its old run: {said}");
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
