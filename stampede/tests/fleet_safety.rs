@@ -388,3 +388,116 @@ fn a_worker_that_joins_a_new_controller_brings_nothing_of_its_old_run() {
         let _ = w.wait();
     }
 }
+
+/// Peak resident memory of process `pid` so far, bytes (VmHWM).
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[test]
+fn hostile_fleet_peers_are_refused_or_dropped_and_the_controller_stays_small() {
+    use common::peer::{assigned_peer, hello, peer, proved, run_id, snapshot};
+    use stampede_proto::auth::FleetToken;
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "the-fleet-token-of-this-test-42\n").unwrap();
+    let token = FleetToken::from_sources(Some(&token_file), |_| None).unwrap().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut real =
+        worker("w1", &url, &["--once", "--token-file", token_file.to_str().unwrap()], &dir.join("w1.log"));
+    let path = scenario(&scratch, port, 1, None, 12);
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["run", path.to_str().unwrap(), "--output", scratch.results_parent().to_str().unwrap()])
+        .args(["--token-file", token_file.to_str().unwrap()])
+        .env_remove("STAMPEDE_FLEET_TOKEN")
+        .env_remove("STAMPEDE_FLEET_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("controller.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = controller.id();
+    let version = stampede_proto::PROTOCOL_VERSION;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut peak = 0;
+    runtime.block_on(async {
+        // Wait until the run has started (the real worker is assigned).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // A wrong token: refused before anything is sent to it.
+        let wrong = FleetToken::new(b"some-other-token-0000000".to_vec()).unwrap();
+        let refused = peer(port, proved(hello("intruder", version), &wrong)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        // Insiders gone bad (they hold the token): a second far beyond the
+        // run; a histogram whose 40-byte header claims a range of 2^62 us;
+        // a 9 MiB message; the same snapshot 20,000 times.
+        let (far, assigned) = assigned_peer(port, proved(hello("far", version), &token)).await.unwrap();
+        let run = run_id(assigned).await;
+        far.send(snapshot(&run, 1, 1_000_000_000, &[("messages_sent", 1)], &[])).await.unwrap();
+        let mut claim = Vec::new();
+        let empty = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        use hdrhistogram::serialization::Serializer;
+        hdrhistogram::serialization::V2Serializer::new().serialize(&empty, &mut claim).unwrap();
+        claim[24..32].copy_from_slice(&(1u64 << 62).to_be_bytes());
+        let (huge, _) = assigned_peer(port, proved(hello("huge", version), &token)).await.unwrap();
+        huge.send(snapshot(&run, 1, 2, &[], &claim)).await.unwrap();
+        let (big, _) = assigned_peer(port, proved(hello("big", version), &token)).await.unwrap();
+        big.send(snapshot(&run, 1, 2, &[], &vec![7u8; 9 << 20])).await.unwrap();
+        let (flood, _) = assigned_peer(port, proved(hello("flood", version), &token)).await.unwrap();
+        for _ in 0..20_000 {
+            if flood.send(snapshot(&run, 1, 2, &[("messages_sent", 3)], &[])).await.is_err() {
+                break;
+            }
+        }
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end && controller.try_wait().unwrap().is_none() {
+            peak = peak.max(peak_rss(pid).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop((far, huge, big, flood));
+    });
+    let code = wait_exit(&mut controller, Duration::from_secs(30));
+    let _ = wait_exit(&mut real, Duration::from_secs(15));
+    let stderr = std::fs::read_to_string(dir.join("controller.log")).unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "the run completes with its verdict (PASS: the real worker's figures are whole)\n{stderr}"
+    );
+    assert!(peak > 0 && peak < 100 << 20, "controller peak RSS {:.1} MB", peak as f64 / 1e6);
+    eprintln!("controller peak RSS {:.1} MB", peak as f64 / 1e6);
+    let log = std::fs::read_to_string(scratch.results().join("test.log")).unwrap();
+    for line in [
+        "refused a worker from 127.0.0.1:",
+        "worker far: snapshot 1 dropped: snapshot for second 1000000000",
+        "worker far lost",
+        "worker huge: snapshot 1 dropped: bad histogram",
+        "claims the range",
+        "worker huge lost",
+        "worker big lost",
+    ] {
+        assert!(log.contains(line), "test.log lacks {line:?}:\n{log}");
+    }
+    let summary = read_json(&scratch.results().join("summary.json"));
+    assert_eq!(num(&summary, "messages.lost"), 0.0, "{summary}");
+    let flood_sent: u64 = {
+        let (header, rows) = common::read_csv(&scratch.results().join("workers.csv"));
+        let (id, sent) = (
+            header.iter().position(|h| h == "worker").unwrap(),
+            header.iter().position(|h| h == "messages_sent").unwrap(),
+        );
+        rows.iter().filter(|r| r[id] == "flood").map(|r| r[sent].parse::<u64>().unwrap()).sum()
+    };
+    assert_eq!(flood_sent, 3, "20,000 copies of one snapshot count once");
+}
