@@ -160,6 +160,12 @@ fn a_fleet_over_tls_with_a_token_passes_and_unverified_workers_never_join() {
     let summary = read_json(&scratch.results().join("summary.json"));
     assert_eq!(summary["verdict"], "PASS");
     assert_eq!(worker_ids(&summary), ["w1", "w2"], "only the verified workers took part");
+    // Each second says the clock offset it was numbered by, refreshed from
+    // heartbeats: on one host, within a few ms of 0.
+    let (header, rows) = common::read_csv(&scratch.results().join("workers.csv"));
+    let col = header.iter().position(|h| h == "clock_offset_ms").expect("workers.csv has clock_offset_ms");
+    let offsets: Vec<f64> = rows.iter().map(|r| r[col].parse().unwrap()).collect();
+    assert!(offsets.len() >= 12 && offsets.iter().all(|o| o.abs() < 50.0), "{offsets:?}");
     assert_eq!(num(&summary, "messages.lost"), 0.0);
     assert!(num(&summary, "messages.received") > 100.0, "{summary}");
     for mut w in good {
