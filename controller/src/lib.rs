@@ -20,6 +20,7 @@ pub mod plan;
 pub mod progress;
 pub mod results;
 pub mod run;
+pub mod running;
 pub mod scenario;
 pub mod stages;
 pub mod summary;

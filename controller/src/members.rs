@@ -1,18 +1,26 @@
-//! The workers of a run: waiting for them to join, and sending them
-//! commands without ever waiting on one (a command that cannot be delivered
-//! is reported, never silently dropped).
+//! The workers of a run: waiting for them to join, sending them commands
+//! without ever waiting on one (a command that cannot be delivered is
+//! reported, never silently dropped), and, once the run goes, what the
+//! fleet does to it: snapshots taken or refused, workers lost (silent,
+//! gone, or sending nonsense), coming back or joining late, and the
+//! current phase spread anew over those that are live.
 
 use std::time::Duration;
 
-use stampede_proto::fleet::{ControllerMessage, Hello, controller_message::Body as Cmd};
+use stampede_model::results::{Rebalance, WorkerLost};
+use stampede_proto::fleet::{
+    Assign, ControllerMessage, Hello, Snapshot, SnapshotAck, controller_message::Body as Cmd,
+    worker_message::Body,
+};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{FleetEvent, Link};
 use crate::local_fleet::LocalFleet;
-use crate::plan::{FleetPlan, Plan};
+use crate::plan::{FleetPlan, LostPolicy, Plan, split};
 use crate::run::RunError;
+use crate::running::Running;
 
 /// Time without a word (snapshot or heartbeat; workers send one every
 /// second) after which a worker is taken as lost.
@@ -131,4 +139,214 @@ pub async fn wait_for_workers(
         }
     }
     Ok(members)
+}
+
+impl Running {
+    /// Marks worker `i` lost: rows stop waiting for it, its link is
+    /// dropped (a worker that still hears will rejoin), and its share goes
+    /// to the others or the run aborts, as the scenario says.
+    pub(crate) async fn lose(&mut self, i: usize, reason: &str) {
+        let m = &mut self.members[i];
+        m.link = None;
+        if m.finished {
+            return;
+        }
+        self.agg.set_live(i, false);
+        let id = m.hello.worker_id.clone();
+        let at_s = self.elapsed_s();
+        self.lost.push(WorkerLost { id: id.clone(), at_s, reason: reason.to_string(), back_at_s: None });
+        self.progress.line(format!("worker {id} lost at {at_s:.1} s: {reason}"));
+        self.log(format!("worker {id} lost: {reason}")).await;
+        if self.stopping.is_some() {
+            return;
+        }
+        match self.plan.fleet.on_worker_lost {
+            LostPolicy::Abort => {
+                self.abort(format!("worker {id} lost ({reason}) and on_worker_lost = \"abort\"")).await;
+            }
+            LostPolicy::Rebalance => self.unbalanced.push(format!("{id} lost")),
+        }
+    }
+
+    /// Rebalances for what changed in the fleet since the last time (a
+    /// rebalance may lose a worker it cannot reach: then once more).
+    pub(crate) async fn settle(&mut self) {
+        while !self.unbalanced.is_empty() {
+            let reason = std::mem::take(&mut self.unbalanced).join(", ");
+            self.rebalance(reason).await;
+        }
+    }
+
+    /// Spreads the current phase anew over the live workers, `into` the
+    /// phase: each moves from where it is to its new share.
+    pub(crate) async fn rebalance(&mut self, reason: String) {
+        let Some(current) = self.next_phase.checked_sub(1) else { return };
+        if self.stopping.is_some() || self.members.iter().all(|m| !m.live()) {
+            return;
+        }
+        let phase = &self.plan.phases[current];
+        let into = self.run_start.elapsed().saturating_sub(phase.start);
+        let planned = phase.peak();
+        let room: u64 = self.members.iter().map(Member::room).sum();
+        let capacities: Vec<u64> = self.members.iter().map(Member::room).collect();
+        let shares = split(planned, &capacities).unwrap_or(capacities);
+        let connections: std::collections::BTreeMap<String, u64> = self
+            .members
+            .iter()
+            .zip(&shares)
+            .filter(|(m, _)| m.live())
+            .map(|(m, n)| (m.hello.worker_id.clone(), *n))
+            .collect();
+        let unplaced = planned.saturating_sub(room);
+        let listed: Vec<String> = connections.iter().map(|(w, n)| format!("{w} {n}")).collect();
+        let short =
+            if unplaced > 0 { format!("; {unplaced} connections have no room") } else { String::new() };
+        let line = format!("rebalanced after {reason}: {}{short}", listed.join(", "));
+        self.progress.line(line.clone());
+        self.log(line).await;
+        self.rebalanced.push(Rebalance {
+            at_s: self.elapsed_s(),
+            reason,
+            phase: phase.name().to_string(),
+            connections,
+            unplaced,
+        });
+        self.start_phase(current, into).await;
+    }
+
+    pub(crate) async fn on_event(&mut self, event: FleetEvent) {
+        match event {
+            FleetEvent::Message { worker, session, body } => {
+                let current = |m: &Member| m.session == session && m.link.is_some();
+                let Some(i) = self.member(&worker).filter(|&i| current(&self.members[i])) else {
+                    return; // an earlier stream, or a worker taken as lost
+                };
+                self.members[i].last_heard = Instant::now();
+                match body {
+                    Body::Snapshot(snap) => self.on_snapshot(i, snap).await,
+                    Body::Finished(_) => {
+                        self.members[i].finished = true;
+                        self.log(format!("worker {worker} finished")).await;
+                    }
+                    Body::Error(err) if err.fatal => {
+                        let message: String = err.message.chars().take(1000).collect();
+                        self.abort(format!("worker {worker}: {message}")).await;
+                    }
+                    Body::Error(err) => {
+                        let message: String = err.message.chars().take(1000).collect();
+                        self.log(format!("worker {worker}: {message}")).await;
+                    }
+                    Body::PhaseAck(_) | Body::Hello(_) | Body::Heartbeat(_) => {}
+                }
+            }
+            FleetEvent::Refused { peer, reason } => {
+                self.log(format!("refused a worker from {peer}: {reason}")).await;
+            }
+            FleetEvent::Left { worker, session, reason } => {
+                let Some(i) = self.member(&worker) else { return };
+                let m = &self.members[i];
+                if m.session == session && m.link.is_some() {
+                    self.lose(i, &reason).await;
+                }
+            }
+            FleetEvent::Joined { session, hello, link, offset_us } => {
+                self.on_join(session, hello, link, offset_us).await
+            }
+        }
+    }
+
+    pub(crate) async fn on_snapshot(&mut self, i: usize, snap: Snapshot) {
+        let worker = self.members[i].hello.worker_id.clone();
+        if snap.run_id != self.run_id {
+            // An outbox from another run: acknowledged so the worker drops
+            // it, never counted here.
+            let run: String = snap.run_id.chars().take(100).collect();
+            self.log(format!("worker {worker}: snapshot {} of another run ({run:?}) ignored", snap.seq))
+                .await;
+            self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
+            return;
+        }
+        match self.agg.add(i, &snap) {
+            Ok(_) => {
+                self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
+            }
+            Err(err) => {
+                // Nonsense from a worker: its figures cannot be trusted, so
+                // it leaves the run (and may not rejoin it); the run goes on.
+                let why = format!("sent a snapshot that was refused ({err})");
+                self.log(format!("worker {worker}: snapshot {} dropped: {err}", snap.seq)).await;
+                self.members[i].banned = Some(why.clone());
+                self.lose(i, &why).await;
+            }
+        }
+    }
+
+    /// A worker said Hello during the run: one of ours coming back, a new
+    /// one taking a share, or one that may not take part.
+    pub(crate) async fn on_join(&mut self, session: u64, hello: Hello, link: Link, offset_us: i64) {
+        let id = hello.worker_id.clone();
+        if self.stopping.is_some() {
+            self.log(format!("worker {id} refused: the run is ending")).await;
+            return; // dropping `link` ends its stream
+        }
+        match self.member(&id) {
+            Some(i) if self.members[i].banned.is_some() => {
+                let why = self.members[i].banned.clone().unwrap_or_default();
+                self.log(format!("worker {id} refused: it {why}")).await;
+            }
+            Some(i) if self.members[i].link.is_some() => {
+                self.log(format!("worker {id} refused: a worker of that name is taking part")).await;
+            }
+            Some(i) if self.members[i].finished => {
+                self.log(format!("worker {id} refused: it finished its part")).await;
+            }
+            Some(i) if hello.resume_run_id == self.run_id => {
+                let m = &mut self.members[i];
+                m.link = Some(link);
+                m.session = session;
+                m.offset_us = offset_us;
+                m.last_heard = Instant::now();
+                self.agg.set_live(i, true);
+                let at_s = self.elapsed_s();
+                if let Some(lost) = self.lost.iter_mut().rev().find(|l| l.id == id) {
+                    lost.back_at_s = Some(at_s);
+                }
+                self.progress.line(format!("worker {id} rejoined at {at_s:.1} s"));
+                self.log(format!("worker {id} rejoined")).await;
+                self.unbalanced.push(format!("{id} rejoined"));
+            }
+            Some(_) => {
+                self.log(format!("worker {id} refused: it lost its run, and a name in use cannot join anew"))
+                    .await;
+            }
+            None if self.members.len() >= 1000 => {
+                self.log(format!("worker {id} refused: the fleet has 1000 workers")).await;
+            }
+            None => {
+                let member = Member::new(hello, link, offset_us, session, &self.plan.fleet);
+                let assign = Assign { clock_offset_us: offset_us, ..self.assign.clone() };
+                if !member.send(Cmd::Assign(assign)) {
+                    return;
+                }
+                self.agg.add_worker(&id);
+                self.members.push(member);
+                self.progress.line(format!("worker {id} joined at {:.1} s", self.elapsed_s()));
+                self.log(format!("worker {id} joined the run late")).await;
+                self.unbalanced.push(format!("{id} joined"));
+            }
+        }
+    }
+
+    /// Loses workers that have sent nothing, not even a heartbeat, for
+    /// [`SILENT_AFTER`]: a frozen process or a stalled link.
+    pub(crate) async fn check_silence(&mut self) {
+        let silent: Vec<(usize, f64)> = (0..self.members.len())
+            .filter(|&i| self.members[i].live())
+            .map(|i| (i, self.members[i].last_heard.elapsed().as_secs_f64()))
+            .filter(|(_, quiet)| *quiet >= SILENT_AFTER.as_secs_f64())
+            .collect();
+        for (i, quiet) in silent {
+            self.lose(i, &format!("silent for {quiet:.0} s (no snapshot, no heartbeat)")).await;
+        }
+    }
 }
