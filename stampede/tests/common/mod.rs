@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod peer;
 
 use std::path::{Path, PathBuf};
