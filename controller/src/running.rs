@@ -190,16 +190,24 @@ impl Running {
 
     async fn write_rows(&mut self, flush: bool) {
         let elapsed = self.elapsed_s();
+        // One line per run of seconds corrected by the same workers: a
+        // worker back from 30 s away corrects 30 rows at once.
+        let mut spans: Vec<(String, u64, u64)> = Vec::new();
         for row in self.agg.take_corrections() {
             let workers: Vec<&str> = row.workers.iter().map(|w| w.worker.as_str()).collect();
-            let line = format!(
-                "late data from {} for second {}: row corrected (revision {})",
-                workers.join(", "),
-                row.metrics.elapsed_s,
-                row.metrics.revision
-            );
-            self.log(line).await;
+            let (who, s) = (workers.join(", "), row.metrics.elapsed_s);
+            match spans.last_mut() {
+                Some((w, _, last)) if *w == who && *last + 1 == s => *last = s,
+                _ => spans.push((who, s, s)),
+            }
             self.writer.row(row).await;
+        }
+        for (who, first, last) in spans {
+            let line = match last - first {
+                0 => format!("late data from {who} for second {first}: row corrected"),
+                n => format!("late data from {who} for seconds {first}-{last}: {} rows corrected", n + 1),
+            };
+            self.log(line).await;
         }
         let mut broke = None;
         for row in self.agg.ready_rows(elapsed, flush) {

@@ -308,9 +308,10 @@ impl Fleet {
 }
 
 impl Drop for Fleet {
-    /// On failure, says what each process said.
+    /// On failure (or with STAMPEDE_TEST_LOGS set), says what each
+    /// process said.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("STAMPEDE_TEST_LOGS").is_none() {
             return;
         }
         let mut logs: Vec<(String, PathBuf)> = Vec::new();

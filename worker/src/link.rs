@@ -101,7 +101,9 @@ pub async fn serve(
     let grace = Duration::from_secs_f64(opts.grace);
     let mut run: Option<Run> = None;
     let mut backoff = Duration::ZERO;
-    let give_up = opts.join_timeout.map(|s| Instant::now() + Duration::from_secs(s));
+    // Counted from the start, then from each lost link.
+    let join_timeout = opts.join_timeout.map(Duration::from_secs);
+    let mut give_up = join_timeout.map(|t| Instant::now() + t);
     let mut last_error: Option<String> = None;
     loop {
         // Dial while the load goes on: snapshots keep coming into the
@@ -180,7 +182,9 @@ pub async fn serve(
         if let Some(r) = run.as_mut() {
             r.orphaned_since = None;
         }
-        match session(inbound, tx, &mut run, opts, &shutdown).await {
+        let ended = session(inbound, tx, &mut run, opts, &shutdown).await;
+        give_up = join_timeout.map(|t| Instant::now() + t);
+        match ended {
             SessionEnd::Finished => {
                 run = None;
                 if opts.once {
