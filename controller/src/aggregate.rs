@@ -499,9 +499,10 @@ impl Aggregator {
             let gauges = this.map_or(self.gauges[i], |r| r.gauges);
             let r = this.copied().unwrap_or_default();
             counters.add(&r.counters);
-            active += gauges.connections_active;
-            rss += gauges.rss_bytes;
-            cpu_us += r.gauges.cpu_us;
+            // Saturating: gauges come from workers, who may send anything.
+            active = gauges.connections_active.saturating_add(active);
+            rss = gauges.rss_bytes.saturating_add(rss);
+            cpu_us = r.gauges.cpu_us.saturating_add(cpu_us);
             stalled |= r.stalled;
             workers.push(WorkerRow {
                 elapsed_s: s,

@@ -37,6 +37,7 @@ fn worker_with_token(
     let opts = WorkerOptions {
         token_file,
         allow_targets: vec![],
+        allow_file: None,
         controller: format!("http://127.0.0.1:{port}"),
         id: Some(id.into()),
         max_connections: None,

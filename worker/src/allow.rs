@@ -30,6 +30,22 @@ impl Allowlist {
         values.iter().map(|v| parse_entry(v.trim())).collect::<Result<Vec<_>, _>>().map(Allowlist)
     }
 
+    /// Reads an allowlist file: one entry per line as `--allow-target`
+    /// takes it, `#` starts a comment; the error names the file and line.
+    pub fn read_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("allowlist {}: {e}", path.display()))?;
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            parse_entry(entry).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+            entries.push(entry.to_string());
+        }
+        Ok(entries)
+    }
+
     /// Whether `target` (its URL's host, and the address it resolved to)
     /// may be loaded; `Err` says why not, for the controller's log.
     pub fn check(&self, target: &Target) -> Result<(), String> {
@@ -109,6 +125,21 @@ fn in_block(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_lists_entries_and_errors_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("stampede-allow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "# the lab\n10.0.0.0/8   # workers' network\n\nrelay.test:443\n").unwrap();
+        assert_eq!(Allowlist::read_file(&good).unwrap(), ["10.0.0.0/8", "relay.test:443"]);
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "10.0.0.0/8\n10.0.0.0/99\n").unwrap();
+        let err = Allowlist::read_file(&bad).unwrap_err();
+        assert!(err.contains("bad:2: --allow-target \"10.0.0.0/99\": bad prefix length"), "{err}");
+        assert!(Allowlist::read_file(&dir.join("missing")).unwrap_err().contains("missing"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     async fn target(url: &str) -> Target {
         Target::resolve(url).await.unwrap()

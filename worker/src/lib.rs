@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod link;
 pub mod native;
 pub mod opening;
+pub mod orders;
 pub mod pace;
 pub mod payload;
 pub mod process;
@@ -62,6 +63,10 @@ pub struct WorkerOptions {
     /// IP/BITS; repeat for more. Without any: loopback targets only.
     #[arg(long = "allow-target", value_name = "TARGET")]
     pub allow_targets: Vec<String>,
+    /// A file of allowed targets, one per line as --allow-target takes
+    /// them (`#` comments); added to any --allow-target.
+    #[arg(long, value_name = "FILE", env = "STAMPEDE_ALLOW_FILE")]
+    pub allow_file: Option<std::path::PathBuf>,
     /// Give up when the controller cannot be reached for this many seconds
     /// (default: keep trying).
     #[arg(long, value_name = "SECS")]
@@ -119,6 +124,9 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
         (name == stampede_proto::auth::TOKEN_ENV).then(|| std::env::var(name).ok()).flatten()
     })
     .map_err(WorkerError::Token)?;
+    if let Some(file) = opts.allow_file.take() {
+        opts.allow_targets.extend(allow::Allowlist::read_file(&file).map_err(WorkerError::Token)?);
+    }
     allow::Allowlist::parse(&opts.allow_targets).map_err(WorkerError::Token)?;
     let tls = stampede_proto::transport::ClientTls::from_sources(
         opts.fleet_ca.clone(),

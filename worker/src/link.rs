@@ -99,6 +99,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let grace = Duration::from_secs_f64(opts.grace);
+    // What this worker said it holds: no command makes it open more.
+    let capacity = hello.capacity.map_or(0, |c| c.max_connections);
     let mut run: Option<Run> = None;
     let mut backoff = Duration::ZERO;
     // Counted from the start, then from each lost link.
@@ -182,7 +184,7 @@ pub async fn serve(
         if let Some(r) = run.as_mut() {
             r.orphaned_since = None;
         }
-        let ended = session(inbound, tx, &mut run, opts, &shutdown).await;
+        let ended = session(inbound, tx, &mut run, opts, capacity, &shutdown).await;
         give_up = join_timeout.map(|t| Instant::now() + t);
         match ended {
             SessionEnd::Finished => {
@@ -307,6 +309,7 @@ async fn session(
     tx: mpsc::Sender<WorkerMessage>,
     run: &mut Option<Run>,
     opts: &WorkerOptions,
+    capacity: u64,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -362,7 +365,7 @@ async fn session(
                     sent_up_to = 0;
                     finished_sent = false;
                 }
-                handle(cmd, &tx, run, opts).await;
+                handle(cmd, &tx, run, opts, capacity).await;
             }
             permit = tx.reserve(), if unsent => {
                 let Ok(permit) = permit else { return SessionEnd::LinkLost("stream closed".into()) };
@@ -395,11 +398,21 @@ fn reply(tx: &mpsc::Sender<WorkerMessage>, body: Msg) {
     }
 }
 
-async fn handle(cmd: Cmd, tx: &mpsc::Sender<WorkerMessage>, run: &mut Option<Run>, opts: &WorkerOptions) {
+async fn handle(
+    cmd: Cmd,
+    tx: &mpsc::Sender<WorkerMessage>,
+    run: &mut Option<Run>,
+    opts: &WorkerOptions,
+    capacity: u64,
+) {
     match cmd {
         Cmd::Assign(assign) => {
             if run.as_ref().is_some_and(|r| r.id == assign.run_id) {
                 return; // a resumed run: already running
+            }
+            if let Err(why) = crate::orders::check_assign(&assign) {
+                reply(tx, Msg::Error(fleet::WorkerError { message: why, fatal: true }));
+                return;
             }
             if let Err(why) = allowed(&assign.target_url, opts).await {
                 reply(tx, Msg::Error(fleet::WorkerError { message: why, fatal: true }));
@@ -423,7 +436,11 @@ async fn handle(cmd: Cmd, tx: &mpsc::Sender<WorkerMessage>, run: &mut Option<Run
                 }
             }
         }
-        Cmd::PhaseStart(phase) => {
+        Cmd::PhaseStart(mut phase) => {
+            if let Err(why) = crate::orders::check_phase(&mut phase, capacity) {
+                reply(tx, Msg::Error(fleet::WorkerError { message: why, fatal: true }));
+                return;
+            }
             if let Some(r) = run {
                 let index = phase.index;
                 r.engine.phase(phase).await;

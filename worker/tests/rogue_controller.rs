@@ -1,0 +1,138 @@
+//! A worker commanded by a controller written in this test (real gRPC on
+//! loopback): what a buggy or hostile controller sends is refused or
+//! capped, never obeyed without bound.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use stampede_proto::fleet::fleet_server::{Fleet, FleetServer};
+use stampede_proto::fleet::{
+    Assign, ControllerMessage, PhaseStart, WorkerMessage, controller_message::Body as Cmd,
+    worker_message::Body,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// A controller that sends `script` to the first worker that joins and
+/// passes on everything the worker says.
+struct Rogue {
+    script: std::sync::Mutex<Option<Vec<Cmd>>>,
+    heard: mpsc::Sender<Body>,
+}
+
+#[tonic::async_trait]
+impl Fleet for Rogue {
+    type JoinStream = ReceiverStream<Result<ControllerMessage, Status>>;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let mut inbound = request.into_inner();
+        let script = self.script.lock().unwrap().take().unwrap_or_default();
+        let (tx, rx) = mpsc::channel(64);
+        for cmd in script {
+            tx.send(Ok(ControllerMessage { body: Some(cmd) })).await.unwrap();
+        }
+        let heard = self.heard.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(WorkerMessage { body: Some(body) })) = inbound.message().await {
+                if heard.send(body).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn rogue(script: Vec<Cmd>) -> (String, mpsc::Receiver<Body>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (heard, rx) = mpsc::channel(1024);
+    let service = FleetServer::new(Rogue { script: std::sync::Mutex::new(Some(script)), heard });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (url, rx)
+}
+
+fn options(url: &str) -> stampede_worker::WorkerOptions {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: stampede_worker::WorkerOptions,
+    }
+    Cli::parse_from(["worker", "--controller", url, "--id", "w", "--max-connections", "30", "--once"]).opts
+}
+
+fn assign(target: &str) -> Assign {
+    Assign {
+        run_id: "rogue-run".into(),
+        target_url: target.into(),
+        payload_bytes: 64,
+        connect_timeout_us: 5_000_000,
+        run_start_unix_us: stampede_model::clock::unix_us(std::time::SystemTime::now()),
+        ..Default::default()
+    }
+}
+
+/// The first fatal error the worker reports, within 10 s.
+async fn fatal(heard: &mut mpsc::Receiver<Body>) -> String {
+    let wait = async {
+        while let Some(body) = heard.recv().await {
+            if let Body::Error(e) = body
+                && e.fatal
+            {
+                return e.message;
+            }
+        }
+        panic!("the worker left without an error");
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait).await.expect("an error within 10 s")
+}
+
+#[tokio::test]
+async fn an_assign_asking_for_4_gib_messages_is_refused() {
+    let shutdown = CancellationToken::new();
+    let relay = stampede_relay::Relay::start(Default::default(), shutdown.clone()).await.unwrap();
+    let huge = Assign { payload_bytes: u32::MAX, ..assign(&relay.ws_url()) };
+    let (url, mut heard) = rogue(vec![Cmd::Assign(huge)]).await;
+    let worker = tokio::spawn(stampede_worker::run(options(&url), shutdown.clone()));
+    let said = fatal(&mut heard).await;
+    assert!(said.contains("payload_bytes = 4294967295"), "{said}");
+    assert_eq!(relay.stats().connections_total.load(Relaxed), 0, "nothing was opened");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+}
+
+#[tokio::test]
+async fn a_phase_of_a_trillion_connections_is_capped_at_the_workers_capacity() {
+    let shutdown = CancellationToken::new();
+    let relay = stampede_relay::Relay::start(Default::default(), shutdown.clone()).await.unwrap();
+    let phase =
+        PhaseStart { index: 0, name: "greedy".into(), connections: 1_000_000_000_000, ..Default::default() };
+    let nan = PhaseStart { index: 1, name: "nan".into(), churn_per_s: f64::NAN, ..Default::default() };
+    let (url, mut heard) =
+        rogue(vec![Cmd::Assign(assign(&relay.ws_url())), Cmd::PhaseStart(phase), Cmd::PhaseStart(nan)]).await;
+    let worker = tokio::spawn(stampede_worker::run(options(&url), shutdown.clone()));
+    // The NaN rate is refused by name; the greedy phase was capped at 30.
+    let said = fatal(&mut heard).await;
+    assert!(said.contains("churn_per_s = NaN"), "{said}");
+    let stats = relay.stats();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.connections_active.load(Relaxed) < 30 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stats.connections_active.load(Relaxed), 30, "the worker holds its capacity, not a trillion");
+    assert_eq!(stats.connections_total.load(Relaxed), 30);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+}
