@@ -593,11 +593,17 @@ fn a_link_down_for_30_s_loses_no_data() {
     sleep_until_unix(down_at + 30.0);
     fleet.lab.link_up("w1");
     let up_at = unix_now();
-    let back = reach(&fleet);
-    assert!(
-        back.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
-        "w1 reachable again: {back:?}"
-    );
+    // The port takes a moment to forward again (and neighbour entries to
+    // resolve): probe for up to 5 s.
+    let refused = |r: &std::io::Result<()>| {
+        r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    };
+    let mut back = reach(&fleet);
+    while !refused(&back) && unix_now() < up_at + 5.0 {
+        std::thread::sleep(Duration::from_millis(200));
+        back = reach(&fleet);
+    }
+    assert!(refused(&back), "w1 reachable again within 5 s of the link coming up: {back:?}");
     let left = start + end_s as f64 - unix_now();
     let status = fleet.wait_controller(Duration::from_secs_f64(left.max(0.0) + 30.0));
     assert!(matches!(status.code(), Some(0 | 99)), "the run ends with a verdict: {status}");
