@@ -323,9 +323,15 @@ impl Aggregator {
         }
         let state = &mut self.workers[worker];
         state.applied_seq = snap.seq;
+        let newest = state.reported_up_to.is_none_or(|r| snap.second >= r);
         state.reported_up_to = Some(state.reported_up_to.map_or(snap.second, |r| r.max(snap.second)));
         self.snapshots[worker] += 1;
         let errors: u64 = snap.errors.values().fold(0u64, |a, n| a.saturating_add(*n));
+        if newest {
+            // Carried into the seconds it does not report (its last word,
+            // also when that word came late: a worker back from an outage).
+            self.gauges[worker] = snap.gauges.unwrap_or_default();
+        }
         let report = Report {
             counters,
             errors,

@@ -227,6 +227,13 @@ impl Running {
                     Body::Finished(_) => {
                         self.members[i].finished = true;
                         self.log(format!("worker {worker} finished")).await;
+                        if self.stopping.is_none() {
+                            // Its load ended on its own (it was without us
+                            // past its grace): the others take its share,
+                            // and rows no longer wait for it.
+                            self.agg.set_live(i, false);
+                            self.unbalanced.push(format!("{worker} finished early"));
+                        }
                     }
                     Body::Error(err) if err.fatal => {
                         let message: String = err.message.chars().take(1000).collect();

@@ -693,3 +693,61 @@ fn workers_stop_their_load_when_the_controller_dies() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// A worker cut off for longer than its grace stops its load (unsupervised
+/// no longer), keeps what it measured, and delivers it when the link is
+/// back: no second of it is missing, and the others take its share.
+#[test]
+fn a_worker_cut_off_past_its_grace_stops_its_load_and_still_delivers() {
+    const GRACE_S: f64 = 8.0;
+    const OUTAGE_S: f64 = 14.0;
+    let _one = lock();
+    let Some(lab) = Lab::new(&HOSTS) else { return };
+    let mut fleet = Fleet::start(lab, Tls::IfAvailable);
+    let sustained = 35;
+    let end_s = RAMP_S + sustained + COOLDOWN_S;
+    let scenario = fleet.scenario("pastgrace", sustained, "");
+    fleet.start_controller(&scenario);
+    fleet.start_workers(&["--grace", &format!("{GRACE_S}")]);
+    let start = fleet.run_start();
+    sleep_until_unix(start + ACT_AT_S);
+    assert_eq!(fleet.relay_open(), CONNECTIONS as f64, "all connections open before the cut");
+    fleet.lab.link_down("w1");
+    let down_at = unix_now();
+    sleep_until_unix(down_at + OUTAGE_S);
+    fleet.lab.link_up("w1");
+    let left = start + end_s as f64 - unix_now();
+    let status = fleet.wait_controller(Duration::from_secs_f64(left.max(0.0) + 30.0));
+    assert!(matches!(status.code(), Some(0 | 99)), "the run ends with a verdict: {status}");
+
+    let dir = fleet.results();
+    let summary = read_json(&dir.join("summary.json"));
+    let started = parse_iso8601(summary["started_at"].as_str().unwrap()).unwrap();
+    let down_s = down_at - started;
+    // Every second w1 measured is there, up to when its load stopped, which
+    // was after the grace, so inside the outage: it delivered them late.
+    let workers = workers_by_second(&dir);
+    let reported: Vec<u64> = workers
+        .iter()
+        .filter(|((id, _), r)| id == "w1" && r["reported"] == "1")
+        .map(|((_, s), _)| *s)
+        .collect();
+    let (first, last) = (reported[0], *reported.last().unwrap());
+    assert_eq!(unreported(&workers, "w1", first..=last), Vec::<u64>::new(), "no second of w1 missing");
+    assert!(
+        last as f64 >= down_s + GRACE_S,
+        "w1 measured through its grace and delivered it ({first}..={last}, cut at {down_s:.1} s)"
+    );
+    assert!((last as f64) < down_s + OUTAGE_S, "its load stopped before the link came back ({last})");
+    let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
+    assert!(log.contains("worker w1 rejoined"), "{log}");
+    assert!(log.contains("rebalanced after w1 finished early: w2 75, w3 75"), "{log}");
+    let said = std::fs::read_to_string(fleet.scratch.dir.path().join("w1.log")).unwrap();
+    assert!(said.contains("closing every connection and stopping the load"), "{said}");
+    // The others hold the whole load to the end of the sustained phase.
+    let metrics = metrics_by_second(&dir);
+    let back = (down_s + OUTAGE_S).ceil() as u64 + 3;
+    for s in back..RAMP_S + sustained {
+        assert_eq!(cell(&metrics[&s], "connections_active"), CONNECTIONS as f64, "second {s}");
+    }
+}

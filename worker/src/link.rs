@@ -49,6 +49,9 @@ struct Run {
     done: bool,
     /// When the link was lost, while it is.
     orphaned_since: Option<Instant>,
+    /// Its load stopped for want of a controller: its measurements are
+    /// dropped at this time unless one takes the worker back.
+    keep_until: Option<Instant>,
 }
 
 impl Run {
@@ -119,6 +122,7 @@ pub async fn serve(
             tokio::pin!(attempt);
             loop {
                 let orphaned_until = run.as_ref().and_then(|r| r.orphaned_since).map(|t| t + grace);
+                let keep_until = run.as_ref().and_then(|r| r.keep_until);
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         if let Some(r) = run {
@@ -133,10 +137,22 @@ pub async fn serve(
                         }
                     }
                     _ = until(orphaned_until) => {
+                        // Unsupervised no longer: the load stops, but what
+                        // it measured is kept for another grace, for a
+                        // controller that takes the worker back late.
                         tracing::warn!(
-                            "no controller for {:.0} s: closing every connection and stopping the load",
+                            "no controller for {:.0} s: closing every connection and stopping the load; \
+                             its measurements are kept {:.0} s more",
+                            grace.as_secs_f64(),
                             grace.as_secs_f64()
                         );
+                        if let Some(r) = run.as_mut() {
+                            r.engine.stop();
+                            r.orphaned_since = None;
+                            r.keep_until = Some(Instant::now() + grace);
+                        }
+                    }
+                    _ = until(keep_until) => {
                         if let Some(r) = run.take() {
                             close_gracefully(r).await;
                         }
@@ -183,6 +199,7 @@ pub async fn serve(
         tracing::info!("joined controller {}", opts.controller);
         if let Some(r) = run.as_mut() {
             r.orphaned_since = None;
+            r.keep_until = None;
         }
         let ended = session(inbound, tx, &mut run, opts, capacity, &shutdown).await;
         give_up = join_timeout.map(|t| Instant::now() + t);
@@ -429,6 +446,7 @@ async fn handle(
                         outbox: VecDeque::new(),
                         done: false,
                         orphaned_since: None,
+                        keep_until: None,
                     });
                 }
                 Err(err) => {
