@@ -294,26 +294,41 @@ fn spawn_run(scratch: &Scratch, path: &Path) -> Child {
         .unwrap()
 }
 
+/// Two remote workers (`flags`) loading a relay process of their own for a
+/// 60 s sustained phase, once all 40 connections are open.
+struct Loaded {
+    relay: Relay,
+    workers: Vec<Child>,
+    controller: Child,
+    port: u16,
+}
+
+impl Loaded {
+    fn start(scratch: &Scratch, flags: &[&str]) -> Loaded {
+        let relay = Relay::start();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let target = format!("ws://127.0.0.1:{}/ws", relay.1);
+        let dir = scratch.dir.path();
+        let workers =
+            (1..=2).map(|i| worker(&format!("w{i}"), &url, flags, &dir.join(format!("w{i}.log")))).collect();
+        let controller = spawn_run(scratch, &scenario(scratch, port, 2, Some(&target), 60));
+        let end = Instant::now() + Duration::from_secs(30);
+        while relay_connections(relay.1).unwrap_or(0) < 40 {
+            assert!(Instant::now() < end, "the load never reached 40 connections");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Loaded { relay, workers, controller, port }
+    }
+}
+
 #[test]
 fn workers_whose_controller_dies_stop_their_load_within_the_grace() {
     let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new();
     let dir = scratch.dir.path();
-    let relay = Relay::start();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let target = format!("ws://127.0.0.1:{}/ws", relay.1);
-    let flags = ["--once", "--grace", "3", "--join-timeout", "30"];
-    let mut workers: Vec<Child> =
-        (1..=2).map(|i| worker(&format!("w{i}"), &url, &flags, &dir.join(format!("w{i}.log")))).collect();
-    let path = scenario(&scratch, port, 2, Some(&target), 60);
-    let mut controller = spawn_run(&scratch, &path);
-    // Wait for the load to be up, then kill the controller outright.
-    let end = Instant::now() + Duration::from_secs(30);
-    while relay_connections(relay.1).unwrap_or(0) < 40 {
-        assert!(Instant::now() < end, "the load never reached 40 connections");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let loaded = Loaded::start(&scratch, &["--once", "--grace", "3", "--join-timeout", "30"]);
+    let (relay, mut workers, mut controller) = (loaded.relay, loaded.workers, loaded.controller);
     controller.kill().unwrap();
     let killed = Instant::now();
     controller.wait().unwrap();
@@ -343,22 +358,12 @@ fn a_worker_that_joins_a_new_controller_brings_nothing_of_its_old_run() {
     let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new();
     let dir = scratch.dir.path();
-    let relay = Relay::start();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let target = format!("ws://127.0.0.1:{}/ws", relay.1);
     // Not --once: they serve run after run, and hold their load 60 s for a
     // controller to come back.
-    let flags = ["--grace", "60"];
-    let mut workers: Vec<Child> =
-        (1..=2).map(|i| worker(&format!("w{i}"), &url, &flags, &dir.join(format!("w{i}.log")))).collect();
-    let first = scenario(&scratch, port, 2, Some(&target), 60);
-    let mut controller = spawn_run(&scratch, &first);
-    let end = Instant::now() + Duration::from_secs(30);
-    while relay_connections(relay.1).unwrap_or(0) < 40 {
-        assert!(Instant::now() < end, "the load never reached 40 connections");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let loaded = Loaded::start(&scratch, &["--grace", "60"]);
+    let (relay, mut workers, mut controller, port) =
+        (loaded.relay, loaded.workers, loaded.controller, loaded.port);
+    let target = format!("ws://127.0.0.1:{}/ws", relay.1);
     // Let the outboxes fill with seconds the dead controller never acks.
     std::thread::sleep(Duration::from_secs(2));
     controller.kill().unwrap();
