@@ -24,6 +24,7 @@ pub mod process;
 pub mod recorder;
 pub mod request;
 pub mod schedule;
+pub mod sealed;
 pub mod session;
 pub mod target;
 pub mod tls;
