@@ -23,6 +23,7 @@ pub mod run;
 pub mod running;
 pub mod scenario;
 pub mod stages;
+pub mod stress;
 pub mod summary;
 pub mod target_metrics;
 pub mod threshold;

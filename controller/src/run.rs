@@ -29,7 +29,7 @@ use crate::progress::Progress;
 use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
 use crate::running::Running;
 use crate::scenario::{Scenario, ScenarioError};
-use crate::stages::StressWatch;
+use crate::stress::StressWatch;
 use crate::summary::{self, RunFacts};
 use crate::target_metrics;
 use stampede_relay::RelayConfig;

@@ -17,7 +17,7 @@ use crate::members::Member;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::results::ResultsWriter;
-use crate::stages::StressWatch;
+use crate::stress::StressWatch;
 use crate::summary;
 use crate::target_metrics::TargetSample;
 
