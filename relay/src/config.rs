@@ -29,6 +29,9 @@ pub struct RelayConfig {
     /// Require an HS256 JWT signed with this secret on every upgrade
     /// (`401` otherwise).
     pub jwt_secret: Option<crate::jwt::JwtSecret>,
+    /// Channels (`/pubsub`, `POST /publish/<channel>`): history, limits and
+    /// their test faults.
+    pub pubsub: PubsubConfig,
 }
 
 impl Default for RelayConfig {
@@ -41,7 +44,87 @@ impl Default for RelayConfig {
             faults: Faults::default(),
             tls: None,
             jwt_secret: None,
+            pubsub: PubsubConfig::default(),
         }
+    }
+}
+
+/// Channels: how much history each keeps, global limits, and the delivery
+/// faults tests use. Channels live in one relay process (several processes
+/// sharing a port do not share channels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PubsubConfig {
+    /// Messages kept per channel for `subscribe` with `since`; 0 turns
+    /// history off. Flag: `--history-messages`.
+    pub history_messages: usize,
+    /// History entries older than this are dropped. Flag: `--history-age-s`.
+    pub history_age: Duration,
+    /// Bytes of history kept across all channels (each entry costs its
+    /// frame plus a fixed overhead); beyond it the oldest entries of any
+    /// channel go first. Flag: `--history-bytes`.
+    pub history_bytes: usize,
+    /// Channels that may exist at once; creating one more is refused.
+    /// Flag: `--max-channels`.
+    pub max_channels: usize,
+    /// Fault: this share of message deliveries is sent twice. Flag:
+    /// `--fault-duplicate FRACTION`.
+    pub fault_duplicate: Option<f64>,
+    /// Fault: this share of message deliveries is held and sent after the
+    /// next delivery of the same channel to the same connection. Flag:
+    /// `--fault-reorder FRACTION`.
+    pub fault_reorder: Option<f64>,
+}
+
+/// Default of `--history-messages`.
+pub const DEFAULT_HISTORY_MESSAGES: usize = 1000;
+/// Default of `--history-age-s`.
+pub const DEFAULT_HISTORY_AGE_S: f64 = 300.0;
+/// Default of `--history-bytes`: 64 MiB.
+pub const DEFAULT_HISTORY_BYTES: usize = 64 << 20;
+/// Default of `--max-channels`.
+pub const DEFAULT_MAX_CHANNELS: usize = 100_000;
+
+impl Default for PubsubConfig {
+    fn default() -> Self {
+        Self {
+            history_messages: DEFAULT_HISTORY_MESSAGES,
+            history_age: Duration::from_secs_f64(DEFAULT_HISTORY_AGE_S),
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            fault_duplicate: None,
+            fault_reorder: None,
+        }
+    }
+}
+
+impl PubsubConfig {
+    /// The `relay` flags for the settings that differ from the defaults.
+    pub fn to_args(&self) -> Vec<String> {
+        let default = PubsubConfig::default();
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.to_string());
+            args.push(value);
+        };
+        if self.history_messages != default.history_messages {
+            push("--history-messages", self.history_messages.to_string());
+        }
+        if self.history_age != default.history_age {
+            push("--history-age-s", self.history_age.as_secs_f64().to_string());
+        }
+        if self.history_bytes != default.history_bytes {
+            push("--history-bytes", self.history_bytes.to_string());
+        }
+        if self.max_channels != default.max_channels {
+            push("--max-channels", self.max_channels.to_string());
+        }
+        if let Some(f) = self.fault_duplicate {
+            push("--fault-duplicate", f.to_string());
+        }
+        if let Some(f) = self.fault_reorder {
+            push("--fault-reorder", f.to_string());
+        }
+        args
     }
 }
 
@@ -192,6 +275,40 @@ pub fn parse_leak(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses `--history-age-s S`.
+pub fn parse_history_age(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && offset_ok(s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("--history-age-s takes seconds above 0 and at most {MAX_FAULT_S}, e.g. 300 or 0.5")),
+    }
+}
+
+/// Parses `--max-channels N` (at least 1).
+fn parse_max_channels(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("--max-channels takes a number of channels, at least 1".to_string()),
+    }
+}
+
+/// A share of deliveries for `flag`: above 0, at most 1.
+fn fraction(flag: &str, text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{flag} takes a FRACTION of deliveries above 0 and at most 1, e.g. 0.1")),
+    }
+}
+
+/// Parses `--fault-duplicate FRACTION`.
+pub fn parse_duplicate(text: &str) -> Result<f64, String> {
+    fraction("--fault-duplicate", text)
+}
+
+/// Parses `--fault-reorder FRACTION`.
+pub fn parse_reorder(text: &str) -> Result<f64, String> {
+    fraction("--fault-reorder", text)
+}
+
 /// Flags of the `relay` binary (and of `controller relay`, which the
 /// controller starts when a run needs more than one relay process).
 #[derive(Debug, Clone, clap::Args)]
@@ -243,6 +360,28 @@ pub struct RelayArgs {
     /// this file (trailing newline ignored).
     #[arg(long, value_name = "FILE")]
     pub jwt_secret_file: Option<std::path::PathBuf>,
+    /// Channels: messages of history kept per channel, replayed to a
+    /// subscribe with `since` (0 = no history).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTORY_MESSAGES)]
+    pub history_messages: usize,
+    /// Channels: history entries older than this many seconds are dropped.
+    #[arg(long = "history-age-s", value_name = "S", default_value = "300", value_parser = parse_history_age)]
+    pub history_age: Duration,
+    /// Channels: bytes of history kept across all channels; the oldest
+    /// entries go first.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_HISTORY_BYTES)]
+    pub history_bytes: usize,
+    /// Channels: how many may exist at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CHANNELS, value_parser = parse_max_channels)]
+    pub max_channels: usize,
+    /// Fault: send FRACTION of the channel message deliveries twice (of N
+    /// deliveries exactly floor(N * FRACTION), spread evenly).
+    #[arg(long, value_name = "FRACTION", value_parser = parse_duplicate)]
+    pub fault_duplicate: Option<f64>,
+    /// Fault: hold FRACTION of the channel message deliveries and send each
+    /// after the next delivery of its channel to the same connection.
+    #[arg(long, value_name = "FRACTION", value_parser = parse_reorder)]
+    pub fault_reorder: Option<f64>,
 }
 
 impl RelayArgs {
@@ -274,6 +413,14 @@ impl RelayArgs {
             },
             tls: None,
             jwt_secret: None,
+            pubsub: PubsubConfig {
+                history_messages: self.history_messages,
+                history_age: self.history_age,
+                history_bytes: self.history_bytes,
+                max_channels: self.max_channels,
+                fault_duplicate: self.fault_duplicate,
+                fault_reorder: self.fault_reorder,
+            },
         }
     }
 

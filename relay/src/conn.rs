@@ -1,13 +1,16 @@
 //! One accepted TCP connection, up to the point it becomes a WebSocket.
 //!
 //! Owns the TLS handshake (for `wss://`), the bounded head read, the plain-HTTP answers (`/health`,
-//! `/metrics`, errors) and the `101` handshake, so the accept loop stays a
-//! loop and the echo code only ever sees an upgraded stream.
+//! `/metrics`, `POST /publish/<channel>`, errors) and the `101` handshake, so
+//! the accept loop stays a loop and the echo and channel sessions only ever
+//! see an upgraded stream.
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -15,16 +18,18 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
-use crate::echo;
-use crate::http::{self, MAX_HEAD, Parsed, Route};
+use crate::http::{self, Endpoint, MAX_HEAD, Parsed, Route};
 use crate::server::Shared;
 use crate::tls::Stream;
+use crate::{echo, ops, pubsub};
 
 /// A client that cannot send a request head in this long is dropped, so
 /// idle sockets cannot pin tasks forever.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Likewise for a TLS handshake.
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+/// And for the body of a publish.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After answering plain HTTP we half-close and drain for at most this long:
 /// closing with unread input would send RST and could destroy the response
@@ -34,6 +39,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// Why the head could not be routed.
 enum HeadOutcome {
@@ -86,14 +92,14 @@ pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     };
 
     let resp = match route {
-        Route::Upgrade { token, .. }
+        Route::Upgrade { token, .. } | Route::Publish { token, .. }
             if let Some(secret) = &shared.jwt_secret
                 && let Err(why) = crate::jwt::verify(token.as_deref(), secret, unix_s()) =>
         {
-            tracing::debug!("upgrade refused: {why}");
+            tracing::debug!("request refused: {why}");
             http::response("401 Unauthorized", TEXT, "WWW-Authenticate: Bearer\r\n", &format!("{why}\n"))
         }
-        Route::Upgrade { key, .. } => {
+        Route::Upgrade { key, endpoint, .. } => {
             // Only the leftover bytes (an early first frame) go on; the head
             // buffer is released before the long-lived session starts.
             let leftover = if head_len >= buf.len() {
@@ -103,14 +109,30 @@ pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, shutdown: Cancell
                 buf.shrink_to_fit();
                 buf
             };
-            return upgrade(stream, &key, leftover, &shared, &shutdown).await;
+            return upgrade(stream, &key, endpoint, leftover, &shared, &shutdown).await;
+        }
+        Route::Publish { publish: request, .. } => {
+            buf.drain(..head_len.min(buf.len()));
+            return publish(stream, request, buf, &shared, &shutdown).await;
         }
         Route::Health => http::response("200 OK", TEXT, "", "ok\n"),
         Route::Metrics => http::response("200 OK", METRICS, "", &shared.stats.render_metrics()),
         Route::NotFound => http::response("404 Not Found", TEXT, "", "not found\n"),
-        Route::MethodNotAllowed => {
-            http::response("405 Method Not Allowed", TEXT, "Allow: GET\r\n", "method not allowed\n")
+        Route::MethodNotAllowed(allow) => http::response(
+            "405 Method Not Allowed",
+            TEXT,
+            &format!("Allow: {allow}\r\n"),
+            "method not allowed\n",
+        ),
+        Route::LengthRequired => {
+            http::response("411 Length Required", TEXT, "", "a publish needs Content-Length\n")
         }
+        Route::PayloadTooLarge => http::response(
+            "413 Payload Too Large",
+            TEXT,
+            "",
+            &format!("a publish body is at most {} bytes\n", http::MAX_PUBLISH_BODY),
+        ),
         Route::UpgradeRequired => http::response(
             "426 Upgrade Required",
             TEXT,
@@ -147,6 +169,7 @@ async fn read_head(stream: &mut Stream) -> io::Result<HeadOutcome> {
 async fn upgrade(
     mut stream: Stream,
     key: &str,
+    endpoint: Endpoint,
     leftover: Vec<u8>,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -166,7 +189,63 @@ async fn upgrade(
     }
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(shared.ws_config)).await;
-    echo::run(ws, shared, shutdown).await;
+    match endpoint {
+        Endpoint::Echo => echo::run(ws, shared, shutdown).await,
+        Endpoint::Pubsub => pubsub::run(ws, shared, shutdown).await,
+    }
+}
+
+/// `POST /publish/<channel>`: reads the body (`body` holds what came with
+/// the head), publishes it if it is one JSON value, and answers
+/// `{"seq":S,"delivered":K}`.
+async fn publish(
+    mut stream: Stream,
+    request: http::Publish,
+    mut body: Vec<u8>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) {
+    let length = request.length;
+    if body.len() < length {
+        let read = async {
+            if request.expect_continue {
+                stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            }
+            body.reserve_exact(length - body.len());
+            while body.len() < length {
+                if stream.read_buf(&mut body).await? == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
+            }
+            io::Result::Ok(())
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout(BODY_TIMEOUT, read) => r,
+            () = shutdown.cancelled() => return,
+        };
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return tracing::debug!("reading a publish body: {e}"),
+            Err(_) => return tracing::debug!("a publish body timed out"),
+        }
+    }
+    // Bytes past the body (a pipelined request) are not served.
+    body.truncate(length);
+    let data = std::str::from_utf8(&body).ok().and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+    let resp = match data {
+        None => http::response("400 Bad Request", TEXT, "", "the body is not one JSON value\n"),
+        Some(data) => match shared.hub.publish(None, &request.channel, data.get()) {
+            Ok((seq, delivered)) => {
+                shared.stats.pubsub.http_published.fetch_add(1, Ordering::Relaxed);
+                http::response("200 OK", JSON, "", &ops::http_published(seq, delivered))
+            }
+            Err(refusal) => {
+                http::response("503 Service Unavailable", TEXT, "", &format!("{}\n", refusal.reason()))
+            }
+        },
+    };
+    drop(body);
+    respond(stream, &resp, shutdown).await;
 }
 
 /// Writes a plain response, then half-closes and drains briefly (see

@@ -37,7 +37,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Close reason of a session ended by the drop fault.
 const DROP_REASON: &str = "stampede fault: drop";
 
-type Ws = WebSocketStream<crate::tls::Stream>;
+pub(crate) type Ws = WebSocketStream<crate::tls::Stream>;
 type WsResult = Result<(), tokio_tungstenite::tungstenite::Error>;
 
 /// Runs the session until the peer leaves, an error occurs, or shutdown.
@@ -135,7 +135,7 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
     close_session(ws, close).await;
 }
 
-fn going_away() -> CloseFrame {
+pub(crate) fn going_away() -> CloseFrame {
     CloseFrame { code: CloseCode::Away, reason: "relay shutting down".into() }
 }
 
@@ -157,9 +157,9 @@ async fn race<F: Future<Output = WsResult>>(write: F, shutdown: &CancellationTok
 }
 
 /// Closing handshake initiated by the relay (1001 Going Away on shutdown,
-/// 1011 for the drop fault), then wait (bounded) for the client's close so
+/// 1011 for the drop fault; `/pubsub` sessions use it too), then wait (bounded) for the client's close so
 /// it sees a clean close rather than a reset.
-async fn close_session(mut ws: Ws, frame: CloseFrame) {
+pub(crate) async fn close_session(mut ws: Ws, frame: CloseFrame) {
     let handshake = async {
         ws.send(Message::Close(Some(frame))).await?;
         while let Some(msg) = ws.next().await {

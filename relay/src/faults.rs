@@ -179,3 +179,67 @@ async fn leak_task(state: Arc<FaultState>, mb_per_min: f64, shutdown: Cancellati
     shutdown.cancelled().await;
     drop(kept);
 }
+
+/// Picks an exact share of a sequence of events, spread evenly: of the
+/// first N calls to [`pick`](Share::pick), exactly
+/// `floor(N * fraction)` answer yes (fraction in parts per million, so the
+/// count is integer arithmetic, free of rounding drift). Shared by every
+/// connection of the relay, so the share holds over the whole process.
+#[derive(Debug)]
+pub(crate) struct Share {
+    ppm: u64,
+    calls: AtomicU64,
+}
+
+impl Share {
+    pub(crate) fn new(fraction: f64) -> Share {
+        Share { ppm: (fraction.clamp(0.0, 1.0) * 1e6).round() as u64, calls: AtomicU64::new(0) }
+    }
+
+    /// Whether this event is one of the share.
+    pub(crate) fn pick(&self) -> bool {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        n * self.ppm / 1_000_000 != (n - 1) * self.ppm / 1_000_000
+    }
+}
+
+/// The delivery faults of channels (`--fault-duplicate`, `--fault-reorder`).
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryFaults {
+    pub(crate) duplicate: Option<Share>,
+    pub(crate) reorder: Option<Share>,
+}
+
+impl DeliveryFaults {
+    pub(crate) fn new(config: &crate::config::PubsubConfig) -> DeliveryFaults {
+        DeliveryFaults {
+            duplicate: config.fault_duplicate.map(Share::new),
+            reorder: config.fault_reorder.map(Share::new),
+        }
+    }
+
+    pub(crate) fn duplicate(&self) -> bool {
+        self.duplicate.as_ref().is_some_and(Share::pick)
+    }
+
+    pub(crate) fn reorder(&self) -> bool {
+        self.reorder.as_ref().is_some_and(Share::pick)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_picks_exactly_floor_n_times_fraction_spread_evenly() {
+        for (fraction, n, want) in [(0.1, 200, 20), (0.25, 10, 2), (1.0, 7, 7), (0.333333, 1000, 333)] {
+            let share = Share::new(fraction);
+            let picks: Vec<bool> = (0..n).map(|_| share.pick()).collect();
+            assert_eq!(picks.iter().filter(|p| **p).count(), want, "{fraction} of {n}");
+        }
+        let share = Share::new(0.1);
+        let picked: Vec<usize> = (1..=30).filter(|_| share.pick()).collect();
+        assert_eq!(picked, [10, 20, 30], "every 10th");
+    }
+}

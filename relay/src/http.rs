@@ -1,8 +1,9 @@
 //! HTTP/1.1 request-head parsing and routing.
 //!
 //! The relay reads the request head itself instead of using an HTTP server
-//! crate so it can serve `/health` and `/metrics` on the same port as `/ws`
-//! and hand the exact leftover bytes to the WebSocket layer. Everything here
+//! crate so it can serve `/health`, `/metrics` and `POST /publish/<channel>`
+//! on the same port as `/ws` and `/pubsub` and hand the exact leftover bytes
+//! to the WebSocket layer (or the publish body reader). Everything here
 //! is pure (bytes in, decision out) so it can be unit-tested without sockets.
 
 /// Upper bound on a request head; larger heads are rejected so a client
@@ -11,6 +12,29 @@ pub(crate) const MAX_HEAD: usize = 8 * 1024;
 
 /// Headers beyond this count make the request a `400`.
 const MAX_HEADERS: usize = 64;
+
+/// Largest body of `POST /publish/<channel>`; larger is a `413`.
+pub(crate) const MAX_PUBLISH_BODY: usize = 1 << 20;
+
+/// The WebSocket endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `/ws`: echo.
+    Echo,
+    /// `/pubsub`: channels.
+    Pubsub,
+}
+
+/// A well-formed `POST /publish/<channel>` head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Publish {
+    /// Percent-decoded and checked.
+    pub(crate) channel: String,
+    /// The body's length (at most [`MAX_PUBLISH_BODY`]).
+    pub(crate) length: usize,
+    /// The client waits for `100 Continue` before sending the body.
+    pub(crate) expect_continue: bool,
+}
 
 /// What to do with a complete request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +45,22 @@ pub(crate) enum Route {
         /// A bearer token from `Authorization` or the `access_token` /
         /// `token` query parameter, if the request carries one.
         token: Option<String>,
+        endpoint: Endpoint,
+    },
+    /// `POST /publish/<channel>`, its body still to read; token as above.
+    Publish {
+        publish: Publish,
+        token: Option<String>,
     },
     Health,
     Metrics,
     NotFound,
-    MethodNotAllowed,
+    /// The path exists, the method does not; carries the `Allow` value.
+    MethodNotAllowed(&'static str),
+    /// `411`: a publish without `Content-Length` (chunked bodies included).
+    LengthRequired,
+    /// `413`: a publish body over [`MAX_PUBLISH_BODY`].
+    PayloadTooLarge,
     /// `426`: the upgrade asked for a WebSocket version other than 13.
     UpgradeRequired,
     BadRequest(&'static str),
@@ -57,22 +92,78 @@ pub(crate) fn parse(buf: &[u8]) -> Parsed {
 fn route(req: &httparse::Request<'_, '_>) -> Route {
     let path = req.path.unwrap_or("/");
     let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if let Some(channel) = path.strip_prefix("/publish/") {
+        return publish_route(req, channel);
+    }
     let route = match path {
-        "/ws" => upgrade_route(req),
+        "/ws" => upgrade_route(req, Endpoint::Echo),
+        "/pubsub" => upgrade_route(req, Endpoint::Pubsub),
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         _ => return Route::NotFound,
     };
     if req.method != Some("GET") {
-        return Route::MethodNotAllowed;
+        return Route::MethodNotAllowed("GET");
     }
     route
+}
+
+/// `POST /publish/<channel>`: the channel percent-decoded and checked, the
+/// body's length known and within bounds.
+fn publish_route(req: &httparse::Request<'_, '_>, encoded: &str) -> Route {
+    if req.method != Some("POST") {
+        return Route::MethodNotAllowed("POST");
+    }
+    let Some(channel) = percent_decode(encoded) else {
+        return Route::BadRequest("bad percent-encoding in the channel name");
+    };
+    if let Err(why) = crate::ops::check_channel(&channel) {
+        return Route::BadRequest(why);
+    }
+    if headers(req, "transfer-encoding").next().is_some() {
+        return Route::LengthRequired;
+    }
+    let mut lengths = headers(req, "content-length")
+        .map(|v| std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(()));
+    let length = match lengths.next() {
+        None => return Route::LengthRequired,
+        Some(Ok(n)) if lengths.all(|other| other == Ok(n)) => n,
+        Some(_) => return Route::BadRequest("invalid Content-Length"),
+    };
+    if length > MAX_PUBLISH_BODY as u64 {
+        return Route::PayloadTooLarge;
+    }
+    let expect_continue = header_has_token(req, "expect", "100-continue");
+    Route::Publish {
+        publish: Publish { channel, length: length as usize, expect_continue },
+        token: token(req),
+    }
+}
+
+/// `%XX` escapes decoded (`+` stays a plus, as in any URL path); `None`
+/// for a broken escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            // Two hex digits: ASCII, and a byte's value.
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// RFC 6455 section 4.2.1 checks, in the order that gives the most useful
 /// status: a request that is not an upgrade at all is a 400, a real upgrade
 /// with the wrong version is a 426 so the client can retry with 13.
-fn upgrade_route(req: &httparse::Request<'_, '_>) -> Route {
+fn upgrade_route(req: &httparse::Request<'_, '_>, endpoint: Endpoint) -> Route {
     if req.version != Some(1) {
         return Route::BadRequest("WebSocket upgrade requires HTTP/1.1");
     }
@@ -92,12 +183,13 @@ fn upgrade_route(req: &httparse::Request<'_, '_>) -> Route {
             // A valid key is plain base64, hence ASCII.
             key: String::from_utf8_lossy(key.trim_ascii()).into_owned(),
             token: token(req),
+            endpoint,
         },
         _ => Route::BadRequest("invalid Sec-WebSocket-Key"),
     }
 }
 
-/// The bearer token of an upgrade request, if any.
+/// The bearer token of an upgrade or publish request, if any.
 fn token(req: &httparse::Request<'_, '_>) -> Option<String> {
     let bearer = headers(req, "authorization").find_map(|v| {
         let v = std::str::from_utf8(v).ok()?.trim();
@@ -176,16 +268,27 @@ mod tests {
             "upgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n"
         ));
-        assert_eq!(route_of(&head), Route::Upgrade { key: KEY.into(), token: None });
+        assert_eq!(
+            route_of(&head),
+            Route::Upgrade { key: KEY.into(), token: None, endpoint: Endpoint::Echo }
+        );
         let ok = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n";
         let bearer = format!("{ok}Sec-WebSocket-Key: {KEY}\r\nAuthorization: bearer abc.def.ghi\r\n");
         assert_eq!(
             route_of(&upgrade(&bearer)),
-            Route::Upgrade { key: KEY.into(), token: Some("abc.def.ghi".into()) }
+            Route::Upgrade { key: KEY.into(), token: Some("abc.def.ghi".into()), endpoint: Endpoint::Echo }
         );
         let query =
             format!("GET /ws?room=1&access_token=t1 HTTP/1.1\r\n{ok}Sec-WebSocket-Key: {KEY}\r\n\r\n");
-        assert_eq!(route_of(&query), Route::Upgrade { key: KEY.into(), token: Some("t1".into()) });
+        assert_eq!(
+            route_of(&query),
+            Route::Upgrade { key: KEY.into(), token: Some("t1".into()), endpoint: Endpoint::Echo }
+        );
+        let pubsub = format!("GET /pubsub?token=t2 HTTP/1.1\r\n{ok}Sec-WebSocket-Key: {KEY}\r\n\r\n");
+        assert_eq!(
+            route_of(&pubsub),
+            Route::Upgrade { key: KEY.into(), token: Some("t2".into()), endpoint: Endpoint::Pubsub }
+        );
     }
 
     #[test]
@@ -211,7 +314,77 @@ mod tests {
         assert_eq!(route_of("GET /health HTTP/1.1\r\n\r\n"), Route::Health);
         assert_eq!(route_of("GET /metrics?x=1 HTTP/1.1\r\n\r\n"), Route::Metrics);
         assert_eq!(route_of("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route_of("POST /health HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
+        assert_eq!(route_of("POST /health HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed("GET"));
+    }
+
+    #[test]
+    fn publish_routes() {
+        let publish = |channel: &str, length| Route::Publish {
+            publish: Publish { channel: channel.into(), length, expect_continue: false },
+            token: None,
+        };
+        assert_eq!(
+            route_of("POST /publish/conn/1-ab HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            publish("conn/1-ab", 5)
+        );
+        assert_eq!(
+            route_of("POST /publish/a%20b%2Fc%C3%A9+?x=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n"),
+            publish("a b/cé+", 0)
+        );
+        assert_eq!(
+            route_of(
+                "POST /publish/c?access_token=t HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+            ),
+            Route::Publish {
+                publish: Publish { channel: "c".into(), length: 2, expect_continue: true },
+                token: Some("t".into())
+            }
+        );
+        assert_eq!(route_of("GET /publish/c HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed("POST"));
+        assert_eq!(route_of("POST /publish/c HTTP/1.1\r\n\r\n"), Route::LengthRequired);
+        assert_eq!(
+            route_of("POST /publish/c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Route::LengthRequired
+        );
+        assert_eq!(
+            route_of("POST /publish/c HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n"),
+            Route::PayloadTooLarge
+        );
+        assert_eq!(
+            route_of("POST /publish/c HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n"),
+            publish("c", 1 << 20)
+        );
+        for (head, why) in [
+            (
+                "POST /publish/c HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            ("POST /publish/c HTTP/1.1\r\nContent-Length: -2\r\n\r\n", "invalid Content-Length"),
+            ("POST /publish/ HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "channel name is empty"),
+            (
+                "POST /publish/a%0Ab HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+                "channel name contains a control character",
+            ),
+            (
+                "POST /publish/a%zz HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+                "bad percent-encoding in the channel name",
+            ),
+            (
+                "POST /publish/a%ff HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+                "bad percent-encoding in the channel name",
+            ),
+            (
+                "POST /publish/a%+1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+                "bad percent-encoding in the channel name",
+            ),
+            (
+                "POST /publish/a% HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+                "bad percent-encoding in the channel name",
+            ),
+        ] {
+            assert_eq!(route_of(head), Route::BadRequest(why), "{head}");
+        }
+        assert_eq!(route_of("POST /publish HTTP/1.1\r\n\r\n"), Route::NotFound);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! [`RelayProcesses::start_fault_clock`]; each applies the faults to its own
 //! connections, so a drop fraction holds overall.
 //!
+//! Channels (`/pubsub`) live in one process: each process has its own, so
+//! two clients the kernel hands to different processes do not meet. The
+//! channel settings are passed on all the same.
+//!
 //! TLS: the certificate and key reach the processes as files in a private
 //! temporary folder (mode 0700), removed as soon as every process has read
 //! them and listens.
@@ -148,6 +152,7 @@ async fn spawn(
     cmd.args(["relay", "--listen", listen, "--reuse-port", "--delay-ms"])
         .arg(config.delay.as_millis().to_string())
         .args(faults.to_args())
+        .args(config.pubsub.to_args())
         .args(tls_args)
         .env("RUST_LOG", "warn");
     if config.max_connections > 0 {

@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::faults::{self, FaultState};
+use crate::faults::{self, DeliveryFaults, FaultState};
+use crate::hub::{self, Hub};
 use crate::{RelayConfig, RelayError, Stats, conn};
 
 /// Large enough that connection storms from a load test queue in the
@@ -33,6 +34,10 @@ pub(crate) struct Shared {
     pub(crate) faults: Option<Arc<FaultState>>,
     /// `wss://`: every connection does the TLS handshake first.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The channels of `/pubsub` and `POST /publish`.
+    pub(crate) hub: Arc<Hub>,
+    /// `--fault-duplicate`, `--fault-reorder`.
+    pub(crate) delivery_faults: DeliveryFaults,
 }
 
 /// A running relay. Dropping it does not stop it; cancel the token passed
@@ -69,6 +74,7 @@ impl Relay {
         let fault_state = FaultState::new(&config.faults);
         let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose().map_err(RelayError::Tls)?;
         let is_tls = tls.is_some();
+        let hub = Arc::new(Hub::new(&config.pubsub, stats.clone()));
         let shared = Arc::new(Shared {
             stats: stats.clone(),
             delay: config.delay,
@@ -77,9 +83,12 @@ impl Relay {
             ws_config,
             faults: fault_state.clone(),
             tls,
+            hub: hub.clone(),
+            delivery_faults: DeliveryFaults::new(&config.pubsub),
         });
 
         let tracker = TaskTracker::new();
+        tracker.spawn(hub::sweep_loop(hub, shutdown.clone()));
         if let Some(state) = &fault_state {
             faults::spawn(state, &config.faults, &tracker, &shutdown);
             if !config.faults.external_clock {
@@ -112,13 +121,29 @@ impl Relay {
     /// A URL clients can dial; a wildcard bind is reported as loopback
     /// because `0.0.0.0` is not a connectable address.
     pub fn ws_url(&self) -> String {
+        self.url("ws", "/ws")
+    }
+
+    /// The URL of the channels endpoint, `/pubsub`.
+    pub fn pubsub_url(&self) -> String {
+        self.url("ws", "/pubsub")
+    }
+
+    /// The plain HTTP base URL (`/health`, `/metrics`, `/publish/...`),
+    /// without a trailing slash.
+    pub fn http_url(&self) -> String {
+        self.url("http", "")
+    }
+
+    /// `scheme` (`ws` or `http`, made secure when TLS is on) to `path`.
+    fn url(&self, scheme: &str, path: &str) -> String {
         let ip = match self.local_addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        let scheme = if self.tls { "wss" } else { "ws" };
-        format!("{scheme}://{}/ws", SocketAddr::new(ip, self.local_addr.port()))
+        let secure = if self.tls { "s" } else { "" };
+        format!("{scheme}{secure}://{}{path}", SocketAddr::new(ip, self.local_addr.port()))
     }
 
     pub fn stats(&self) -> Arc<Stats> {

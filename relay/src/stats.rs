@@ -25,6 +25,72 @@ pub struct Stats {
     pub bytes_in: AtomicU64,
     /// Payload bytes of echoed data messages.
     pub bytes_out: AtomicU64,
+    /// Channels (`/pubsub` sessions and `POST /publish`).
+    pub pubsub: PubsubStats,
+}
+
+/// Defines [`PubsubStats`], its snapshot and its metric rows from one
+/// list, so a counter is named once.
+macro_rules! pubsub_stats {
+    ($($field:ident: $kind:literal, $metric:literal, $help:literal;)*) => {
+        /// Channel counters and gauges (relaxed atomics, like [`Stats`]).
+        #[derive(Debug, Default)]
+        pub struct PubsubStats {
+            $(#[doc = $help] pub $field: AtomicU64,)*
+        }
+
+        /// A plain copy of [`PubsubStats`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct PubsubSnapshot {
+            $(#[doc = $help] pub $field: u64,)*
+        }
+
+        impl PubsubStats {
+            /// Reads every value once; the values are not mutually atomic.
+            pub fn snapshot(&self) -> PubsubSnapshot {
+                PubsubSnapshot { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl PubsubSnapshot {
+            /// (name, type, help, value) of each metric.
+            fn rows(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![$(($metric, $kind, $help, self.$field),)*]
+            }
+        }
+    };
+}
+
+pubsub_stats! {
+    connections: "gauge", "relay_pubsub_connections", "Open /pubsub sessions.";
+    channels: "gauge", "relay_pubsub_channels", "Channels that exist.";
+    subscriptions: "gauge", "relay_pubsub_subscriptions", "Subscriptions of open sessions, conn/<id> included.";
+    published: "counter", "relay_pubsub_published_total", "Messages published (WebSocket and HTTP).";
+    delivered: "counter", "relay_pubsub_delivered_total", "Live message frames written to subscribers (duplicates excluded).";
+    replayed: "counter", "relay_pubsub_replayed_total", "History message frames written to subscribers (duplicates excluded).";
+    slow_closed: "counter", "relay_pubsub_slow_closed_total", "Subscribers closed with 1008 because their outbound queue was full.";
+    http_published: "counter", "relay_pubsub_http_published_total", "Messages published by POST /publish.";
+    duplicated: "counter", "relay_pubsub_duplicated_total", "Extra copies sent by the duplicate fault.";
+    reordered: "counter", "relay_pubsub_reordered_total", "Deliveries the reorder fault sent after a later one.";
+}
+
+impl PubsubStats {
+    /// Counts an open `/pubsub` session until the guard drops.
+    pub(crate) fn open_session(&self) -> PubsubSessionGuard<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        PubsubSessionGuard { stats: self }
+    }
+}
+
+/// Decrements the open `/pubsub` sessions however the session ends.
+pub(crate) struct PubsubSessionGuard<'a> {
+    stats: &'a PubsubStats,
+}
+
+impl Drop for PubsubSessionGuard<'_> {
+    fn drop(&mut self) {
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A plain copy of [`Stats`], for callers that want numbers, not atomics.
@@ -79,7 +145,7 @@ impl Stats {
     /// Renders the Prometheus text exposition (format 0.0.4).
     pub fn render_metrics(&self) -> String {
         let s = self.snapshot();
-        let mut out = String::with_capacity(1536);
+        let mut out = String::with_capacity(4096);
         let rows: [(&str, &str, &str, u64); 6] = [
             ("relay_connections_active", "gauge", "Open WebSocket sessions.", s.connections_active),
             ("relay_connections_total", "counter", "WebSocket sessions accepted.", s.connections_total),
@@ -88,7 +154,7 @@ impl Stats {
             ("relay_bytes_received_total", "counter", "Payload bytes received.", s.bytes_in),
             ("relay_bytes_sent_total", "counter", "Payload bytes echoed.", s.bytes_out),
         ];
-        for (name, kind, help, value) in rows {
+        for (name, kind, help, value) in rows.into_iter().chain(self.pubsub.snapshot().rows()) {
             metric(&mut out, name, kind, help, value);
         }
         if let Some(rss) = resident_memory_bytes() {
@@ -179,5 +245,9 @@ mod tests {
         let text = Stats::default().render_metrics();
         assert!(text.contains("# TYPE relay_connections_active gauge\n"));
         assert!(text.contains("relay_bytes_sent_total 0\n"));
+        assert!(text.contains("# TYPE relay_pubsub_channels gauge\n"));
+        assert!(
+            text.contains("# TYPE relay_pubsub_reordered_total counter\nrelay_pubsub_reordered_total 0\n")
+        );
     }
 }
