@@ -45,6 +45,8 @@ pub struct Member {
     pub last_heard: Instant,
     /// Why it may not come back (it sent nonsense).
     pub banned: Option<String>,
+    /// It came back with its load already stopped: it only delivers.
+    pub stopped: bool,
 }
 
 impl Member {
@@ -60,6 +62,7 @@ impl Member {
             finished: false,
             last_heard: Instant::now(),
             banned: None,
+            stopped: false,
         }
     }
 
@@ -84,7 +87,7 @@ impl Member {
 
     /// Connections it can be given now: none once it is gone.
     pub fn room(&self) -> u64 {
-        if self.live() { self.capacity } else { 0 }
+        if self.live() && !self.stopped { self.capacity } else { 0 }
     }
 }
 
@@ -308,19 +311,30 @@ impl Running {
                 self.log(format!("worker {id} refused: it finished its part")).await;
             }
             Some(i) if hello.resume_run_id == self.run_id => {
+                let stopped = hello.load_stopped;
                 let m = &mut self.members[i];
                 m.link = Some(link);
                 m.session = session;
                 m.offset_us = offset_us;
                 m.last_heard = Instant::now();
-                self.agg.set_live(i, true);
+                m.stopped = stopped;
                 let at_s = self.elapsed_s();
                 if let Some(lost) = self.lost.iter_mut().rev().find(|l| l.id == id) {
                     lost.back_at_s = Some(at_s);
                 }
                 self.progress.line(format!("worker {id} rejoined at {at_s:.1} s"));
-                self.log(format!("worker {id} rejoined")).await;
-                self.unbalanced.push(format!("{id} rejoined"));
+                if stopped {
+                    // Past its grace it closed its load: it delivers what it
+                    // measured and finishes; it takes no share meanwhile.
+                    self.log(format!(
+                        "worker {id} rejoined with its load stopped: it delivers what it measured"
+                    ))
+                    .await;
+                } else {
+                    self.agg.set_live(i, true);
+                    self.log(format!("worker {id} rejoined")).await;
+                    self.unbalanced.push(format!("{id} rejoined"));
+                }
             }
             Some(_) => {
                 self.log(format!("worker {id} refused: it lost its run, and a name in use cannot join anew"))

@@ -151,6 +151,7 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
         sent_at_unix_us: 0,
         resume_run_id: String::new(),
         token_proof: Vec::new(),
+        load_stopped: false,
     };
     link::serve(&opts, endpoint, hello, token, shutdown).await
 }

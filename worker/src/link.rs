@@ -52,6 +52,8 @@ struct Run {
     /// Its load stopped for want of a controller: its measurements are
     /// dropped at this time unless one takes the worker back.
     keep_until: Option<Instant>,
+    /// Its load was stopped that way (it only delivers from now on).
+    load_stopped: bool,
 }
 
 impl Run {
@@ -113,7 +115,7 @@ pub async fn serve(
     loop {
         // Dial while the load goes on: snapshots keep coming into the
         // outbox, and the grace keeps counting.
-        let resume = run.as_ref().map(|r| r.id.clone());
+        let resume = run.as_ref().map(|r| (r.id.clone(), r.load_stopped));
         let joined = {
             let attempt = async {
                 sleep(backoff).await;
@@ -150,6 +152,7 @@ pub async fn serve(
                             r.engine.stop();
                             r.orphaned_since = None;
                             r.keep_until = Some(Instant::now() + grace);
+                            r.load_stopped = true;
                         }
                     }
                     _ = until(keep_until) => {
@@ -240,7 +243,7 @@ async fn join(
     endpoint: &Endpoint,
     hello: &Hello,
     token: Option<&FleetToken>,
-    resume: Option<String>,
+    resume: Option<(String, bool)>,
 ) -> Result<(Streaming<ControllerMessage>, mpsc::Sender<WorkerMessage>), JoinError> {
     let channel = endpoint.connect().await.map_err(|e| JoinError::Unreachable(describe(&e)))?;
     let mut client = FleetClient::new(channel);
@@ -248,7 +251,7 @@ async fn join(
     let mut hello = hello.clone();
     hello.sent_at_unix_us = unix_us(SystemTime::now());
     hello.token_proof = token.map(|t| t.prove(&hello.worker_id, hello.sent_at_unix_us)).unwrap_or_default();
-    hello.resume_run_id = resume.unwrap_or_default();
+    (hello.resume_run_id, hello.load_stopped) = resume.unwrap_or_default();
     let _ = tx.try_send(WorkerMessage { body: Some(Msg::Hello(hello)) });
     match client.join(ReceiverStream::new(rx)).await {
         Ok(resp) => Ok((resp.into_inner(), tx)),
@@ -447,6 +450,7 @@ async fn handle(
                         done: false,
                         orphaned_since: None,
                         keep_until: None,
+                        load_stopped: false,
                     });
                 }
                 Err(err) => {
