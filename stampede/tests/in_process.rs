@@ -237,6 +237,21 @@ async fn a_hostile_fleet_peer_cannot_corrupt_or_stall_the_run() {
         assert_eq!(no_hello.code(), tonic::Code::InvalidArgument, "{no_hello}");
         let old = peer(port, hello("old", 1)).await.unwrap_err();
         assert_eq!(old.code(), tonic::Code::FailedPrecondition, "{old}");
+        // A Hello whose strings are huge or hold control characters: refused
+        // before anything of it is kept.
+        let v = stampede_proto::PROTOCOL_VERSION;
+        for (id, host) in [
+            ("x".repeat(10_000), "rogue".to_string()),
+            ("w\n9".into(), "rogue".into()),
+            ("w9".into(), "h".repeat(100_000)),
+        ] {
+            let mut h = hello(&id, v);
+            if let Some(Body::Hello(hh)) = &mut h.body {
+                hh.hostname = host;
+            }
+            let refused = peer(port, h).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+        }
         let silent = tokio::spawn(async move {
             let _ = FleetClient::connect(format!("http://127.0.0.1:{port}")).await;
         });
