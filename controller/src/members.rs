@@ -268,12 +268,14 @@ impl Running {
     pub(crate) async fn on_snapshot(&mut self, i: usize, snap: Snapshot) {
         let worker = self.members[i].hello.worker_id.clone();
         if snap.run_id != self.run_id {
-            // An outbox from another run: acknowledged so the worker drops
-            // it, never counted here.
+            // An outbox from another run: never counted here, and not
+            // acknowledged either (acknowledgements are cumulative by
+            // sequence, which restarts with each run: acking an old run's
+            // seq would drop this run's unsent snapshots). The worker drops
+            // that outbox when it is assigned this run.
             let run: String = snap.run_id.chars().take(100).collect();
             self.log(format!("worker {worker}: snapshot {} of another run ({run:?}) ignored", snap.seq))
                 .await;
-            self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
             return;
         }
         match self.agg.add(i, &snap) {
