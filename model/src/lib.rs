@@ -12,6 +12,7 @@ pub mod cause;
 pub mod clock;
 pub mod counters;
 pub mod figures;
+pub mod flow;
 pub mod histogram;
 pub mod jsonpath;
 pub mod results;

@@ -134,6 +134,104 @@ pub enum SessionSpec {
     Request(RequestSpec),
     /// The server pushes; the client only listens.
     Receive(ReceiveSpec),
+    /// Two connections per session joined through the relay's channels,
+    /// exchanging end-to-end encrypted messages.
+    Pairs(PairsSpec),
+    /// Publishers and subscribers on the relay's channels.
+    Broadcast(BroadcastSpec),
+    /// A scripted session.
+    Flow(crate::flow::FlowSpec),
+}
+
+/// Session pairs (the MetaMask seed): each pair is two connections, side
+/// `a` (the dApp) and side `b` (the wallet); each subscribes to its own
+/// inbox channel and publishes to the other's, every message sealed with
+/// the pair's key (ChaCha20-Poly1305).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairsSpec {
+    /// What a session does.
+    pub mode: PairsMode,
+    /// Messages each side sends per session (realistic-session; in
+    /// async-delivery, what `a` sends while `b` is away).
+    pub messages_per_side: u64,
+    /// async-delivery: how long `b` stays away, µs.
+    pub away_us: u64,
+    /// How long a session waits for its last messages before counting them
+    /// lost, µs.
+    pub delivery_timeout_us: u64,
+    /// Prefix of the channel names, unique to the run (set by the
+    /// controller), so runs sharing a relay never see each other.
+    pub channel_prefix: String,
+    /// Test aid: side `b` opens with a key of its own, so nothing it gets
+    /// can be decrypted.
+    #[serde(default)]
+    pub wrong_key: bool,
+}
+
+/// What a pair's session does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairsMode {
+    /// Both sides connect, each sends `messages_per_side` at the message
+    /// interval, both wait for what the other sent, both close; then a new
+    /// session.
+    RealisticSession,
+    /// Both sides send every message interval for as long as the pair is
+    /// held.
+    SteadyMessaging,
+    /// Both connect; `b` leaves for `away`, during which `a` sends
+    /// `messages_per_side`; `b` comes back, subscribes from the last message
+    /// it had, and must get every one; then a new session.
+    AsyncDelivery,
+}
+
+impl PairsMode {
+    /// Its name in scenarios.
+    pub fn name(self) -> &'static str {
+        match self {
+            PairsMode::RealisticSession => "realistic-session",
+            PairsMode::SteadyMessaging => "steady-messaging",
+            PairsMode::AsyncDelivery => "async-delivery",
+        }
+    }
+}
+
+/// Broadcast (the 10K suite's flash sale, live event and IoT; Odin): some
+/// connections publish to channels, the others subscribe; every message
+/// must reach every subscriber of its channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastSpec {
+    /// Publishers on this worker: its first connection slots (the
+    /// controller splits the scenario's publishers over the workers).
+    pub publishers: u64,
+    /// Channels in the run.
+    pub channels: u64,
+    /// Channels each connection subscribes (or publishes) to.
+    pub channels_per_connection: u64,
+    /// Publishers wait this long after connecting before the first
+    /// message, µs (lets subscribers subscribe first).
+    pub publish_delay_us: u64,
+    /// Prefix of the channel names, unique to the run.
+    pub channel_prefix: String,
+    /// This worker's number in the fleet: slots are numbered fleet-wide by
+    /// it, so subscribers on different workers spread over the channels.
+    #[serde(default)]
+    pub worker_index: u64,
+}
+
+impl BroadcastSpec {
+    /// The channels connection `slot` uses (by number).
+    pub fn channels_of(&self, slot: u64) -> impl Iterator<Item = u64> + '_ {
+        let first = slot.wrapping_mul(self.channels_per_connection);
+        (0..self.channels_per_connection.min(self.channels)).map(move |j| (first + j) % self.channels.max(1))
+    }
+
+    /// Channel `n`'s name.
+    pub fn channel_name(&self, n: u64) -> String {
+        format!("{}/{n}", self.channel_prefix)
+    }
 }
 
 /// Request/response: a message from a template every interval, its reply

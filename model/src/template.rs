@@ -27,12 +27,15 @@ pub enum Var {
     NowUs,
     /// An environment variable of the worker's process.
     Env(String),
+    /// A value a flow's `capture` stored earlier in the same session
+    /// (`{{var.NAME}}`; flows only).
+    Captured(String),
 }
 
 impl Var {
     /// The names a template can use, for error messages.
     pub const NAMES: &str =
-        "{{conn}}, {{worker}}, {{uuid}}, {{seq}}, {{jwt}}, {{now_ms}}, {{now_us}}, {{env.NAME}}";
+        "{{conn}}, {{worker}}, {{uuid}}, {{seq}}, {{jwt}}, {{now_ms}}, {{now_us}}, {{env.NAME}}, {{var.NAME}}";
 
     fn parse(name: &str) -> Option<Var> {
         Some(match name {
@@ -44,9 +47,12 @@ impl Var {
             "now_ms" => Var::NowMs,
             "now_us" => Var::NowUs,
             _ => {
-                let env = name.strip_prefix("env.")?;
-                let ok = !env.is_empty() && env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                return ok.then(|| Var::Env(env.to_string()));
+                let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if let Some(env) = name.strip_prefix("env.") {
+                    return ident(env).then(|| Var::Env(env.to_string()));
+                }
+                let var = name.strip_prefix("var.")?;
+                return ident(var).then(|| Var::Captured(var.to_string()));
             }
         })
     }

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::broadcast::BroadcastSession;
 use crate::echo::EchoSession;
 use crate::feed::FeedSession;
 pub use crate::handshake::Transport;
@@ -88,6 +89,13 @@ enum End {
 /// Runs slot `slot` until `cancel` fires (or, without reconnect, until its
 /// connection ends).
 pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken) {
+    // Pairs and flows drive their connections themselves (boxed: the echo
+    // slot's future stays small).
+    match &ctx.session {
+        SessionPlan::Pairs(_) => return Box::pin(crate::pair::run_pair(ctx, slot, cancel)).await,
+        SessionPlan::Flow(_) => return Box::pin(crate::flow::run_flow(ctx, slot, cancel)).await,
+        _ => {}
+    }
     let mut backoff = BACKOFF_MIN;
     loop {
         if cancel.is_cancelled() {
@@ -102,6 +110,10 @@ pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken
                 SessionPlan::Echo => live::<EchoSession, _>(&ctx, slot, ws, &cancel).await,
                 SessionPlan::Request(_) => Box::pin(live::<RequestSession, _>(&ctx, slot, ws, &cancel)).await,
                 SessionPlan::Receive(_) => Box::pin(live::<FeedSession, _>(&ctx, slot, ws, &cancel)).await,
+                SessionPlan::Broadcast(_) => {
+                    Box::pin(live::<BroadcastSession, _>(&ctx, slot, ws, &cancel)).await
+                }
+                SessionPlan::Pairs(_) | SessionPlan::Flow(_) => unreachable!("driven by their own modules"),
             },
             Some(Err(())) => End::Failed,
             None => return,
@@ -122,7 +134,7 @@ pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken
 }
 
 /// Opens one connection; `None` if cancelled meanwhile.
-async fn open(
+pub(crate) async fn open(
     ctx: &RunContext,
     slot: u64,
     cancel: &CancellationToken,
@@ -182,21 +194,21 @@ async fn open(
 
 /// The socket side of an open connection: what is waiting to be written.
 #[derive(Default)]
-struct Outbox {
+pub(crate) struct Outbox {
     /// A message the session produced, waiting for room in the sink.
-    pending: Option<Message>,
+    pub(crate) pending: Option<Message>,
     /// Something (a message, a pong) is written but not yet flushed.
-    unflushed: bool,
+    pub(crate) unflushed: bool,
 }
 
 impl Outbox {
-    fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.pending.is_some() || self.unflushed
     }
 }
 
 /// What woke the connection up.
-enum Io {
+pub(crate) enum Io {
     Read(Option<Result<Message, tungstenite::Error>>),
     Written(Result<(), tungstenite::Error>),
 }
@@ -204,7 +216,7 @@ enum Io {
 /// Reads the next frame while writing out what is pending: a large message
 /// being written must never stop us from reading (the server may be
 /// blocked writing its echoes to us), and reading never waits for the write.
-fn poll_io<S: Transport>(
+pub(crate) fn poll_io<S: Transport>(
     ws: &mut WebSocketStream<S>,
     out: &mut Outbox,
     cx: &mut std::task::Context<'_>,
@@ -311,6 +323,11 @@ async fn close_by_us<S: Session, T: Transport>(
     out: &mut Outbox,
 ) {
     ctx.recorder.counters.connections_closed_by_client.fetch_add(1, Relaxed);
+    for goodbye in session.farewell(ctx) {
+        if ws.send(goodbye).await.is_err() {
+            return;
+        }
+    }
     let _ = timeout(DRAIN_WAIT, async {
         while out.busy() || session.awaiting() {
             match std::future::poll_fn(|cx| poll_io(ws, out, cx)).await {
@@ -339,7 +356,7 @@ async fn close_by_us<S: Session, T: Transport>(
     .await;
 }
 
-fn classify(err: &tungstenite::Error) -> Cause {
+pub(crate) fn classify(err: &tungstenite::Error) -> Cause {
     use tungstenite::error::ProtocolError;
     match err {
         tungstenite::Error::Io(e) => Cause::from_io(e),

@@ -5,6 +5,7 @@
 //! [`run`].
 
 pub mod allow;
+pub mod broadcast;
 pub mod capacity;
 pub mod connection;
 pub mod delivery;
@@ -12,12 +13,14 @@ pub mod echo;
 pub mod engine;
 pub mod extract;
 pub mod feed;
+pub mod flow;
 pub mod handshake;
 pub mod jwt;
 pub mod link;
 pub mod native;
 pub mod opening;
 pub mod orders;
+pub mod pair;
 pub mod pace;
 pub mod payload;
 pub mod process;

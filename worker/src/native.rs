@@ -73,7 +73,10 @@ impl NativeEngine {
         // Session templates resolved ({{env.NAME}}) and regexes compiled
         // once: a missing variable fails the assignment, not each message.
         let session = SessionPlan::new(&spec.session).map_err(EngineError::Spec)?;
-        let recorder = Arc::new(Recorder::default());
+        let recorder = Arc::new(match &spec.session {
+            stampede_model::spec::SessionSpec::Flow(flow) => Recorder::with_steps(&flow.names),
+            _ => Recorder::default(),
+        });
         let ctx = Arc::new(RunContext {
             recorder: recorder.clone(),
             target,
@@ -203,7 +206,8 @@ async fn manage(
                         }
                     }
                     Shape::Ramp(_) | Shape::Wave(_) => {
-                        let want = shape.level_at(t);
+                        // Levels count connections; a pair slot holds two.
+                        let want = shape.level_at(t) / slots.ctx.session.connections_per_slot();
                         while (held.len() as u64) < want {
                             held.push_back(slots.open());
                         }

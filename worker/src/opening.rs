@@ -64,7 +64,8 @@ pub struct Vars<'a> {
 
 impl Vars<'_> {
     /// Writes `var`'s value to `out`. `{{env.NAME}}` was resolved when the
-    /// run started, so it does not reach this point.
+    /// run started, so it does not reach this point; `{{var.NAME}}` is a
+    /// flow's (its sessions write it themselves) and is empty here.
     pub fn write(&self, var: &Var, rng: &SystemRandom, out: &mut String) {
         match var {
             Var::Conn => _ = write!(out, "{}", self.conn),
@@ -74,7 +75,7 @@ impl Vars<'_> {
             Var::Uuid => push_uuid(rng, out),
             Var::NowMs => _ = write!(out, "{}", unix_us() / 1000),
             Var::NowUs => _ = write!(out, "{}", unix_us()),
-            Var::Env(_) => {}
+            Var::Env(_) | Var::Captured(_) => {}
         }
     }
 }

@@ -63,6 +63,23 @@ pub struct Recorder {
     /// Opened connections by the subprotocol the server picked (one of
     /// those offered: a bounded set).
     subprotocols: Mutex<BTreeMap<String, u64>>,
+    /// Flow steps, by their metric index: their names and this interval's
+    /// runs (empty unless the run is a flow).
+    steps: Mutex<Vec<StepRecord>>,
+    step_names: Vec<String>,
+}
+
+/// One flow step's runs in the current interval.
+struct StepRecord {
+    ok: u64,
+    failed: u64,
+    durations: Histogram<u64>,
+}
+
+impl StepRecord {
+    fn new() -> StepRecord {
+        StepRecord { ok: 0, failed: 0, durations: new_histogram() }
+    }
 }
 
 impl Default for Recorder {
@@ -73,11 +90,36 @@ impl Default for Recorder {
             histograms: Mutex::new(Histograms::new()),
             errors: Mutex::new(BTreeMap::new()),
             subprotocols: Mutex::new(BTreeMap::new()),
+            steps: Mutex::new(Vec::new()),
+            step_names: Vec::new(),
         }
     }
 }
 
 impl Recorder {
+    /// A recorder for a flow whose steps have these metric names.
+    pub fn with_steps(names: &[String]) -> Recorder {
+        Recorder {
+            steps: Mutex::new(names.iter().map(|_| StepRecord::new()).collect()),
+            step_names: names.to_vec(),
+            ..Recorder::default()
+        }
+    }
+
+    /// Records one run of flow step `metric`: a success that took `took`,
+    /// or a failure (`None`; its cause goes to [`Recorder::record_error`]).
+    pub fn record_step(&self, metric: usize, took: Option<Duration>) {
+        let mut steps = self.steps.lock().expect("poisoned");
+        let Some(step) = steps.get_mut(metric) else { return };
+        match took {
+            Some(d) => {
+                step.ok += 1;
+                step.durations.saturating_record((d.as_micros() as u64).max(1));
+            }
+            None => step.failed += 1,
+        }
+    }
+
     /// Records one message round trip.
     pub fn record_latency(&self, rtt: Duration) {
         let us = (rtt.as_micros() as u64).max(1);
@@ -173,6 +215,7 @@ impl Snapshotter {
             })
             .collect();
         self.last_subprotocols = picked_now;
+        let steps = self.take_steps(recorder);
         let now = recorder.counters.read();
         let counters = now.since(&self.last);
         self.last = now;
@@ -193,7 +236,27 @@ impl Snapshotter {
             // Filled in by the engine and the link.
             run_id: String::new(),
             clock_offset_us: 0,
+            steps,
         }
+    }
+
+    /// The flow steps' runs of the interval, by name (steps that did not
+    /// run are left out); the records start over.
+    fn take_steps(&mut self, recorder: &Recorder) -> std::collections::HashMap<String, fleet::StepStats> {
+        if recorder.step_names.is_empty() {
+            return Default::default();
+        }
+        let fresh: Vec<StepRecord> = recorder.step_names.iter().map(|_| StepRecord::new()).collect();
+        let taken = std::mem::replace(&mut *recorder.steps.lock().expect("poisoned"), fresh);
+        taken
+            .into_iter()
+            .zip(&recorder.step_names)
+            .filter(|(r, _)| r.ok + r.failed > 0)
+            .map(|(mut r, name)| {
+                let histogram = encode(&mut self.serializer, &mut r.durations);
+                (name.clone(), fleet::StepStats { ok: r.ok, failed: r.failed, histogram })
+            })
+            .collect()
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::connection::RunContext;
 use crate::feed::FeedPlan;
+use crate::flow::FlowPlan;
 use crate::request::RequestPlan;
 
 /// The run's session kind, prepared once when the engine starts (templates
@@ -25,6 +26,13 @@ pub enum SessionPlan {
     Request(Arc<RequestPlan>),
     /// Messages the server pushes ([`crate::feed`]).
     Receive(Arc<FeedPlan>),
+    /// Encrypted session pairs ([`crate::pair`]): a slot holds two
+    /// connections.
+    Pairs(Arc<stampede_model::spec::PairsSpec>),
+    /// Publishers and subscribers on channels ([`crate::broadcast`]).
+    Broadcast(Arc<stampede_model::spec::BroadcastSpec>),
+    /// Scripted sessions ([`crate::flow`]).
+    Flow(Arc<FlowPlan>),
 }
 
 impl SessionPlan {
@@ -35,7 +43,18 @@ impl SessionPlan {
             SessionSpec::Echo => SessionPlan::Echo,
             SessionSpec::Request(r) => SessionPlan::Request(Arc::new(RequestPlan::new(r)?)),
             SessionSpec::Receive(r) => SessionPlan::Receive(Arc::new(FeedPlan::new(r)?)),
+            SessionSpec::Pairs(p) => SessionPlan::Pairs(Arc::new(p.clone())),
+            SessionSpec::Broadcast(b) => SessionPlan::Broadcast(Arc::new(b.clone())),
+            SessionSpec::Flow(f) => SessionPlan::Flow(Arc::new(FlowPlan::new(f)?)),
         })
+    }
+
+    /// Connections one slot of the load shape holds: a pair is two.
+    pub fn connections_per_slot(&self) -> u64 {
+        match self {
+            SessionPlan::Pairs(_) => 2,
+            _ => 1,
+        }
     }
 }
 
@@ -58,6 +77,12 @@ pub trait Session: Send + Sized {
     /// Whether answers are still expected (a closing connection waits for
     /// them a little while).
     fn awaiting(&self) -> bool;
+
+    /// We are closing the connection: what to send before the answers
+    /// still on their way are waited for (an unsubscribe).
+    fn farewell(&mut self, _ctx: &RunContext) -> Vec<Message> {
+        Vec::new()
+    }
 
     /// The connection ended: settle what never came back.
     fn ended(&mut self, ctx: &RunContext);
