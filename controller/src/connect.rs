@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize, Serializer};
 use stampede_model::Template;
 use stampede_model::spec::{ClaimValue, ConnectSpec, JwtAlg, JwtPlacement, JwtSpec, Secret};
+use stampede_model::template::Var;
 use toml::Spanned;
 
 use crate::scenario::{ScenarioError, Seconds, TargetSection};
@@ -82,7 +83,14 @@ impl Source<'_> {
 
     /// A template from a scenario string, `${VAR}` expanded first.
     pub fn template(&self, s: &Spanned<String>) -> Result<Template, ScenarioError> {
-        Template::parse(&self.expand(s)?).map_err(|e| self.err(s.span().start, e.to_string()))
+        let t = Template::parse(&self.expand(s)?).map_err(|e| self.err(s.span().start, e.to_string()))?;
+        if t.pieces().iter().any(|p| matches!(p, stampede_model::template::Piece::Var(Var::Captured(_)))) {
+            return Err(self.err(
+                s.span().start,
+                "{{var.NAME}} is a value a flow captured during a session; the handshake comes before any",
+            ));
+        }
+        Ok(t)
     }
 
     /// The secret `r` points at; `what` names it in errors.

@@ -12,6 +12,7 @@ pub mod connect;
 pub mod deploy;
 pub mod fleet;
 pub mod fleet_plan;
+pub mod flow;
 pub mod local_fleet;
 pub mod members;
 pub mod messages;

@@ -183,6 +183,9 @@ impl Place<'_> {
 /// `source` are the scenario file and its text (errors point into it,
 /// `template_file` is relative to its folder).
 pub fn session_spec(sc: &Scenario, path: &Path, source: &str) -> Result<SessionSpec, ScenarioError> {
+    if let Some(flow) = crate::flow::flow_spec(sc, path, source)? {
+        return Ok(SessionSpec::Flow(flow));
+    }
     let Some(m) = &sc.messages else { return Ok(SessionSpec::Echo) };
     let place = Place { path, source };
     let mode = m.mode.as_ref().map_or(Mode::Echo, |s| *s.get_ref());
@@ -237,6 +240,15 @@ fn mode_at(m: &MessagesSection, place: &Place) -> usize {
 /// A message template as written at `at`; `what` names it in errors.
 fn template(text: &str, at: usize, what: &str, place: &Place) -> Result<Template, ScenarioError> {
     let t = Template::parse(text).map_err(|e| place.err(at, format!("{what}: {e}")))?;
+    if let Some(name) = t.pieces().iter().find_map(|p| match p {
+        stampede_model::template::Piece::Var(Var::Captured(n)) => Some(n),
+        _ => None,
+    }) {
+        return Err(place.err(
+            at,
+            format!("{what}: {{{{var.{name}}}}} is a value a flow captured; only [[flow]] steps can use it"),
+        ));
+    }
     if t.uses(&Var::Jwt) {
         return Err(place.err(
             at,
@@ -306,7 +318,7 @@ fn sample(t: &Template, seq: u64) -> String {
         Var::NowMs => out.push_str("1700000000000"),
         Var::NowUs => out.push_str("1700000000000000"),
         Var::Env(name) => out.push_str(&std::env::var(name).unwrap_or_else(|_| "0".into())),
-        Var::Jwt => {}
+        Var::Jwt | Var::Captured(_) => {}
     });
     out
 }

@@ -30,6 +30,10 @@ pub struct Scenario {
     /// not echo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<crate::messages::MessagesSection>,
+    /// A scripted session every connection runs (`[[flow]]`), instead of
+    /// `[messages]`.
+    #[serde(default, rename = "flow", skip_serializing_if = "Vec::is_empty")]
+    pub flow: Vec<toml::Spanned<crate::flow::StepTable>>,
     /// The schedule as the fixed table (warmup, ramp-up, sustained,
     /// cooldown); the default when there is no `[[stage]]` list.
     #[serde(default, skip_serializing_if = "Option::is_none")]

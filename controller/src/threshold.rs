@@ -73,7 +73,7 @@ metrics! {
     GeneratorStalled => "generator_stalled_seconds", "seconds in which the load generator could not keep its schedule, count";
     WorkersLost => "workers_lost", "workers lost during the run (died, link broken, plan refused), count";
     ConnectSuccessRate => "connect_success_rate", "opened / attempted connections, 0..1";
-    MessageLossRate => "message_loss_rate", "lost / sent messages, 0..1";
+    MessageLossRate => "message_loss_rate", "lost / owed deliveries (sends; broadcast: messages x subscribers), 0..1";
     ConnectionsFailed => "connections_failed", "failed connection attempts, count";
     ConnectionsClosedByServer => "connections_closed_by_server", "connections the server closed or dropped, count";
     ConnectionsPeak => "connections_peak", "most connections open at once, count";
@@ -124,7 +124,7 @@ impl Metric {
             Metric::WorkersLost => Some(f.workers_lost.len() as f64),
             Metric::Counter(name) => f.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| v as f64),
             Metric::ConnectSuccessRate => ratio(f.connections.opened, f.connections.attempted),
-            Metric::MessageLossRate => ratio(f.messages.lost, f.messages.sent),
+            Metric::MessageLossRate => stampede_model::figures::loss_rate(&f.counters),
             Metric::ConnectionsFailed => Some(f.connections.failed as f64),
             Metric::ConnectionsClosedByServer => Some(f.connections.closed_by_server as f64),
             Metric::ConnectionsPeak => Some(f.connections.peak as f64),

@@ -53,6 +53,16 @@ pub enum Cause {
     SubprotocolMismatch,
     /// The connection's JWT could not be signed.
     JwtMint,
+    /// A pair's message that did not authenticate under the pair's key
+    /// (another key, another pair's message, altered on the way).
+    MessageUndecryptable,
+    /// A flow's `expect` step saw no matching message in time.
+    ExpectTimeout,
+    /// A flow's `http` step got another status than expected.
+    StepHttpStatus(u16),
+    /// A flow's `http` step failed before a response (connect, I/O, a
+    /// response too large or not HTTP).
+    StepHttpFailed,
 }
 
 /// An I/O error whose cause is already known: a layer that understands more
@@ -124,6 +134,10 @@ impl fmt::Display for Cause {
             Cause::SubprotocolMissing => f.write_str("subprotocol_missing"),
             Cause::SubprotocolMismatch => f.write_str("subprotocol_mismatch"),
             Cause::JwtMint => f.write_str("jwt_mint"),
+            Cause::MessageUndecryptable => f.write_str("message_undecryptable"),
+            Cause::ExpectTimeout => f.write_str("expect_timeout"),
+            Cause::StepHttpStatus(code) => write!(f, "step_http_{code}"),
+            Cause::StepHttpFailed => f.write_str("step_http_failed"),
         }
     }
 }

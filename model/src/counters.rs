@@ -113,6 +113,17 @@ counters! {
     /// Sessions of an arrivals stage that arrived while its `max` sessions
     /// were open, and so were never opened (the open model's backlog).
     sessions_dropped,
+    /// Pairs: messages that did not authenticate under the pair's key
+    /// (another key, another pair's message, altered by the relay).
+    messages_undecryptable,
+    /// Broadcast: deliveries the subscribers were owed, each message once
+    /// per subscription it was published to (the base of the loss rate).
+    deliveries_expected,
+    /// Pairs and flows: sessions that ran to their end (every message
+    /// accounted for, every step done).
+    sessions_completed,
+    /// Flows: sessions that ended at a failed step.
+    sessions_failed,
 }
 
 impl Counters {

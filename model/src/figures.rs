@@ -17,6 +17,14 @@ pub fn error_rate(errors_total: u64, c: &Counters) -> f64 {
     if den > 0 { errors_total as f64 / den as f64 } else { 0.0 }
 }
 
+/// Message loss rate: messages lost over the deliveries owed, which are
+/// the sends (each echo, request or pair message is owed once) or, in
+/// broadcast, each message once per subscriber it was published to.
+pub fn loss_rate(c: &Counters) -> Option<f64> {
+    let owed = if c.deliveries_expected > 0 { c.deliveries_expected } else { c.messages_sent };
+    (owed > 0).then(|| c.messages_lost as f64 / owed as f64)
+}
+
 /// Peak connections of a span of seconds: the most open at the end of any
 /// of its seconds, or at its start (the end of the second before it), so a
 /// ramp-down phase shows the level it started from.

@@ -34,8 +34,7 @@ pub enum Var {
 
 impl Var {
     /// The names a template can use, for error messages.
-    pub const NAMES: &str =
-        "{{conn}}, {{worker}}, {{uuid}}, {{seq}}, {{jwt}}, {{now_ms}}, {{now_us}}, {{env.NAME}}, {{var.NAME}}";
+    pub const NAMES: &str = "{{conn}}, {{worker}}, {{uuid}}, {{seq}}, {{jwt}}, {{now_ms}}, {{now_us}}, {{env.NAME}}, {{var.NAME}}";
 
     fn parse(name: &str) -> Option<Var> {
         Some(match name {
@@ -47,7 +46,8 @@ impl Var {
             "now_ms" => Var::NowMs,
             "now_us" => Var::NowUs,
             _ => {
-                let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let ident =
+                    |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if let Some(env) = name.strip_prefix("env.") {
                     return ident(env).then(|| Var::Env(env.to_string()));
                 }
