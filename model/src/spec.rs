@@ -215,16 +215,22 @@ pub struct BroadcastSpec {
     pub publish_delay_us: u64,
     /// Prefix of the channel names, unique to the run.
     pub channel_prefix: String,
-    /// This worker's number in the fleet: slots are numbered fleet-wide by
-    /// it, so subscribers on different workers spread over the channels.
+    /// This worker's number in the fleet and the fleet's size: connection
+    /// `slot` of this worker is number `slot * workers + worker_index` of
+    /// the fleet, so subscribers on different workers spread over the
+    /// channels.
     #[serde(default)]
     pub worker_index: u64,
+    /// Workers in the fleet (at least 1).
+    #[serde(default)]
+    pub workers: u64,
 }
 
 impl BroadcastSpec {
-    /// The channels connection `slot` uses (by number).
+    /// The channels connection `slot` of this worker uses (by number).
     pub fn channels_of(&self, slot: u64) -> impl Iterator<Item = u64> + '_ {
-        let first = slot.wrapping_mul(self.channels_per_connection);
+        let global = slot.wrapping_mul(self.workers.max(1)).wrapping_add(self.worker_index);
+        let first = global.wrapping_mul(self.channels_per_connection);
         (0..self.channels_per_connection.min(self.channels)).map(move |j| (first + j) % self.channels.max(1))
     }
 

@@ -92,6 +92,11 @@ impl Delivery {
         Echo::Delivered { reordered }
     }
 
+    /// Sequence numbers handed out so far (the next one to hand out).
+    pub fn handed_out(&self) -> u64 {
+        self.next
+    }
+
     /// Messages sent whose echo has not come back (yet).
     pub fn outstanding(&self) -> u64 {
         let resolved: u64 = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
