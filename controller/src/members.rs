@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use stampede_model::results::{Rebalance, WorkerLost};
 use stampede_proto::fleet::{
-    Assign, ControllerMessage, Hello, Snapshot, SnapshotAck, controller_message::Body as Cmd,
+    ControllerMessage, Hello, Snapshot, SnapshotAck, controller_message::Body as Cmd,
     worker_message::Body,
 };
 use tokio::sync::mpsc;
@@ -347,7 +347,7 @@ impl Running {
             }
             None => {
                 let member = Member::new(hello, link, offset_us, session, &self.plan.fleet);
-                let assign = Assign { clock_offset_us: offset_us, ..self.assign.clone() };
+                let assign = crate::run::assign_for(&self.assign, self.members.len(), self.members.len(), offset_us);
                 if !member.send(Cmd::Assign(assign)) {
                     return;
                 }

@@ -16,7 +16,8 @@ use serde_json::Value;
 use stampede_model::Template;
 use stampede_model::jsonpath;
 use stampede_model::spec::{
-    Matcher, ReceiveSpec, RequestSpec, SessionSpec, TimeUnit, TimestampField, TimestampSpec,
+    BroadcastSpec, Matcher, PairsMode, PairsSpec, ReceiveSpec, RequestSpec, SessionSpec, TimeUnit,
+    TimestampField, TimestampSpec,
 };
 use stampede_model::template::Var;
 use toml::Spanned;
@@ -60,6 +61,37 @@ pub struct MessagesSection {
     /// Receive mode: a silence longer than this on a connection is a gap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<Spanned<Seconds>>,
+    /// Pairs mode: `"realistic-session"` (default), `"steady-messaging"` or
+    /// `"async-delivery"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs_mode: Option<Spanned<PairsMode>>,
+    /// Pairs mode: messages each side sends per session (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_per_side: Option<Spanned<u64>>,
+    /// Pairs mode, async-delivery: how long side b stays away (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub away: Option<Spanned<Length>>,
+    /// Pairs mode: how long a session waits for its last messages before
+    /// counting them lost (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_timeout: Option<Spanned<Length>>,
+    /// Pairs mode, a test aid: side b holds a key of its own, so every
+    /// message is undecryptable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrong_key: Option<Spanned<bool>>,
+    /// Broadcast mode: connections that publish, fleet-wide (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publishers: Option<Spanned<u64>>,
+    /// Broadcast mode: channels (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Spanned<u64>>,
+    /// Broadcast mode: channels each connection uses (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels_per_connection: Option<Spanned<u64>>,
+    /// Broadcast mode: publishers wait this long after connecting before
+    /// their first message (default 2 s), so subscribers are in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_delay: Option<Spanned<Seconds>>,
 }
 
 /// What a connection does.
@@ -72,6 +104,11 @@ pub enum Mode {
     Request,
     /// Subscribe, then listen.
     Receive,
+    /// Two connections per session, end-to-end encrypted, through the
+    /// relay's channels.
+    Pairs,
+    /// Publishers and subscribers on the relay's channels.
+    Broadcast,
 }
 
 impl Mode {
@@ -80,9 +117,27 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Request => "request",
             Mode::Receive => "receive",
+            Mode::Pairs => "pairs",
+            Mode::Broadcast => "broadcast",
         }
     }
+
+    /// Whether the mode speaks the relay's channel protocol (`/pubsub`).
+    pub fn uses_channels(self) -> bool {
+        matches!(self, Mode::Pairs | Mode::Broadcast)
+    }
 }
+
+/// Most channels a broadcast run may use.
+pub const MAX_CHANNELS: u64 = 100_000;
+/// Default of `messages_per_side`.
+pub const DEFAULT_MESSAGES_PER_SIDE: u64 = 3;
+/// Default of `away`.
+pub const DEFAULT_AWAY: Duration = Duration::from_secs(30);
+/// Default of `delivery_timeout`.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `publish_delay`.
+pub const DEFAULT_PUBLISH_DELAY: Duration = Duration::from_secs(2);
 
 /// `match = "json:PATH" | "regex:RE" | "any"`, checked as it is read.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +257,19 @@ pub fn session_spec(sc: &Scenario, path: &Path, source: &str) -> Result<SessionS
         ("timestamp_unit", m.timestamp_unit.as_ref().map(|v| v.span().start)),
         ("gap", m.gap.as_ref().map(|v| v.span().start)),
     ];
+    let pairs_keys = [
+        ("pairs_mode", m.pairs_mode.as_ref().map(|v| v.span().start)),
+        ("messages_per_side", m.messages_per_side.as_ref().map(|v| v.span().start)),
+        ("away", m.away.as_ref().map(|v| v.span().start)),
+        ("delivery_timeout", m.delivery_timeout.as_ref().map(|v| v.span().start)),
+        ("wrong_key", m.wrong_key.as_ref().map(|v| v.span().start)),
+    ];
+    let broadcast_keys = [
+        ("publishers", m.publishers.as_ref().map(|v| v.span().start)),
+        ("channels", m.channels.as_ref().map(|v| v.span().start)),
+        ("channels_per_connection", m.channels_per_connection.as_ref().map(|v| v.span().start)),
+        ("publish_delay", m.publish_delay.as_ref().map(|v| v.span().start)),
+    ];
     let misplaced = |keys: &[(&str, Option<usize>)], belongs: Mode| -> Result<(), ScenarioError> {
         match keys.iter().find_map(|(k, at)| at.map(|at| (k, at))) {
             Some((key, at)) => Err(place.err(
@@ -216,21 +284,102 @@ pub fn session_spec(sc: &Scenario, path: &Path, source: &str) -> Result<SessionS
             None => Ok(()),
         }
     };
-    match mode {
-        Mode::Echo => {
-            misplaced(&request_keys, Mode::Request)?;
-            misplaced(&receive_keys, Mode::Receive)?;
-            Ok(SessionSpec::Echo)
-        }
-        Mode::Request => {
-            misplaced(&receive_keys, Mode::Receive)?;
-            request(m, &place).map(SessionSpec::Request)
-        }
-        Mode::Receive => {
-            misplaced(&request_keys, Mode::Request)?;
-            receive(m, &place).map(SessionSpec::Receive)
+    let groups = [
+        (Mode::Request, &request_keys[..]),
+        (Mode::Receive, &receive_keys[..]),
+        (Mode::Pairs, &pairs_keys[..]),
+        (Mode::Broadcast, &broadcast_keys[..]),
+    ];
+    for (belongs, keys) in groups {
+        if belongs != mode {
+            misplaced(keys, belongs)?;
         }
     }
+    match mode {
+        Mode::Echo => Ok(SessionSpec::Echo),
+        Mode::Request => request(m, &place).map(SessionSpec::Request),
+        Mode::Receive => receive(m, &place).map(SessionSpec::Receive),
+        Mode::Pairs => pairs(m, &place).map(SessionSpec::Pairs),
+        Mode::Broadcast => broadcast(m, &place).map(SessionSpec::Broadcast),
+    }
+}
+
+/// `[messages] mode`, as written (echo when absent).
+pub fn mode_of(sc: &Scenario) -> Mode {
+    sc.messages.as_ref().and_then(|m| m.mode.as_ref()).map_or(Mode::Echo, |s| *s.get_ref())
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().max(1) as u64
+}
+
+fn length_or(v: &Option<Spanned<Length>>, default: Duration) -> Duration {
+    v.as_ref().map_or(default, |l| Duration::from_secs_f64(l.get_ref().0))
+}
+
+fn pairs(m: &MessagesSection, place: &Place) -> Result<PairsSpec, ScenarioError> {
+    let messages_per_side = m.messages_per_side.as_ref().map_or(DEFAULT_MESSAGES_PER_SIDE, |n| *n.get_ref());
+    if let Some(n) = &m.messages_per_side
+        && !(1..=1_000_000).contains(n.get_ref())
+    {
+        return Err(place.err(n.span().start, "messages_per_side: give 1 to 1000000 messages"));
+    }
+    let mode = m.pairs_mode.as_ref().map_or(PairsMode::RealisticSession, |p| *p.get_ref());
+    if mode != PairsMode::AsyncDelivery
+        && let Some(away) = &m.away
+    {
+        return Err(place.err(
+            away.span().start,
+            format!("`away` applies to pairs_mode = \"async-delivery\", and pairs_mode is \"{}\"", mode.name()),
+        ));
+    }
+    if mode == PairsMode::SteadyMessaging
+        && let Some(n) = &m.messages_per_side
+    {
+        return Err(place.err(
+            n.span().start,
+            "steady-messaging sends every message interval for as long as the pair is held: \
+             messages_per_side applies to realistic-session and async-delivery",
+        ));
+    }
+    Ok(PairsSpec {
+        mode,
+        messages_per_side,
+        away_us: micros(length_or(&m.away, DEFAULT_AWAY)),
+        delivery_timeout_us: micros(length_or(&m.delivery_timeout, DEFAULT_DELIVERY_TIMEOUT)),
+        channel_prefix: String::new(),
+        wrong_key: m.wrong_key.as_ref().is_some_and(|w| *w.get_ref()),
+    })
+}
+
+fn broadcast(m: &MessagesSection, place: &Place) -> Result<BroadcastSpec, ScenarioError> {
+    let count = |v: &Option<Spanned<u64>>, what: &str, max: u64| -> Result<u64, ScenarioError> {
+        match v {
+            None => Ok(1),
+            Some(n) if (1..=max).contains(n.get_ref()) => Ok(*n.get_ref()),
+            Some(n) => Err(place.err(n.span().start, format!("{what}: give 1 to {max}"))),
+        }
+    };
+    let channels = count(&m.channels, "channels", MAX_CHANNELS)?;
+    let per = count(&m.channels_per_connection, "channels_per_connection", 64)?;
+    if per > channels
+        && let Some(p) = &m.channels_per_connection
+    {
+        return Err(place.err(
+            p.span().start,
+            format!("channels_per_connection is {per} but there are only {channels} channels"),
+        ));
+    }
+    let delay = m.publish_delay.as_ref().map_or(DEFAULT_PUBLISH_DELAY, |d| Duration::from_secs_f64(d.get_ref().0));
+    Ok(BroadcastSpec {
+        publishers: count(&m.publishers, "publishers", 1_000_000)?,
+        channels,
+        channels_per_connection: per,
+        publish_delay_us: delay.as_micros() as u64,
+        channel_prefix: String::new(),
+        worker_index: 0,
+        workers: 1,
+    })
 }
 
 fn mode_at(m: &MessagesSection, place: &Place) -> usize {

@@ -9,10 +9,12 @@ use std::time::Duration;
 use stampede_model::{Churn, ConnectSpec, Phase, Ramp, Shape, StageKind, TargetUrl};
 use stampede_proto::fleet::PhaseStart;
 use stampede_proto::{us, us_or_zero};
-use stampede_relay::config::{DropAt, Faults, SlowWindow};
+use stampede_relay::config::{DropAt, Faults, PubsubConfig, SlowWindow};
 
 pub use crate::fleet_plan::{FleetPlan, LostPolicy, split};
 pub use crate::overrides::Overrides;
+use toml::Spanned;
+
 use crate::scenario::{Count, PhasesSection, Scenario, ScenarioError, Seconds, TargetSection};
 use crate::stages::{self, StressPlan};
 use crate::threshold::{Condition, Metric};
@@ -40,6 +42,8 @@ pub enum TargetPlan {
         faults: Faults,
         /// Upgrades beyond this many open connections get 503; 0: no limit.
         max_connections: u64,
+        /// Its channels: history and delivery faults.
+        pubsub: PubsubConfig,
     },
     /// A server at this URL.
     Url(String),
@@ -252,6 +256,7 @@ impl Plan {
                 processes: 0,
                 faults: faults(&sc.target),
                 max_connections: sc.target.bundled_max_connections.as_ref().map_or(0, |m| m.get_ref().0),
+                pubsub: pubsub(&sc.target, &err)?,
             },
             (None, false) => {
                 return Err(err(
@@ -340,8 +345,30 @@ impl Plan {
 
         let peak = phases.iter().map(PhasePlan::peak).max().unwrap_or(0);
         let target = match target {
-            TargetPlan::Bundled { delay, faults, max_connections, .. } => {
+            TargetPlan::Bundled { delay, faults, max_connections, pubsub, .. } => {
                 let auto = peak.div_ceil(CONNECTIONS_PER_RELAY);
+                if crate::messages::mode_of(sc).uses_channels() || !sc.flow.is_empty() {
+                    // A pair's two sides, or a channel's publishers and
+                    // subscribers, must meet in one relay process.
+                    if let Some(Count(n)) = sc.target.bundled_processes.filter(|c| c.0 > 1) {
+                        return Err(err(
+                            table_at("target"),
+                            format!(
+                                "bundled_processes = {n}: channels live in one relay process, and pairs, \
+                                 broadcast and flows use channels: leave bundled_processes out"
+                            ),
+                        ));
+                    }
+                    if auto > 1 {
+                        return Err(err(
+                            table_at("target"),
+                            format!(
+                                "{peak} connections: channels live in one relay process, which holds at most \
+                                 {CONNECTIONS_PER_RELAY} here; point [target] url at a relay that can hold more"
+                            ),
+                        ));
+                    }
+                }
                 let processes = match (sc.target.bundled_processes, &sc.target.bundled_max_connections) {
                     (Some(_), Some(max)) => {
                         return Err(err(
@@ -357,7 +384,7 @@ impl Plan {
                     (None, None) if auto <= 1 => 0,
                     (None, None) => auto,
                 };
-                TargetPlan::Bundled { delay, processes, faults, max_connections }
+                TargetPlan::Bundled { delay, processes, faults, max_connections, pubsub }
             }
             url => {
                 if let Some(max) = &sc.target.bundled_max_connections {
@@ -574,8 +601,51 @@ fn fault_keys(t: &TargetSection) -> Vec<(&'static str, usize)> {
     if let Some(v) = &t.bundled_fault_leak_mb_per_min {
         keys.push(("bundled_fault_leak_mb_per_min", v.span().start));
     }
+    for (key, v) in [("bundled_fault_duplicate", &t.bundled_fault_duplicate), ("bundled_fault_reorder", &t.bundled_fault_reorder)]
+    {
+        if let Some(v) = v {
+            keys.push((key, v.span().start));
+        }
+    }
+    if let Some(v) = &t.bundled_history_messages {
+        keys.push(("bundled_history_messages", v.span().start));
+    }
+    if let Some(v) = &t.bundled_history_age {
+        keys.push(("bundled_history_age", v.span().start));
+    }
     keys.sort_by_key(|(_, at)| *at);
     keys
+}
+
+/// The bundled relay's channels as `[target]` configures them.
+fn pubsub(
+    t: &TargetSection,
+    err: &impl Fn(usize, String) -> ScenarioError,
+) -> Result<PubsubConfig, ScenarioError> {
+    let fraction = |v: &Option<Spanned<f64>>, key: &str| -> Result<Option<f64>, ScenarioError> {
+        match v {
+            Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
+                Err(err(f.span().start, format!("{key}: give a share from 0 to 1, e.g. 0.01")))
+            }
+            Some(f) => Ok(Some(*f.get_ref())),
+            None => Ok(None),
+        }
+    };
+    let mut config = PubsubConfig {
+        fault_duplicate: fraction(&t.bundled_fault_duplicate, "bundled_fault_duplicate")?,
+        fault_reorder: fraction(&t.bundled_fault_reorder, "bundled_fault_reorder")?,
+        ..PubsubConfig::default()
+    };
+    if let Some(n) = &t.bundled_history_messages {
+        config.history_messages = usize::try_from(*n.get_ref())
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| err(n.span().start, "bundled_history_messages: give 0 to 1000000".into()))?;
+    }
+    if let Some(age) = &t.bundled_history_age {
+        config.history_age = Duration::from_secs_f64(age.get_ref().0);
+    }
+    Ok(config)
 }
 
 /// The bundled relay's faults as `[target]` configures them.

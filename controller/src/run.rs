@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use stampede_model::clock::RunClock;
+use stampede_model::spec::SessionSpec;
+use stampede_model::ConnectSpec;
 use stampede_model::results::{Summary, WorkerInfo};
 use stampede_proto::fleet::{Assign, controller_message::Body as Cmd};
 use stampede_proto::{us, us_or_zero};
@@ -120,7 +122,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
             .map_err(|source| RunError::Spawn { program: "controller".into(), source })?,
     };
     let (mut relay, target_url) = match &plan.target {
-        TargetPlan::Bundled { delay, processes, faults, max_connections } => {
+        TargetPlan::Bundled { delay, processes, faults, max_connections, pubsub } => {
             let tls = if plan.bundled_tls { Some(crate::bundled::make_tls()?) } else { None };
             if let Some((ca, _)) = &tls {
                 crate::tls::trust(&mut plan.connect.tls, ca);
@@ -131,9 +133,17 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
                 max_connections: usize::try_from(*max_connections).unwrap_or(usize::MAX),
                 tls: tls.map(|(_, settings)| settings),
                 jwt_secret: plan.bundled_jwt.as_ref().map(|s| JwtSecret::new(s.expose().as_bytes().to_vec())),
+                pubsub: pubsub.clone(),
                 ..RelayConfig::default()
             };
             let (relay, url) = Bundled::start(config, *processes, &executable, services.clone()).await?;
+            // Pairs, broadcast and flows speak the relay's channel protocol.
+            let url = match &plan.connect.session {
+                SessionSpec::Pairs(_) | SessionSpec::Broadcast(_) | SessionSpec::Flow(_) => {
+                    format!("{}/pubsub", url.strip_suffix("/ws").unwrap_or(&url))
+                }
+                _ => url,
+            };
             (Some(relay), url)
         }
         TargetPlan::Url(url) => (None, url.clone()),
@@ -200,6 +210,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let run_start_us = clock.unix_us();
     let writer = ResultsWriter::create(&plan.output_dir, &plan.name, run_start_wall, &scenario_toml)?;
     let run_id = format!("{}-{}", plan.name, run_start_us);
+    // Channel names of this run start with a prefix no other run shares.
+    name_channels(&mut plan.connect.session, run_start_us);
     if let Some(relay) = &mut relay {
         // Fault times count from the run's start, not the relay's.
         relay.start_fault_clock(run_start.into_std(), run_start_wall).await;
@@ -230,9 +242,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let mut unassigned = Vec::new();
     for (i, m) in members.iter().enumerate() {
         let sent = m.send(Cmd::Assign(Assign {
-            clock_offset_us: m.offset_us,
             source_addresses: sources.get(i).cloned().unwrap_or_default(),
-            ..assign.clone()
+            ..assign_for(&assign, i, members.len(), m.offset_us)
         }));
         if !sent {
             unassigned.push(i);
@@ -320,4 +331,36 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         relay.finish().await;
     }
     Ok(RunOutcome { summary, dir, interrupted })
+}
+
+/// Gives the run's channels a prefix of their own (`stampede/<run start,
+/// µs>`), so runs sharing a relay never read each other's messages.
+fn name_channels(session: &mut SessionSpec, run_start_us: i64) {
+    let prefix = format!("stampede/{run_start_us}");
+    match session {
+        SessionSpec::Pairs(p) => p.channel_prefix = prefix,
+        SessionSpec::Broadcast(b) => b.channel_prefix = prefix,
+        _ => {}
+    }
+}
+
+/// Worker `index`'s Assign in a fleet of `workers`: its clock offset, and
+/// in broadcast its share of the publishers and its place in the fleet's
+/// numbering of connections (a worker joining late publishes nothing).
+pub(crate) fn assign_for(assign: &Assign, index: usize, workers: usize, offset_us: i64) -> Assign {
+    let mut mine = Assign { clock_offset_us: offset_us, ..assign.clone() };
+    if let Ok(mut spec) = ConnectSpec::from_json(&assign.connect_spec_json)
+        && let SessionSpec::Broadcast(b) = &mut spec.session
+    {
+        let (index, workers) = (index as u64, workers.max(1) as u64);
+        b.publishers = if index < workers {
+            b.publishers / workers + u64::from(index < b.publishers % workers)
+        } else {
+            0
+        };
+        b.worker_index = index;
+        b.workers = workers;
+        mine.connect_spec_json = spec.to_json();
+    }
+    mine
 }

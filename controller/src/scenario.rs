@@ -86,6 +86,22 @@ pub struct TargetSection {
     /// Bundled relay fault: grow its memory by this many MB per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundled_fault_leak_mb_per_min: Option<Spanned<LeakRate>>,
+    /// Bundled relay fault: this share (0..1) of channel message deliveries
+    /// is sent twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_fault_duplicate: Option<Spanned<f64>>,
+    /// Bundled relay fault: this share (0..1) of channel message deliveries
+    /// is held back and sent after the next one of the same channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_fault_reorder: Option<Spanned<f64>>,
+    /// Bundled relay: messages each channel keeps for subscribers that come
+    /// back (`subscribe` with `since`); 0 turns history off (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_history_messages: Option<Spanned<u64>>,
+    /// Bundled relay: channel history older than this is dropped (default
+    /// 300 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_history_age: Option<Spanned<Length>>,
     /// `wss://`: a CA certificate file (PEM) trusted beside the system's
     /// roots; relative to the scenario's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]

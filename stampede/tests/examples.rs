@@ -53,6 +53,13 @@ examples! {
     tenk_10k_connections: "10k/10k-connections.toml";
     metamask_connection_storm: "metamask/connection-storm.toml";
     metamask_steady_state: "metamask/steady-state.toml";
+    metamask_realistic_session: "metamask/realistic-session.toml";
+    metamask_async_delivery: "metamask/async-delivery.toml";
+    metamask_steady_messaging: "metamask/steady-messaging.toml";
+    tenk_flash_sale: "10k/flash-sale.toml";
+    tenk_live_event: "10k/live-event.toml";
+    tenk_iot: "10k/iot.toml";
+    odin_broadcast: "odin/broadcast.toml";
     odin_quick: "odin/quick.toml";
     odin_medium: "odin/medium.toml";
     odin_stress: "odin/stress.toml";
