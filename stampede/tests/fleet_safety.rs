@@ -6,17 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ONE_RUN_AT_A_TIME, Scratch, num, read_json};
+use common::{ONE_RUN_AT_A_TIME, Relay, Scratch, free_port, num, read_json, relay_connections};
 use stampede_relay::pki::Ca;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A worker process dialing `url` with extra flags; stderr to `log`.
 fn worker(id: &str, url: &str, extra: &[&str], log: &Path) -> Child {
@@ -241,45 +236,6 @@ fn with_mutual_tls_worker_certificates_replace_the_token() {
     let _ = uncertified.wait();
     let said = std::fs::read_to_string(dir.join("nocert.log")).unwrap();
     assert!(!said.contains("joined controller"), "a worker without a certificate is not let in: {said}");
-}
-
-/// `relay_connections_active` from the relay's /metrics.
-fn relay_connections(port: u16) -> Option<u64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("relay_connections_active ")).and_then(|v| v.trim().parse().ok())
-}
-
-/// A relay process of its own (the controller's bundled one dies with it).
-struct Relay(Child, u16);
-
-impl Relay {
-    fn start() -> Relay {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_controller"))
-            .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let end = Instant::now() + Duration::from_secs(10);
-        while relay_connections(port).is_none() {
-            assert!(Instant::now() < end, "the relay did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Relay(child, port)
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spawn_run(scratch: &Scratch, path: &Path) -> Child {

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::free_port;
 use common::peer::{assigned_peer, hello, peer, run_id, snapshot};
 use stampede_controller::plan::Overrides;
 use stampede_controller::run::{RunOptions, run};
@@ -17,10 +18,6 @@ use tokio_util::sync::CancellationToken;
 /// One run at a time: each picks a free port for its fleet and releases it
 /// before the controller binds it, so two at once could pick the same one.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Starts worker `id` in this process, joining the controller at `port`.
 fn worker(port: u16, id: &str, stop: CancellationToken) -> tokio::task::JoinHandle<()> {

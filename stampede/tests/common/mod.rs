@@ -163,3 +163,64 @@ fn base64_decode(text: &str) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A free loopback port (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A value from the relay's /metrics on `port` (`None`: unreachable or no
+/// such line).
+pub fn relay_metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `relay_connections_active` from the relay's /metrics.
+pub fn relay_connections(port: u16) -> Option<u64> {
+    relay_metric(port, "relay_connections_active").map(|v| v as u64)
+}
+
+/// A relay process of its own (the controller's bundled one dies with
+/// it), started with `controller relay` and extra flags; killed on drop.
+pub struct Relay(pub std::process::Child, pub u16);
+
+impl Relay {
+    /// A plain relay.
+    pub fn start() -> Relay {
+        Relay::with(&[])
+    }
+
+    /// A relay with extra flags.
+    pub fn with(flags: &[&str]) -> Relay {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["relay", "--listen", &listen];
+        args.extend_from_slice(flags);
+        let child = Command::new(env!("CARGO_BIN_EXE_controller"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while relay_connections(port).is_none() {
+            assert!(Instant::now() < end, "the relay did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Relay(child, port)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
