@@ -147,7 +147,7 @@ impl Session for BroadcastSession {
             (Some("connection_established"), _, _) => {}
             (Some("subscribed"), Some(sub), Some(seq)) if sub.start.is_none() => sub.start = Some(seq),
             (Some("message"), Some(sub), Some(seq)) => {
-                let Some(index) = sub.start.and_then(|s0| seq.checked_sub(s0 + 1)) else {
+                let Some(index) = sub.start.and_then(|s0| seq.checked_sub(s0)?.checked_sub(1)) else {
                     // Before the subscription began, or before it was confirmed.
                     rec.counters.messages_unmatched.fetch_add(1, Relaxed);
                     return;
