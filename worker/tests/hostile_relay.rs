@@ -57,7 +57,7 @@ fn pair_junk(channel: &str) -> Vec<String> {
         message("someone/else", 1, json!({})),
         message(channel, 5, json!("not an envelope")),
         message(channel, u64::MAX, json!({"from": "a", "seq": u64::MAX, "ct": "AAAA"})),
-        message(channel, 7, json!({"from": "b", "seq": 0, "ct": "A".repeat(1 << 20)})),
+        message(channel, 7, json!({"from": "b", "seq": 1_000_000, "ct": "A".repeat(1 << 20)})),
         json!({"op": "error", "reason": "no"}).to_string(),
     ]
 }
