@@ -330,7 +330,10 @@ fn pairs(m: &MessagesSection, place: &Place) -> Result<PairsSpec, ScenarioError>
     {
         return Err(place.err(
             away.span().start,
-            format!("`away` applies to pairs_mode = \"async-delivery\", and pairs_mode is \"{}\"", mode.name()),
+            format!(
+                "`away` applies to pairs_mode = \"async-delivery\", and pairs_mode is \"{}\"",
+                mode.name()
+            ),
         ));
     }
     if mode == PairsMode::SteadyMessaging
@@ -370,7 +373,8 @@ fn broadcast(m: &MessagesSection, place: &Place) -> Result<BroadcastSpec, Scenar
             format!("channels_per_connection is {per} but there are only {channels} channels"),
         ));
     }
-    let delay = m.publish_delay.as_ref().map_or(DEFAULT_PUBLISH_DELAY, |d| Duration::from_secs_f64(d.get_ref().0));
+    let delay =
+        m.publish_delay.as_ref().map_or(DEFAULT_PUBLISH_DELAY, |d| Duration::from_secs_f64(d.get_ref().0));
     Ok(BroadcastSpec {
         publishers: count(&m.publishers, "publishers", 1_000_000)?,
         channels,
@@ -673,6 +677,50 @@ mod tests {
             ("modes = \"echo\"".to_string(), "t.toml:5:1", "unknown field `modes`"),
         ] {
             let err = spec(&body).unwrap_err();
+            assert!(err.starts_with(at) && err.contains(says), "{body:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn pairs_and_broadcast_scenarios_and_their_mistakes() {
+        let SessionSpec::Pairs(p) = spec("mode = \"pairs\"").unwrap() else { panic!() };
+        assert_eq!((p.mode, p.messages_per_side, p.away_us), (PairsMode::RealisticSession, 3, 30_000_000));
+        assert_eq!(p.delivery_timeout_us, 10_000_000);
+        let SessionSpec::Pairs(p) =
+            spec("mode = \"pairs\"\npairs_mode = \"async-delivery\"\naway = \"5s\"\nwrong_key = true").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.mode, p.away_us, p.wrong_key), (PairsMode::AsyncDelivery, 5_000_000, true));
+        let SessionSpec::Broadcast(b) =
+            spec("mode = \"broadcast\"\npublishers = 3\nchannels = 10\nchannels_per_connection = 2").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((b.publishers, b.channels, b.channels_per_connection), (3, 10, 2));
+        assert_eq!(b.publish_delay_us, 2_000_000);
+        for (body, at, says) in [
+            ("mode = \"pairs\"\naway = \"5s\"", "t.toml:6:8", "applies to pairs_mode = \"async-delivery\""),
+            (
+                "mode = \"pairs\"\npairs_mode = \"steady-messaging\"\nmessages_per_side = 2",
+                "t.toml:7:21",
+                "messages_per_side applies to",
+            ),
+            ("mode = \"pairs\"\nmessages_per_side = 0", "t.toml:6:21", "give 1 to 1000000"),
+            ("mode = \"pairs\"\npairs_mode = \"lazy\"", "t.toml:6:14", "unknown variant `lazy`"),
+            ("mode = \"pairs\"\npublishers = 2", "t.toml:6:14", "applies to mode = \"broadcast\""),
+            ("mode = \"broadcast\"\naway = \"1s\"", "t.toml:6:8", "applies to mode = \"pairs\""),
+            ("mode = \"broadcast\"\nchannels = 0", "t.toml:6:12", "channels: give 1 to 100000"),
+            ("mode = \"broadcast\"\nchannels = 100001", "t.toml:6:12", "give 1 to 100000"),
+            (
+                "mode = \"broadcast\"\nchannels = 2\nchannels_per_connection = 3",
+                "t.toml:7:27",
+                "only 2 channels",
+            ),
+            ("mode = \"broadcast\"\npublishers = -1", "t.toml:6:14", "invalid value"),
+            ("mode = \"echo\"\nchannels = 2", "t.toml:6:12", "applies to mode = \"broadcast\""),
+        ] {
+            let err = spec(body).unwrap_err();
             assert!(err.starts_with(at) && err.contains(says), "{body:?} gave {err}");
         }
     }

@@ -601,8 +601,10 @@ fn fault_keys(t: &TargetSection) -> Vec<(&'static str, usize)> {
     if let Some(v) = &t.bundled_fault_leak_mb_per_min {
         keys.push(("bundled_fault_leak_mb_per_min", v.span().start));
     }
-    for (key, v) in [("bundled_fault_duplicate", &t.bundled_fault_duplicate), ("bundled_fault_reorder", &t.bundled_fault_reorder)]
-    {
+    for (key, v) in [
+        ("bundled_fault_duplicate", &t.bundled_fault_duplicate),
+        ("bundled_fault_reorder", &t.bundled_fault_reorder),
+    ] {
         if let Some(v) = v {
             keys.push((key, v.span().start));
         }
@@ -816,6 +818,40 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("t.toml:4:33: bundled_fault_leak_mb_per_min injects faults"), "{err}");
+    }
+
+    #[test]
+    fn the_bundled_relays_channels_come_from_the_target_table() {
+        let p = plan(
+            "name = \"s\"\n[target]\nbundled = true\nbundled_history_messages = 0\nbundled_history_age = \"1m\"\n\
+             bundled_fault_duplicate = 0.25\nbundled_fault_reorder = 0.5\n",
+        )
+        .unwrap();
+        let TargetPlan::Bundled { pubsub, .. } = p.target else { panic!("{:?}", p.target) };
+        assert_eq!(pubsub.history_messages, 0);
+        assert_eq!(pubsub.history_age, Duration::from_secs(60));
+        assert_eq!((pubsub.fault_duplicate, pubsub.fault_reorder), (Some(0.25), Some(0.5)));
+        let head = "name = \"s\"\n[target]\nbundled = true\n";
+        let pairs = "[messages]\nmode = \"pairs\"\n";
+        for (text, at, says) in [
+            ("bundled_fault_duplicate = 1.5\n".to_string(), "t.toml:4:27", "share from 0 to 1"),
+            ("bundled_fault_reorder = -0.1\n".to_string(), "t.toml:4:25", "share from 0 to 1"),
+            ("bundled_history_messages = 2000000\n".to_string(), "t.toml:4:28", "0 to 1000000"),
+            ("bundled_history_age = 0\n".to_string(), "t.toml:4:23", "above 0"),
+            (format!("bundled_processes = 2\n{pairs}"), "t.toml:2:1", "channels live in one relay process"),
+            (
+                format!("[load]\nconnections = 40000\n{pairs}"),
+                "t.toml:2:1",
+                "point [target] url at a relay",
+            ),
+        ] {
+            let err = plan(&format!("{head}{text}")).unwrap_err().to_string();
+            assert!(err.starts_with(at) && err.contains(says), "{text:?} gave {err}");
+        }
+        let err = plan("name = \"s\"\n[target]\nurl = \"ws://x/\"\nbundled_fault_reorder = 0.1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bundled_fault_reorder injects faults into the bundled relay"), "{err}");
     }
 
     #[test]
