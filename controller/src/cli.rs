@@ -32,6 +32,14 @@ pub struct RunArgs {
     /// Seconds between two messages on a connection (0: connect only; or "250ms").
     #[arg(long, value_name = "SECS", value_parser = interval)]
     pub message_interval: Option<f64>,
+    /// Pairs: messages each side sends per session (the MetaMask seed's
+    /// --messages-per-session).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub messages_per_side: Option<u64>,
+    /// Pairs: async delivery with side b away this long (the MetaMask
+    /// seed's --delay; or "30s").
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub away: Option<f64>,
     /// Local worker processes to start.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub workers: Option<u64>,
@@ -101,6 +109,8 @@ impl RunArgs {
                 message_interval_s: self.message_interval,
                 workers: self.workers,
                 output: self.output.clone(),
+                messages_per_side: self.messages_per_side,
+                away_s: self.away,
             }
             .or(env),
             executable: None,
@@ -129,7 +139,7 @@ pub async fn run_command(args: RunArgs, shutdown: CancellationToken) -> i32 {
         Ok(outcome) if outcome.interrupted => EXIT_INTERRUPTED,
         Ok(outcome) if outcome.summary.verdict == "PASS" => EXIT_PASS,
         Ok(_) => EXIT_FAIL,
-        Err(err @ (RunError::Scenario(_) | RunError::Cost(_))) => {
+        Err(err @ (RunError::Scenario(_) | RunError::Cost(_) | RunError::Flag(_))) => {
             eprintln!("error: {err}");
             EXIT_CONFIG
         }

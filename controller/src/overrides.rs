@@ -24,6 +24,10 @@ pub struct Overrides {
     pub workers: Option<u64>,
     /// `--output DIR`
     pub output: Option<PathBuf>,
+    /// `--messages-per-side N` (pairs)
+    pub messages_per_side: Option<u64>,
+    /// `--away SECS` (pairs, async-delivery)
+    pub away_s: Option<f64>,
 }
 
 /// The environment variables the 10K suite documents (../shared/seeds),
@@ -81,8 +85,7 @@ impl Overrides {
             ramp_up_s: millis("RAMP_UP_TIME")?,
             duration_s: millis("TEST_DURATION")?,
             message_interval_s,
-            workers: None,
-            output: None,
+            ..Overrides::default()
         })
     }
 
@@ -107,12 +110,25 @@ impl Overrides {
             message_interval_s: self.message_interval_s.or(lower.message_interval_s),
             workers: self.workers.or(lower.workers),
             output: self.output.or(lower.output),
+            messages_per_side: self.messages_per_side.or(lower.messages_per_side),
+            away_s: self.away_s.or(lower.away_s),
         }
     }
 
     /// Writes the overrides into the scenario, so the copy saved with the
-    /// results is what actually ran.
-    pub fn apply(&self, sc: &mut Scenario) {
+    /// results is what actually ran; a flag the scenario has no use for is
+    /// an error naming it.
+    pub fn apply(&self, sc: &mut Scenario) -> Result<(), String> {
+        let pairs = crate::messages::mode_of(sc) == crate::messages::Mode::Pairs;
+        if let Some(n) = self.messages_per_side {
+            let m = sc.messages.as_mut().filter(|_| pairs).ok_or("--messages-per-side applies to [messages] mode = \"pairs\"")?;
+            m.messages_per_side = Some(toml::Spanned::new(0..0, n));
+        }
+        if let Some(s) = self.away_s {
+            let m = sc.messages.as_mut().filter(|_| pairs).ok_or("--away applies to [messages] mode = \"pairs\"")?;
+            m.away = Some(toml::Spanned::new(0..0, crate::scenario::Length(s)));
+            m.pairs_mode = Some(toml::Spanned::new(0..0, stampede_model::spec::PairsMode::AsyncDelivery));
+        }
         if let Some(url) = &self.target {
             sc.target.url = Some(toml::Spanned::new(0..0, url.clone()));
             sc.target.bundled = false;
@@ -139,6 +155,7 @@ impl Overrides {
         if let Some(dir) = &self.output {
             sc.output.dir = dir.clone();
         }
+        Ok(())
     }
 }
 
@@ -193,11 +210,27 @@ mod tests {
             workers: Some(2),
             ..Default::default()
         }
-        .apply(&mut sc);
+        .apply(&mut sc)
+        .unwrap();
         let p = Plan::new(&sc, Path::new("t.toml"), text).unwrap();
         assert_eq!(p.target, TargetPlan::Url("ws://127.0.0.1:9/ws".into()));
         assert_eq!(p.connections, 7);
         assert_eq!(p.phases[2].duration, Duration::from_secs(3));
         assert_eq!(p.fleet.local, Some(2));
+    }
+
+    #[test]
+    fn pair_flags_apply_to_pairs_only() {
+        let text = "name = \"s\"\n[target]\nbundled = true\n[messages]\nmode = \"pairs\"\n";
+        let mut sc = Scenario::parse(Path::new("t.toml"), text).unwrap();
+        Overrides { messages_per_side: Some(7), away_s: Some(30.0), ..Default::default() }.apply(&mut sc).unwrap();
+        let p = Plan::new(&sc, Path::new("t.toml"), text).unwrap();
+        let stampede_model::spec::SessionSpec::Pairs(pairs) = p.connect.session else { panic!() };
+        assert_eq!((pairs.messages_per_side, pairs.away_us), (7, 30_000_000));
+        assert_eq!(pairs.mode, stampede_model::spec::PairsMode::AsyncDelivery, "--away means async delivery");
+        let echo = "name = \"s\"\n[target]\nbundled = true\n";
+        let mut sc = Scenario::parse(Path::new("t.toml"), echo).unwrap();
+        let err = Overrides { away_s: Some(3.0), ..Default::default() }.apply(&mut sc).unwrap_err();
+        assert!(err.contains("--away applies to"), "{err}");
     }
 }

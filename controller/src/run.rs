@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use stampede_model::clock::RunClock;
-use stampede_model::spec::SessionSpec;
 use stampede_model::ConnectSpec;
+use stampede_model::clock::RunClock;
 use stampede_model::results::{Summary, WorkerInfo};
+use stampede_model::spec::SessionSpec;
 use stampede_proto::fleet::{Assign, controller_message::Body as Cmd};
 use stampede_proto::{us, us_or_zero};
 use tokio::sync::mpsc;
@@ -93,6 +93,9 @@ pub enum RunError {
     /// The fleet is not fit for the run.
     #[error("{0}")]
     Fleet(String),
+    /// A command-line value the scenario has no use for.
+    #[error("{0}")]
+    Flag(String),
     /// The estimated cost is above the scenario's `max_cost`.
     #[error("{0}")]
     Cost(String),
@@ -105,7 +108,7 @@ pub enum RunError {
 /// started, every ending (schedule done, aborted, Ctrl-C) writes results.
 pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOutcome, RunError> {
     let (mut scenario, source) = Scenario::load(&opts.scenario)?;
-    opts.overrides.apply(&mut scenario);
+    opts.overrides.apply(&mut scenario).map_err(RunError::Flag)?;
     let mut plan = Plan::new(&scenario, &opts.scenario, &source)?;
     let scenario_toml = toml::to_string_pretty(&scenario).unwrap_or_else(|_| source.clone());
     // Refused before anything starts, as `controller check` says.

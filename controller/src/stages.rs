@@ -805,7 +805,7 @@ mod tests {
         assert!(err.contains("either [phases] or [[stage]]"), "{err}");
         let text = format!("{HEAD}[[stage]]\nkind = \"hold\"\nduration = 1\n");
         let mut sc = Scenario::parse(Path::new("t.toml"), &text).unwrap();
-        crate::plan::Overrides { duration_s: Some(3.0), ..Default::default() }.apply(&mut sc);
+        crate::plan::Overrides { duration_s: Some(3.0), ..Default::default() }.apply(&mut sc).unwrap();
         let err = Plan::new(&sc, Path::new("t.toml"), &text).unwrap_err().to_string();
         assert!(
             err.contains("--duration and --ramp-up set [phases]"),
