@@ -7,17 +7,25 @@
 //! was written is not lost: it goes into the totals and, for seconds still
 //! held (the last [`CORRECTABLE_S`]), into a corrected row that the results
 //! writer appends (metrics.csv, workers.csv, latency.hlog).
+//!
+//! A run with a flow also merges each step's runs (ok, failed, durations)
+//! the same way: per second, per phase and for the run. Only the flow's
+//! step names are taken; a seconds' step histograms are kept encoded once
+//! its row is written (a flow has up to 32 steps, and a decoded histogram
+//! takes ~190 KB: 60 correctable seconds would hold ~370 MB).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use stampede_model::Counters;
 use stampede_model::clock::RunClock;
 use stampede_model::histogram::new_histogram;
-use stampede_model::results::{MetricsRow, Percentiles, WorkerRow};
-use stampede_proto::fleet::{Gauges, Snapshot};
+use stampede_model::results::{MetricsRow, Percentiles, StepFigures, StepSecond, WorkerRow};
+use stampede_model::spec::SessionSpec;
+use stampede_proto::fleet::{Gauges, Snapshot, StepStats};
 
 use crate::plan::Plan;
 use crate::target_metrics::TargetSample;
@@ -45,6 +53,9 @@ pub struct Totals {
     pub connect_split: ConnectSplit,
     /// Errors by cause.
     pub errors: BTreeMap<String, u64>,
+    /// The flow's steps, in the flow's order (empty without a flow, or
+    /// before any step was reported).
+    pub steps: Vec<StepTotals>,
 }
 
 impl Default for Totals {
@@ -55,7 +66,68 @@ impl Default for Totals {
             connect: new_histogram(),
             connect_split: ConnectSplit::default(),
             errors: BTreeMap::new(),
+            steps: Vec::new(),
         }
+    }
+}
+
+/// One flow step's runs: counts, and the durations of the successful ones
+/// (us), merged like every histogram.
+#[derive(Debug, Clone, Default)]
+pub struct StepTotals {
+    /// Runs that succeeded.
+    pub ok: u64,
+    /// Runs that failed.
+    pub failed: u64,
+    /// Durations of the successful runs; `None` until there is one (a
+    /// histogram is allocated only for a step that has samples).
+    pub durations: Option<Histogram<u64>>,
+}
+
+impl StepTotals {
+    /// Adds runs to these.
+    pub fn add(
+        &mut self,
+        ok: u64,
+        failed: u64,
+        durations: Option<&Histogram<u64>>,
+    ) -> Result<(), AggregateError> {
+        self.ok = self.ok.saturating_add(ok);
+        self.failed = self.failed.saturating_add(failed);
+        match (durations.filter(|h| !h.is_empty()), &mut self.durations) {
+            (None, _) => Ok(()),
+            (Some(h), Some(ours)) => merge(ours, h),
+            (Some(h), ours @ None) => {
+                let mut fresh = new_histogram();
+                merge(&mut fresh, h)?;
+                *ours = Some(fresh);
+                Ok(())
+            }
+        }
+    }
+
+    /// Merges `other` into these.
+    pub fn merge(&mut self, other: &StepTotals) -> Result<(), AggregateError> {
+        self.add(other.ok, other.failed, other.durations.as_ref())
+    }
+
+    /// The step's figures (percentiles from the merged histogram).
+    pub fn figures(&self) -> StepFigures {
+        StepFigures::of(self.ok, self.failed, self.durations.as_ref())
+    }
+
+    /// Its cells in a row of metrics.csv.
+    pub fn second(&self) -> StepSecond {
+        let f = self.figures();
+        StepSecond { ok: self.ok, failed: self.failed, p95_ms: f.p95_ms.unwrap_or(f64::NAN) }
+    }
+}
+
+/// The step names of the flow `plan` runs (none without a flow).
+pub fn step_names(plan: &Plan) -> &[String] {
+    match &plan.connect.session {
+        SessionSpec::Flow(f) => &f.names,
+        _ => &[],
     }
 }
 
@@ -111,6 +183,15 @@ pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) -> Result<(), Agg
     into.add(from).map_err(|e| AggregateError::Histogram(format!("{e:?}")))
 }
 
+/// Adds a snapshot's steps (by the flow's step index) into `into`, which
+/// holds every step of the flow.
+fn add_steps(into: &mut [StepTotals], steps: &[(usize, StepTotals)]) -> Result<(), AggregateError> {
+    for (index, step) in steps {
+        into[*index].merge(step)?;
+    }
+    Ok(())
+}
+
 /// Percentiles of a microsecond histogram, in milliseconds.
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
     Percentiles::of(h)
@@ -133,6 +214,10 @@ pub enum AggregateError {
     /// A subprotocol the run did not offer (a broken or hostile worker).
     #[error("bad snapshot: subprotocol {0:?} was not offered")]
     Subprotocol(String),
+    /// A step the run's flow does not have, or more step entries than it
+    /// has steps (a broken or hostile worker).
+    #[error("bad snapshot: {0}")]
+    Steps(String),
     /// A second the run cannot have (a broken or hostile worker): taking it
     /// would make every second up to it a row.
     #[error("snapshot for second {second}, but the run lasts at most {last} s")]
@@ -173,6 +258,11 @@ struct Second {
     workers: BTreeMap<usize, Report>,
     /// Corrections written so far.
     revision: u32,
+    /// The flow's steps (empty until one is reported). Once the row is
+    /// written, their histograms are kept encoded in `packed`.
+    steps: Vec<StepTotals>,
+    /// Encoded step histograms of a written second, by step (empty: none).
+    packed: Vec<Vec<u8>>,
 }
 
 impl Default for Second {
@@ -184,7 +274,42 @@ impl Default for Second {
             errors: 0,
             workers: BTreeMap::new(),
             revision: 0,
+            steps: Vec::new(),
+            packed: Vec::new(),
         }
+    }
+}
+
+impl Second {
+    /// Encodes the step histograms (the row is written; they are needed
+    /// again only if late data corrects it).
+    fn pack_steps(&mut self) {
+        let mut serializer = V2Serializer::new();
+        self.packed = self
+            .steps
+            .iter_mut()
+            .map(|step| {
+                let mut bytes = Vec::new();
+                if let Some(h) = step.durations.take() {
+                    // Our own histogram into a Vec: cannot fail.
+                    serializer.serialize(&h, &mut bytes).expect("a histogram encodes into memory");
+                }
+                bytes
+            })
+            .collect();
+    }
+
+    /// Decodes what [`Second::pack_steps`] encoded.
+    fn unpack_steps(&mut self, decoder: &mut Deserializer) -> Result<(), AggregateError> {
+        for (step, bytes) in self.steps.iter_mut().zip(std::mem::take(&mut self.packed)) {
+            if !bytes.is_empty() {
+                let h: Histogram<u64> = decoder
+                    .deserialize(&mut &bytes[..])
+                    .map_err(|e| AggregateError::Histogram(format!("{e:?}")))?;
+                step.durations = Some(h);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +335,18 @@ pub struct Row {
     pub connect_split: ConnectSplit,
     /// The second of each worker (for a correction: the late workers).
     pub workers: Vec<WorkerRow>,
+    /// The flow's step names, in order (empty without a flow).
+    pub step_names: Arc<[String]>,
+    /// Each step's runs in this second, as `step_names` (for a correction:
+    /// the whole second, as its row).
+    pub steps: Vec<StepTotals>,
+}
+
+impl Row {
+    /// The steps' cells of this row in metrics.csv, as `step_names`.
+    pub fn step_cells(&self) -> Vec<StepSecond> {
+        self.steps.iter().map(StepTotals::second).collect()
+    }
 }
 
 /// The controller's one aggregator.
@@ -239,12 +376,16 @@ pub struct Aggregator {
     pub too_late: u64,
     /// Connections opened, by the subprotocol the server picked.
     pub subprotocols: BTreeMap<String, u64>,
+    /// The flow's step names (empty without a flow).
+    step_names: Arc<[String]>,
     decoder: Deserializer,
 }
 
 impl Aggregator {
     /// An aggregator for the workers `ids` of a run on `clock`.
     pub fn new(plan: &Plan, ids: &[String], clock: RunClock) -> Self {
+        let step_names: Arc<[String]> = step_names(plan).into();
+        let totals = Totals { steps: vec![StepTotals::default(); step_names.len()], ..Totals::default() };
         Aggregator {
             plan: plan.clone(),
             clock,
@@ -259,13 +400,19 @@ impl Aggregator {
             next_row: 0,
             rows: Vec::new(),
             corrections: Vec::new(),
-            run: Totals::default(),
-            phases: vec![Totals::default(); plan.phases.len()],
+            run: totals.clone(),
+            phases: vec![totals; plan.phases.len()],
             snapshots: vec![0; ids.len()],
             too_late: 0,
             subprotocols: BTreeMap::new(),
+            step_names,
             decoder: Deserializer::new(),
         }
+    }
+
+    /// The flow's step names, in order (empty without a flow).
+    pub fn step_names(&self) -> &[String] {
+        &self.step_names
     }
 
     /// Takes the plan changed while the run goes (a stress stage ended
@@ -317,6 +464,7 @@ impl Aggregator {
             tls: self.decode(&snap.connect_tls_histogram)?,
             upgrade: self.decode(&snap.connect_upgrade_histogram)?,
         };
+        let steps = self.decode_steps(&snap.steps)?;
         for (name, n) in &snap.subprotocols {
             let total = self.subprotocols.entry(name.clone()).or_default();
             *total = total.saturating_add(*n);
@@ -350,12 +498,16 @@ impl Aggregator {
                 let e = totals.errors.entry(cause.clone()).or_default();
                 *e = e.saturating_add(*n);
             }
+            add_steps(&mut totals.steps, &steps)?;
         }
         let s = snap.second;
         let late = s < self.next_row;
         let second = if late {
             match self.written.get_mut(&s) {
-                Some(second) => second,
+                Some(second) => {
+                    second.unpack_steps(&mut self.decoder)?;
+                    second
+                }
                 None => {
                     self.too_late += 1;
                     return Ok(true);
@@ -364,6 +516,10 @@ impl Aggregator {
         } else {
             self.pending.entry(s).or_default()
         };
+        if second.steps.is_empty() && !steps.is_empty() {
+            second.steps = vec![StepTotals::default(); self.step_names.len()];
+        }
+        add_steps(&mut second.steps, &steps)?;
         merge(&mut second.latency, &latency)?;
         merge(&mut second.connect, &connect)?;
         second.connect_split.merge(&connect_split)?;
@@ -383,8 +539,43 @@ impl Aggregator {
             row.workers.retain(|w| w.worker == self.workers[worker].id);
             self.rows[s as usize] = row.metrics.clone();
             self.corrections.push(row);
+            self.written.get_mut(&s).expect("the second just corrected").pack_steps();
         }
         Ok(true)
+    }
+
+    /// A snapshot's steps by the flow's step index: only the flow's names,
+    /// each at most once, histograms checked as every other.
+    fn decode_steps(
+        &mut self,
+        wire: &std::collections::HashMap<String, StepStats>,
+    ) -> Result<Vec<(usize, StepTotals)>, AggregateError> {
+        if self.step_names.is_empty() && !wire.is_empty() {
+            return Err(AggregateError::Steps(format!(
+                "{} step entries, and the run has no flow",
+                wire.len()
+            )));
+        }
+        if wire.len() > self.step_names.len() {
+            return Err(AggregateError::Steps(format!(
+                "{} step entries, and the run's flow has {} steps",
+                wire.len(),
+                self.step_names.len()
+            )));
+        }
+        let mut steps = Vec::with_capacity(wire.len());
+        for (name, stats) in wire {
+            let Some(index) = self.step_names.iter().position(|n| n == name) else {
+                let shown: String = name.chars().take(64).collect();
+                return Err(AggregateError::Steps(format!("step {shown:?} is not a step of the run's flow")));
+            };
+            let durations = match stats.histogram.is_empty() {
+                true => None,
+                false => Some(self.decode(&stats.histogram)?),
+            };
+            steps.push((index, StepTotals { ok: stats.ok, failed: stats.failed, durations }));
+        }
+        Ok(steps)
     }
 
     /// Takes the target server's figures for second `second`.
@@ -430,6 +621,8 @@ impl Aggregator {
             let row = self.build_row(s, &second);
             self.rows.push(row.metrics.clone());
             rows.push(row);
+            let mut second = second;
+            second.pack_steps();
             self.written.insert(s, second);
             self.written.retain(|k, _| k + CORRECTABLE_S > s);
             self.target.retain(|k, _| *k > s);
@@ -560,12 +753,18 @@ impl Aggregator {
             target_cpu_pct: ts.cpu_pct.unwrap_or(f64::NAN),
             target_connections: ts.connections.unwrap_or(f64::NAN),
         };
+        let steps = match second.steps.is_empty() {
+            true => vec![StepTotals::default(); self.step_names.len()],
+            false => second.steps.clone(),
+        };
         Row {
             metrics,
             latency: second.latency.clone(),
             connect: second.connect.clone(),
             connect_split: second.connect_split.clone(),
             workers,
+            step_names: self.step_names.clone(),
+            steps,
         }
     }
 }
@@ -732,6 +931,117 @@ mod tests {
         assert_eq!(phases, ["warmup", "warmup", "ramp-up"]);
         assert_eq!(agg.peak(Some(1)), 4);
         assert_eq!(agg.peak(Some(0)), 3);
+    }
+
+    /// A plan whose flow has the steps connect, established, send.
+    fn flow_agg(n: usize) -> Aggregator {
+        let text = "name = \"t\"\n[target]\nbundled = true\n[phases]\nwarmup_s = 2\nramp_up_s = 2\nsustained_s = 2\n\
+                    cooldown_s = 0\n[[flow]]\nstep = \"connect\"\n[[flow]]\nstep = \"expect\"\nname = \"established\"\n\
+                    [[flow]]\nstep = \"send\"\nmessage = \"x\"\n";
+        let sc = crate::scenario::Scenario::parse(Path::new("t"), text).unwrap();
+        let plan = Plan::new(&sc, Path::new("t"), text).unwrap();
+        let ids: Vec<String> = (1..=n).map(|i| format!("w{i}")).collect();
+        Aggregator::new(&plan, &ids, RunClock::starting_in(Duration::ZERO))
+    }
+
+    fn with_step(mut snap: Snapshot, name: &str, ok_us: &[u64], failed: u64) -> Snapshot {
+        let stats = StepStats { ok: ok_us.len() as u64, failed, histogram: encoded(ok_us) };
+        snap.steps.insert(name.to_string(), stats);
+        snap
+    }
+
+    #[test]
+    fn step_percentiles_come_from_merged_histograms_in_every_total() {
+        let mut agg = flow_agg(2);
+        assert_eq!(agg.step_names(), ["connect", "established", "send"]);
+        // Worker 0: 90 fast runs and a failure; worker 1: 10 slow runs.
+        let fast = with_step(snapshot(1, 0, &[], 0, 1), "established", &[1_000; 90], 1);
+        agg.add(0, &with_step(fast, "connect", &[2_000], 0)).unwrap();
+        agg.add(1, &with_step(snapshot(1, 0, &[], 0, 1), "established", &[100_000; 10], 0)).unwrap();
+        let rows = agg.ready_rows(0.5, false);
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(&row.step_names[..], agg.step_names());
+        let cells = row.step_cells();
+        assert_eq!((cells[1].ok, cells[1].failed), (100, 1));
+        // Averaging the workers' p95s would say ~50 ms.
+        assert!((cells[1].p95_ms - 100.0).abs() < 0.1, "{}", cells[1].p95_ms);
+        assert_eq!((cells[0].ok, cells[0].failed), (1, 0));
+        assert_eq!((cells[2].ok, cells[2].failed), (0, 0));
+        assert!(cells[2].p95_ms.is_nan(), "no run of send in this second: no figure");
+        for totals in [&agg.run, &agg.phases[0]] {
+            let f = totals.steps[1].figures();
+            assert_eq!((f.ok, f.failed), (100, 1));
+            assert!((f.p50_ms.unwrap() - 1.0).abs() < 0.01);
+            assert!((f.p95_ms.unwrap() - 100.0).abs() < 0.1);
+            assert!((f.failure_rate.unwrap() - 1.0 / 101.0).abs() < 1e-12);
+            assert!(totals.steps[2].durations.is_none(), "no histogram for a step without samples");
+        }
+        assert_eq!(agg.phases[1].steps[1].ok, 0, "the next phase has none yet");
+        // The same figures through the per-second path a stress stage judges.
+        let f = crate::summary::second_figures(row, 0);
+        let names: Vec<&str> = f.steps.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["connect", "established", "send"]);
+        assert_eq!(f.steps.get("established").unwrap().ok, 100);
+    }
+
+    #[test]
+    fn a_late_step_report_corrects_its_row_from_the_kept_histograms() {
+        let mut agg = flow_agg(2);
+        agg.add(0, &with_step(snapshot(1, 0, &[], 0, 1), "established", &[1_000; 19], 0)).unwrap();
+        let rows = agg.ready_rows(1.0 + GRACE_S as f64, false);
+        assert!((rows[0].step_cells()[1].p95_ms - 1.0).abs() < 0.01);
+        // The row's step histograms are now kept encoded; a late worker's
+        // slow runs must still merge with them, not replace them.
+        agg.add(1, &with_step(snapshot(1, 0, &[], 0, 1), "established", &[50_000; 1], 2)).unwrap();
+        let fixed = agg.take_corrections();
+        assert_eq!(fixed.len(), 1);
+        let cells = fixed[0].step_cells();
+        assert_eq!((cells[1].ok, cells[1].failed), (20, 2));
+        assert!((cells[1].p95_ms - 1.0).abs() < 0.01, "19 of 20 runs took 1 ms: {}", cells[1].p95_ms);
+        assert!(fixed[0].steps[1].durations.as_ref().unwrap().max() >= 50_000);
+        // And again, from the encoded form once more.
+        agg.add(1, &with_step(snapshot(2, 0, &[], 0, 1), "established", &[50_000; 20], 0)).unwrap();
+        let cells = agg.take_corrections()[0].step_cells();
+        assert_eq!(cells[1].ok, 40);
+        assert!((cells[1].p95_ms - 50.0).abs() < 0.1, "{}", cells[1].p95_ms);
+        assert_eq!(agg.run.steps[1].ok, 40);
+    }
+
+    #[test]
+    fn hostile_step_entries_are_errors() {
+        let mut agg = flow_agg(1);
+        let err =
+            agg.add(0, &with_step(snapshot(1, 0, &[], 0, 0), &"x".repeat(10_000), &[1], 0)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AggregateError::Steps(_)) && text.contains("not a step of the run's flow"));
+        assert!(text.len() < 200, "{text}");
+        let mut snap = snapshot(1, 0, &[], 0, 0);
+        for name in ["connect", "established", "send"] {
+            snap = with_step(snap, name, &[1], 0);
+        }
+        agg.add(0, &snap).unwrap();
+        let mut too_many = with_step(snapshot(2, 1, &[], 0, 0), "connect", &[], 1);
+        for i in 0..3 {
+            too_many = with_step(too_many, &format!("s{i}"), &[], 1);
+        }
+        let err = agg.add(0, &too_many).unwrap_err().to_string();
+        assert!(err.contains("4 step entries, and the run's flow has 3 steps"), "{err}");
+        let mut bad = snapshot(3, 1, &[], 0, 0);
+        bad.steps
+            .insert("send".into(), StepStats { ok: 1, failed: 0, histogram: b"junk junk junk".to_vec() });
+        assert!(matches!(agg.add(0, &bad), Err(AggregateError::Histogram(_))));
+        let mut claim = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new().serialize(&new_histogram(), &mut claim).unwrap();
+        claim[24..32].copy_from_slice(&(1u64 << 62).to_be_bytes());
+        let mut huge = snapshot(4, 1, &[], 0, 0);
+        huge.steps.insert("send".into(), StepStats { ok: 1, failed: 0, histogram: claim });
+        assert!(agg.add(0, &huge).unwrap_err().to_string().contains("claims the range"));
+        assert_eq!(agg.run.steps.iter().map(|s| s.ok).sum::<u64>(), 3, "refused snapshots count nothing");
+        // A run without a flow takes no step at all.
+        let mut plain = self::agg(1);
+        let err = plain.add(0, &with_step(snapshot(1, 0, &[], 0, 0), "connect", &[1], 0)).unwrap_err();
+        assert!(err.to_string().contains("the run has no flow"), "{err}");
     }
 
     #[test]

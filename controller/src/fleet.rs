@@ -45,8 +45,9 @@ pub enum FleetEvent {
         worker: String,
         /// The stream it came on.
         session: u64,
-        /// The message.
-        body: Body,
+        /// The message (boxed: a snapshot is much larger than the other
+        /// events).
+        body: Box<Body>,
     },
     /// A would-be worker was refused (no or a wrong fleet token).
     Refused {
@@ -148,7 +149,7 @@ impl Fleet for Service {
                                 let _ = replies.try_send(Ok(answer));
                             }
                         }
-                        let event = FleetEvent::Message { worker: worker.clone(), session, body };
+                        let event = FleetEvent::Message { worker: worker.clone(), session, body: Box::new(body) };
                         if events.send(event).await.is_err() {
                             return;
                         }

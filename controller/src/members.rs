@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use stampede_model::results::{Rebalance, WorkerLost};
 use stampede_proto::fleet::{
-    ControllerMessage, Hello, Snapshot, SnapshotAck, controller_message::Body as Cmd,
-    worker_message::Body,
+    ControllerMessage, Hello, Snapshot, SnapshotAck, controller_message::Body as Cmd, worker_message::Body,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -225,7 +224,7 @@ impl Running {
                     return; // an earlier stream, or a worker taken as lost
                 };
                 self.members[i].last_heard = Instant::now();
-                match body {
+                match *body {
                     Body::Snapshot(snap) => self.on_snapshot(i, snap).await,
                     Body::Finished(_) => {
                         self.members[i].finished = true;
@@ -347,7 +346,8 @@ impl Running {
             }
             None => {
                 let member = Member::new(hello, link, offset_us, session, &self.plan.fleet);
-                let assign = crate::run::assign_for(&self.assign, self.members.len(), self.members.len(), offset_us);
+                let assign =
+                    crate::run::assign_for(&self.assign, self.members.len(), self.members.len(), offset_us);
                 if !member.send(Cmd::Assign(assign)) {
                     return;
                 }

@@ -5,19 +5,27 @@
 //! `revision`), and at the end metrics.csv is rewritten in order. The summary
 //! files follow at the end of the run.
 //!
+//! A run with a flow adds each step's columns to metrics.csv and
+//! metrics.json (`step_<name>_ok`, `_failed`, `_p95_ms`): the header is
+//! rewritten with them when the first row arrives, and the writer keeps
+//! each second's step cells for the final rewrite.
+//!
 //! A file that cannot be written (disk full) is reported on stderr at once;
 //! the run goes on measuring and still decides and prints its verdict.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use stampede_model::results::{
-    MetricsRow, Summary, WORKER_COLUMNS, WorkerRow, csv_line, files, hlog_tags, metrics_columns,
+    JsonRow, MetricsRow, StepSecond, Summary, WORKER_COLUMNS, WorkerRow, csv_line, files, hlog_tags,
+    metrics_columns, step_columns,
 };
 use tokio::sync::mpsc;
 
@@ -46,15 +54,49 @@ enum Record {
         Box<Histogram<u64>>,
         Box<crate::aggregate::ConnectSplit>,
         Vec<WorkerRow>,
+        Steps,
     ),
     Log(String),
 }
+
+/// A row's flow steps: the names (shared by every row) and the cells.
+struct Steps {
+    names: Arc<[String]>,
+    cells: Vec<StepSecond>,
+}
+
+/// Each second's step cells as last written (a correction replaces them),
+/// for the final metrics.csv and metrics.json.
+#[derive(Default)]
+struct StepLog {
+    names: Vec<String>,
+    seconds: BTreeMap<u64, Vec<StepSecond>>,
+}
+
+impl StepLog {
+    /// The cells of second `s`; a second without any is all zero.
+    fn cells(&self, s: u64) -> Vec<StepSecond> {
+        self.seconds
+            .get(&s)
+            .cloned()
+            .unwrap_or_else(|| vec![StepSecond { ok: 0, failed: 0, p95_ms: f64::NAN }; self.names.len()])
+    }
+
+    /// The header of metrics.csv.
+    fn header(&self) -> String {
+        let mut columns: Vec<String> = metrics_columns().into_iter().map(String::from).collect();
+        columns.extend(step_columns(&self.names));
+        csv_line(&columns)
+    }
+}
+
+type Streamed = (Result<(), ResultsError>, StepLog);
 
 /// An open results folder.
 pub struct ResultsWriter {
     dir: PathBuf,
     tx: mpsc::Sender<Record>,
-    thread: std::thread::JoinHandle<Result<(), ResultsError>>,
+    thread: std::thread::JoinHandle<Streamed>,
 }
 
 impl ResultsWriter {
@@ -91,8 +133,15 @@ impl ResultsWriter {
         // Unbuffered: each interval line reaches the file as it is written,
         // so a SIGKILL loses at most the second being written.
         let hlog = File::create(&hlog_path).map_err(at(&hlog_path))?;
-        let files =
-            Streams { dir: dir.clone(), csv, workers, log: open(files::TEST_LOG)?, failed: Vec::new() };
+        let files = Streams {
+            dir: dir.clone(),
+            csv,
+            workers,
+            log: open(files::TEST_LOG)?,
+            failed: Vec::new(),
+            rows: 0,
+            steps: StepLog::default(),
+        };
         let (tx, rx) = mpsc::channel(256);
         let thread = std::thread::Builder::new()
             .name("results".into())
@@ -115,6 +164,10 @@ impl ResultsWriter {
             Box::new(row.connect),
             Box::new(row.connect_split),
             row.workers,
+            Steps {
+                cells: row.steps.iter().map(crate::aggregate::StepTotals::second).collect(),
+                names: row.step_names,
+            },
         );
         let _ = self.tx.send(record).await;
     }
@@ -137,27 +190,41 @@ impl ResultsWriter {
         tx.send(Record::Log(human)).await.ok();
         drop(tx);
         let dir2 = dir.clone();
-        let streamed = tokio::task::spawn_blocking(move || {
+        let (streamed, steps) = tokio::task::spawn_blocking(move || {
             thread.join().unwrap_or_else(|_| {
-                Err(ResultsError { path: dir2, source: io::Error::other("results writer panicked") })
+                let panicked =
+                    ResultsError { path: dir2, source: io::Error::other("results writer panicked") };
+                (Err(panicked), StepLog::default())
             })
         })
         .await
-        .unwrap_or_else(|e| Err(ResultsError { path: dir.clone(), source: io::Error::other(e) }));
+        .unwrap_or_else(|e| {
+            (Err(ResultsError { path: dir.clone(), source: io::Error::other(e) }), StepLog::default())
+        });
         let write_atomic = |file: &str, text: String| -> Result<(), ResultsError> {
             let path = dir.join(file);
             let tmp = dir.join(format!(".{file}.tmp"));
             fs::write(&tmp, text).map_err(at(&tmp))?;
             fs::rename(&tmp, &path).map_err(at(&path))
         };
-        let mut csv = metrics_columns().join(",") + "\n";
+        let mut csv = steps.header();
+        let mut json = Vec::with_capacity(rows.len());
         for row in rows {
-            csv.push_str(&csv_line(&row.csv_cells()));
+            let cells = steps.cells(row.elapsed_s);
+            let mut line = row.csv_cells();
+            line.extend(cells.iter().flat_map(StepSecond::csv_cells));
+            csv.push_str(&csv_line(&line));
+            json.push(cells);
         }
+        let json: Vec<JsonRow> = rows
+            .iter()
+            .zip(&json)
+            .map(|(row, cells)| JsonRow { row, names: &steps.names, steps: cells })
+            .collect();
         let results = [
             streamed,
             write_atomic(files::METRICS_CSV, csv),
-            write_atomic(files::METRICS_JSON, rows.to_json()),
+            write_atomic(files::METRICS_JSON, json.to_json()),
             write_atomic(files::SUMMARY, summary.to_json()),
         ];
         for r in &results {
@@ -188,6 +255,10 @@ struct Streams {
     log: BufWriter<File>,
     /// Files that failed, reported once each.
     failed: Vec<PathBuf>,
+    /// Rows written to metrics.csv so far.
+    rows: u64,
+    /// The flow's step cells by second.
+    steps: StepLog,
 }
 
 impl Streams {
@@ -206,9 +277,25 @@ impl Streams {
         }
     }
 
-    fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Record>,
+    fn run(mut self, mut rx: mpsc::Receiver<Record>, started: SystemTime, hlog_file: File) -> Streamed {
+        let result = self.stream(&mut rx, started, hlog_file);
+        (result, self.steps)
+    }
+
+    /// The first row of a run with a flow names its steps: the header
+    /// (all the file holds so far) is written again with their columns.
+    fn step_header(&mut self, names: &Arc<[String]>) -> io::Result<()> {
+        self.steps.names = names.to_vec();
+        self.csv.flush()?;
+        let file = self.csv.get_mut();
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        self.csv.write_all(self.steps.header().as_bytes())
+    }
+
+    fn stream(
+        &mut self,
+        rx: &mut mpsc::Receiver<Record>,
         started: SystemTime,
         mut hlog_file: File,
     ) -> Result<(), ResultsError> {
@@ -227,11 +314,18 @@ impl Streams {
             .map_err(at(&self.dir.join(files::LATENCY_HLOG)))?;
         while let Some(record) = rx.blocking_recv() {
             match record {
-                Record::Row(row, latency, connect, split, workers) => {
-                    let r = self
-                        .csv
-                        .write_all(csv_line(&row.csv_cells()).as_bytes())
-                        .and_then(|()| self.csv.flush());
+                Record::Row(row, latency, connect, split, workers, steps) => {
+                    if self.rows == 0 && !steps.names.is_empty() {
+                        let r = self.step_header(&steps.names);
+                        self.check(files::METRICS_CSV, r);
+                    }
+                    self.rows += 1;
+                    let mut cells = row.csv_cells();
+                    cells.extend(steps.cells.iter().flat_map(StepSecond::csv_cells));
+                    if !steps.cells.is_empty() {
+                        self.steps.seconds.insert(row.elapsed_s, steps.cells);
+                    }
+                    let r = self.csv.write_all(csv_line(&cells).as_bytes()).and_then(|()| self.csv.flush());
                     self.check(files::METRICS_CSV, r);
                     let r = workers
                         .iter()
@@ -267,5 +361,130 @@ impl Streams {
             }
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stampede_model::histogram::new_histogram;
+    use stampede_model::results::{Figures, SUMMARY_SCHEMA_VERSION};
+
+    use super::*;
+    use crate::aggregate::{ConnectSplit, Row, StepTotals};
+
+    fn row(second: u64, revision: u32, steps: Vec<StepTotals>) -> Row {
+        Row {
+            metrics: MetricsRow {
+                elapsed_s: second,
+                phase: "sustained".into(),
+                revision,
+                latency_p50_ms: f64::NAN,
+                ..Default::default()
+            },
+            latency: new_histogram(),
+            connect: new_histogram(),
+            connect_split: ConnectSplit::default(),
+            workers: Vec::new(),
+            step_names: vec!["established".to_string(), "tunnel_http".to_string()].into(),
+            steps,
+        }
+    }
+
+    fn step(ok_ms: &[u64], failed: u64) -> StepTotals {
+        let mut t = StepTotals::default();
+        let mut h = new_histogram();
+        ok_ms.iter().for_each(|ms| h.record(ms * 1000).unwrap());
+        t.add(ok_ms.len() as u64, failed, Some(&h)).unwrap();
+        t
+    }
+
+    fn summary() -> Summary {
+        Summary {
+            schema_version: SUMMARY_SCHEMA_VERSION,
+            verdict: "PASS".into(),
+            aborted: None,
+            scenario: "flow".into(),
+            target: "ws://x".into(),
+            started_at: String::new(),
+            duration_s: 2.0,
+            workers: 1,
+            worker_details: Vec::new(),
+            figures: Figures::default(),
+            worker_rss_peak_mb: 0.0,
+            phases: Vec::new(),
+            thresholds: Vec::new(),
+            breaking_point: None,
+            breaking_point_reason: None,
+            subprotocols: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flows_steps_get_columns_in_metrics_csv_and_json() {
+        let parent = tempfile::tempdir().unwrap();
+        let writer = ResultsWriter::create(parent.path(), "flow", SystemTime::now(), "").unwrap();
+        let dir = writer.dir().to_path_buf();
+        writer.row(row(0, 0, vec![step(&[3; 10], 0), step(&[], 1)])).await;
+        writer.row(row(1, 0, vec![step(&[], 0), step(&[12; 50], 1)])).await;
+        // Streamed as it comes: the header names the steps' columns.
+        let csv_path = dir.join(files::METRICS_CSV);
+        let mut streamed = String::new();
+        for _ in 0..500 {
+            streamed = fs::read_to_string(&csv_path).unwrap();
+            if streamed.lines().count() == 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let header: Vec<&str> = streamed.lines().next().unwrap().split(',').collect();
+        let fixed = metrics_columns().len();
+        assert_eq!(
+            header[fixed..],
+            [
+                "step_established_ok",
+                "step_established_failed",
+                "step_established_p95_ms",
+                "step_tunnel_http_ok",
+                "step_tunnel_http_failed",
+                "step_tunnel_http_p95_ms"
+            ]
+        );
+        assert!(streamed.lines().nth(1).unwrap().ends_with(",10,0,3.001,0,1,"), "{streamed}");
+        // A late correction of second 0 replaces its cells.
+        writer.row(row(0, 1, vec![step(&[3; 11], 0), step(&[], 1)])).await;
+        let final_rows = [
+            MetricsRow { elapsed_s: 0, revision: 1, ..Default::default() },
+            MetricsRow { elapsed_s: 1, ..Default::default() },
+        ];
+        let summary = summary();
+        writer.finish(&summary, &final_rows, String::new()).await.unwrap();
+        let csv = fs::read_to_string(&csv_path).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3, "{csv}");
+        assert_eq!(lines[0].split(',').count(), fixed + 6);
+        assert!(lines[1].ends_with(",11,0,3.001,0,1,"), "{csv}");
+        assert!(lines[2].ends_with(",0,0,,50,1,12.007"), "{csv}");
+        let json: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join(files::METRICS_JSON)).unwrap()).unwrap();
+        assert_eq!(json[0]["step_established_ok"], 11);
+        assert_eq!(json[0]["step_tunnel_http_p95_ms"], serde_json::Value::Null);
+        assert_eq!(json[1]["step_tunnel_http_p95_ms"], 12.007);
+        assert_eq!(json[1]["elapsed_s"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_without_a_flow_keeps_the_fixed_columns() {
+        let parent = tempfile::tempdir().unwrap();
+        let writer = ResultsWriter::create(parent.path(), "plain", SystemTime::now(), "").unwrap();
+        let dir = writer.dir().to_path_buf();
+        let mut plain = row(0, 0, Vec::new());
+        plain.step_names = Vec::new().into();
+        writer.row(plain).await;
+        let summary = summary();
+        writer.finish(&summary, &[MetricsRow::default()], String::new()).await.unwrap();
+        let csv = fs::read_to_string(dir.join(files::METRICS_CSV)).unwrap();
+        assert_eq!(csv.lines().next().unwrap(), metrics_columns().join(","));
+        let json = fs::read_to_string(dir.join(files::METRICS_JSON)).unwrap();
+        assert!(!json.contains("step_"), "{json}");
     }
 }

@@ -5,12 +5,13 @@
 use std::fmt::Write;
 
 use stampede_model::results::{
-    ConnectionFigures, Figures, MessageFigures, PhaseSummary, SUMMARY_SCHEMA_VERSION, Summary, WorkerInfo,
+    ConnectionFigures, Figures, MessageFigures, PhaseSummary, SUMMARY_SCHEMA_VERSION, StepFigures,
+    StepsFigures, Summary, WorkerInfo,
 };
 
 use stampede_model::figures::{error_rate, throughput};
 
-use crate::aggregate::{Aggregator, Row, Totals, percentiles};
+use crate::aggregate::{Aggregator, Row, StepTotals, Totals, percentiles};
 use crate::plan::Plan;
 use crate::threshold::evaluate;
 
@@ -64,7 +65,7 @@ fn messages(t: &Totals) -> MessageFigures {
 
 /// What figures are computed from besides the totals of their span of
 /// seconds (a run, a phase or one second).
-struct Span {
+struct Span<'a> {
     /// Connections planned at most.
     target: u64,
     /// Connections open at most.
@@ -75,6 +76,22 @@ struct Span {
     errors_total: u64,
     /// Seconds in which the generator stalled.
     stalled: Vec<u64>,
+    /// The flow's step names, as `Totals::steps`.
+    step_names: &'a [String],
+}
+
+/// Each step's figures, in the flow's order; a step the totals do not hold
+/// (none reported yet) has none.
+fn steps(names: &[String], totals: &[StepTotals]) -> StepsFigures {
+    StepsFigures(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                (name.clone(), totals.get(i).map_or_else(StepFigures::default, StepTotals::figures))
+            })
+            .collect(),
+    )
 }
 
 /// The figures of a span from its totals: one definition for the run, each
@@ -96,6 +113,7 @@ fn figures_of(t: &Totals, span: Span) -> Figures {
         generator_stalled_seconds: span.stalled,
         workers_lost: Vec::new(),
         rebalanced: Vec::new(),
+        steps: steps(span.step_names, &t.steps),
     }
 }
 
@@ -107,6 +125,7 @@ fn figures(agg: &Aggregator, phase: Option<usize>, t: &Totals) -> Figures {
         seconds: agg.row_count(phase),
         errors_total: t.errors_total(),
         stalled: agg.stalled_seconds(phase),
+        step_names: agg.step_names(),
     };
     figures_of(t, span)
 }
@@ -121,6 +140,7 @@ pub fn second_figures(row: &Row, open_before: u64) -> Figures {
         latency: row.latency.clone(),
         connect: row.connect.clone(),
         connect_split: row.connect_split.clone(),
+        steps: row.steps.clone(),
         ..Totals::default()
     };
     let span = Span {
@@ -129,6 +149,7 @@ pub fn second_figures(row: &Row, open_before: u64) -> Figures {
         seconds: 1,
         errors_total: m.errors,
         stalled: if m.generator_stalled > 0 { vec![m.elapsed_s] } else { Vec::new() },
+        step_names: &row.step_names,
     };
     figures_of(&t, span)
 }
@@ -210,6 +231,36 @@ fn spans(seconds: &[u64]) -> String {
         i = j + 1;
     }
     out.join(", ")
+}
+
+/// The flow's steps as a table: runs, failures, and the durations of the
+/// successful runs.
+fn steps_table(steps: &StepsFigures) -> String {
+    let mut out = String::new();
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let width = steps.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(4);
+    let _ = writeln!(out, "\nFlow steps (durations of successful runs, ms):");
+    let _ = writeln!(
+        out,
+        "  {:<width$}  {:>9} {:>9} {:>7}  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "step", "ok", "failed", "fail%", "p50", "p90", "p95", "p99", "max", "mean"
+    );
+    for (name, f) in steps.iter() {
+        let rate = f.failure_rate.map_or("-".to_string(), |r| format!("{:.2}", r * 100.0));
+        let _ = writeln!(
+            out,
+            "  {name:<width$}  {:>9} {:>9} {rate:>7}  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            f.ok,
+            f.failed,
+            ms(f.p50_ms),
+            ms(f.p90_ms),
+            ms(f.p95_ms),
+            ms(f.p99_ms),
+            ms(f.max_ms),
+            ms(f.mean_ms)
+        );
+    }
+    out
 }
 
 /// The human summary, in the spirit of a "TEST SUMMARY" block.
@@ -307,6 +358,9 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
             spans(&s.figures.generator_stalled_seconds)
         );
     }
+    if !s.figures.steps.is_empty() {
+        let _ = write!(out, "{}", steps_table(&s.figures.steps));
+    }
     let _ = writeln!(out, "\nPhases:");
     for p in &s.phases {
         let p95 = if p.figures.latency_ms.count > 0 {
@@ -367,4 +421,88 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
     }
     let _ = writeln!(out, "{line}\nResults: {}\nVerdict: {}\n{line}", dir.display(), s.verdict);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+    use stampede_model::clock::RunClock;
+    use stampede_model::histogram::new_histogram;
+    use stampede_proto::fleet::{Snapshot, StepStats};
+
+    use super::*;
+
+    fn snapshot(seq: u64, second: u64, steps: &[(&str, &[u64], u64)]) -> Snapshot {
+        let mut snap = Snapshot { seq, second, ..Default::default() };
+        for (name, ok_us, failed) in steps {
+            let mut h = new_histogram();
+            ok_us.iter().for_each(|v| h.record(*v).unwrap());
+            let mut histogram = Vec::new();
+            V2DeflateSerializer::new().serialize(&h, &mut histogram).unwrap();
+            snap.steps
+                .insert(name.to_string(), StepStats { ok: ok_us.len() as u64, failed: *failed, histogram });
+        }
+        snap
+    }
+
+    #[test]
+    fn a_flow_run_reports_each_step_for_the_run_and_each_phase() {
+        let text = "name = \"t\"\n[target]\nbundled = true\n[phases]\nwarmup_s = 2\nramp_up_s = 2\nsustained_s = 2\n\
+                    cooldown_s = 0\n[thresholds]\nstep_established_p95_ms = \"< 50\"\n\
+                    step_established_failure_rate = \"< 0.001\"\n[[flow]]\nstep = \"connect\"\n[[flow]]\n\
+                    step = \"expect\"\nname = \"established\"\n[[flow]]\nstep = \"send\"\nmessage = \"x\"\n";
+        let sc = crate::scenario::Scenario::parse(Path::new("t"), text).unwrap();
+        let plan = Plan::new(&sc, Path::new("t"), text).unwrap();
+        let mut agg = Aggregator::new(&plan, &["w1".to_string()], RunClock::starting_in(Duration::ZERO));
+        agg.add(0, &snapshot(1, 0, &[("connect", &[3_000], 0), ("established", &[10_000; 9], 1)])).unwrap();
+        agg.add(0, &snapshot(2, 3, &[("established", &[20_000; 10], 0)])).unwrap();
+        agg.ready_rows(10.0, true);
+        let facts = RunFacts {
+            target: "ws://x".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            duration_s: 6.0,
+            workers: Vec::new(),
+            aborted: None,
+            workers_lost: Vec::new(),
+            rebalanced: Vec::new(),
+        };
+        let s = build(&plan, &agg, facts);
+        let names: Vec<&str> = s.figures.steps.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["connect", "established", "send"], "the flow's order");
+        let est = s.figures.steps.get("established").unwrap();
+        assert_eq!((est.ok, est.failed), (19, 1));
+        assert!((est.p50_ms.unwrap() - 20.0).abs() < 0.05 && (est.max_ms.unwrap() - 20.0).abs() < 0.05);
+        assert_eq!(
+            s.figures.steps.get("send").unwrap(),
+            &StepFigures::default(),
+            "never ran: listed, no figure"
+        );
+        let warmup = s.phases[0].figures.steps.get("established").unwrap();
+        assert_eq!((warmup.ok, warmup.failed, warmup.failure_rate), (9, 1, Some(0.1)));
+        assert_eq!(s.phases[1].figures.steps.get("established").unwrap().ok, 10);
+        let outcomes: Vec<(&str, bool)> = s.thresholds.iter().map(|t| (t.metric.as_str(), t.pass)).collect();
+        assert_eq!(outcomes, [("step_established_failure_rate", false), ("step_established_p95_ms", true)]);
+        assert_eq!(s.verdict, "FAIL");
+        // summary.json: `steps` keyed by name, in the flow's order, read back the same.
+        let json = serde_json::to_string_pretty(&s).unwrap();
+        let (c, e) = (json.find("\"connect\": {").unwrap(), json.find("\"established\": {").unwrap());
+        assert!(c < e, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["steps"]["established"]["ok"], 19);
+        assert_eq!(v["steps"]["send"]["p95_ms"], serde_json::Value::Null);
+        assert_eq!(v["phases"][1]["steps"]["established"]["failed"], 0);
+        assert_eq!(serde_json::from_str::<Summary>(&json).unwrap(), s);
+        let human = render(&s, Path::new("results/x"));
+        assert!(human.contains("Flow steps") && human.contains("  established "), "{human}");
+        // A run without a flow has no `steps` key.
+        let mut plain = s.clone();
+        plain.figures.steps = StepsFigures::default();
+        plain.phases.iter_mut().for_each(|p| p.figures.steps = StepsFigures::default());
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("\"steps\""), "{json}");
+        assert!(!render(&plain, Path::new("r")).contains("Flow steps"));
+    }
 }

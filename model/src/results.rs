@@ -373,6 +373,170 @@ pub struct Figures {
     /// lost, came back, or joined late (the whole run's figures only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rebalanced: Vec<Rebalance>,
+    /// A flow's steps by their metric name, in the flow's order (every
+    /// step, also one that never ran); no key for a run without a flow.
+    #[serde(default, skip_serializing_if = "StepsFigures::is_empty")]
+    pub steps: StepsFigures,
+}
+
+/// Each flow step's figures by its name, kept in the flow's order (a JSON
+/// object whose keys are the step names, in that order).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepsFigures(pub Vec<(String, StepFigures)>);
+
+impl StepsFigures {
+    /// Whether there are no steps (a run without a flow).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The figures of the step called `name`.
+    pub fn get(&self, name: &str) -> Option<&StepFigures> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, f)| f)
+    }
+
+    /// (name, figures), in the flow's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &StepFigures)> {
+        self.0.iter().map(|(n, f)| (n.as_str(), f))
+    }
+}
+
+impl Serialize for StepsFigures {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(n, f)| (n, f)))
+    }
+}
+
+impl<'de> Deserialize<'de> for StepsFigures {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = StepsFigures;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of step figures by step name")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StepsFigures, A::Error> {
+                let mut steps = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    steps.push(entry);
+                }
+                Ok(StepsFigures(steps))
+            }
+        }
+        d.deserialize_map(InOrder)
+    }
+}
+
+/// The figures of one flow step over a run, a phase or a second. Durations
+/// are those of its successful runs (a failed run has no meaningful one);
+/// a figure without a sample is `null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepFigures {
+    /// Runs that succeeded.
+    pub ok: u64,
+    /// Runs that failed (timeout, wrong status, no match, connection lost).
+    pub failed: u64,
+    /// failed / (ok + failed), 0..1.
+    pub failure_rate: Option<f64>,
+    /// Median duration of a successful run, ms.
+    pub p50_ms: Option<f64>,
+    /// 90th percentile, ms.
+    pub p90_ms: Option<f64>,
+    /// 95th percentile, ms.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile, ms.
+    pub p99_ms: Option<f64>,
+    /// Slowest successful run, ms.
+    pub max_ms: Option<f64>,
+    /// Mean duration, ms.
+    pub mean_ms: Option<f64>,
+}
+
+impl StepFigures {
+    /// The figures of `ok` successful runs timed by `durations` (us; none:
+    /// no sample) and `failed` failed ones.
+    pub fn of(ok: u64, failed: u64, durations: Option<&hdrhistogram::Histogram<u64>>) -> StepFigures {
+        let p = durations.map(Percentiles::of).unwrap_or_default();
+        let timed = |v: f64| (p.count > 0).then_some(v);
+        let runs = ok.saturating_add(failed);
+        StepFigures {
+            ok,
+            failed,
+            failure_rate: (runs > 0).then(|| failed as f64 / runs as f64),
+            p50_ms: timed(p.p50),
+            p90_ms: timed(p.p90),
+            p95_ms: timed(p.p95),
+            p99_ms: timed(p.p99),
+            max_ms: timed(p.max),
+            mean_ms: timed(p.mean),
+        }
+    }
+}
+
+/// One flow step in one second: its cells in `metrics.csv`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepSecond {
+    /// Runs that succeeded during the second.
+    pub ok: u64,
+    /// Runs that failed during the second.
+    pub failed: u64,
+    /// 95th percentile duration of the successful ones, ms (NaN: none).
+    pub p95_ms: f64,
+}
+
+/// The figures of a step in a second, in the order of [`step_columns`].
+const STEP_COLUMNS: [&str; 3] = ["ok", "failed", "p95_ms"];
+
+/// The columns a flow's steps add to `metrics.csv` (after the fixed
+/// columns of [`metrics_columns`]), in the flow's order:
+/// `step_<name>_ok`, `step_<name>_failed`, `step_<name>_p95_ms`.
+pub fn step_columns(names: &[String]) -> Vec<String> {
+    names.iter().flat_map(|n| STEP_COLUMNS.iter().map(move |c| format!("step_{n}_{c}"))).collect()
+}
+
+impl StepSecond {
+    /// Its cells, in [`step_columns`] order; NaN is an empty cell.
+    pub fn csv_cells(&self) -> [String; 3] {
+        [self.ok.to_string(), self.failed.to_string(), num(self.p95_ms, 3)]
+    }
+}
+
+/// A row of `metrics.json`: the row's fields, then its steps' columns
+/// under their `metrics.csv` names (a p95 without a sample is `null`).
+pub struct JsonRow<'a> {
+    /// The fixed columns.
+    pub row: &'a MetricsRow,
+    /// The flow's step names, in order.
+    pub names: &'a [String],
+    /// The row's steps, as `names`.
+    pub steps: &'a [StepSecond],
+}
+
+impl Serialize for JsonRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Steps<'a>(&'a [String], &'a [StepSecond]);
+        impl Serialize for Steps<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len() * STEP_COLUMNS.len()))?;
+                for (name, step) in self.0.iter().zip(self.1) {
+                    map.serialize_entry(&format!("step_{name}_ok"), &step.ok)?;
+                    map.serialize_entry(&format!("step_{name}_failed"), &step.failed)?;
+                    let p95 = (!step.p95_ms.is_nan()).then_some(step.p95_ms);
+                    map.serialize_entry(&format!("step_{name}_p95_ms"), &p95)?;
+                }
+                map.end()
+            }
+        }
+        #[derive(Serialize)]
+        struct Both<'a> {
+            #[serde(flatten)]
+            row: &'a MetricsRow,
+            #[serde(flatten)]
+            steps: Steps<'a>,
+        }
+        Both { row: self.row, steps: Steps(self.names, self.steps) }.serialize(s)
+    }
 }
 
 /// A worker the run lost: it died, its link broke, or it refused the plan.
@@ -554,5 +718,46 @@ mod tests {
         let row = MetricsRow { timestamp: "2026-11-23T04:00:00.000Z".into(), ..Default::default() };
         assert_eq!(row.csv_cells().len(), columns.len(), "one cell per column");
         assert!(columns.contains(&"messages_duplicated"), "every counter is a column");
+    }
+
+    #[test]
+    fn steps_add_three_columns_each_and_keep_the_flows_order() {
+        let names = ["b".to_string(), "a".to_string()];
+        assert_eq!(
+            step_columns(&names),
+            ["step_b_ok", "step_b_failed", "step_b_p95_ms", "step_a_ok", "step_a_failed", "step_a_p95_ms"]
+        );
+        let cells =
+            [StepSecond { ok: 3, failed: 1, p95_ms: 2.5 }, StepSecond { ok: 0, failed: 0, p95_ms: f64::NAN }];
+        assert_eq!(cells[0].csv_cells(), ["3", "1", "2.500"]);
+        assert_eq!(cells[1].csv_cells(), ["0", "0", ""]);
+        let row = MetricsRow { elapsed_s: 7, latency_p50_ms: f64::NAN, ..Default::default() };
+        let json = serde_json::to_string(&JsonRow { row: &row, names: &names, steps: &cells }).unwrap();
+        assert!(json.starts_with("{\"elapsed_s\":7,"), "{json}");
+        assert!(json.ends_with(",\"step_b_ok\":3,\"step_b_failed\":1,\"step_b_p95_ms\":2.5,\"step_a_ok\":0,\"step_a_failed\":0,\"step_a_p95_ms\":null}"), "{json}");
+    }
+
+    #[test]
+    fn step_figures_read_back_in_order_and_are_optional() {
+        let figures = Figures {
+            steps: StepsFigures(vec![
+                ("z".into(), StepFigures { ok: 1, p95_ms: Some(2.0), ..Default::default() }),
+                ("a".into(), StepFigures::default()),
+            ]),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&figures).unwrap();
+        let back: Figures = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, figures);
+        assert_eq!(back.steps.iter().map(|(n, _)| n).collect::<Vec<_>>(), ["z", "a"]);
+        // Written before flows existed: no `steps` key.
+        let old = serde_json::to_string(&Figures::default()).unwrap();
+        assert!(!old.contains("steps"));
+        assert_eq!(serde_json::from_str::<Figures>(&old).unwrap(), Figures::default());
+        let mut h = crate::histogram::new_histogram();
+        h.record_n(4_000, 3).unwrap();
+        let f = StepFigures::of(3, 1, Some(&h));
+        assert_eq!((f.failure_rate, f.p50_ms.map(f64::round)), (Some(0.25), Some(4.0)));
+        assert_eq!(StepFigures::of(0, 0, None), StepFigures::default());
     }
 }

@@ -66,6 +66,7 @@ examples! {
     odin_progressive: "odin/progressive.toml";
     stress_until_break: "stress-until-break.toml";
     json_rpc: "json-rpc.toml";
+    k6_tunnel: "k6/tunnel.toml";
     wss_jwt: "wss-jwt.toml";
 }
 
