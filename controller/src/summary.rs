@@ -305,6 +305,25 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
         "Delivery:            duplicated {}, corrupted {}, out of order {}, unmatched {}",
         m.duplicated, m.corrupted, m.out_of_order, m.unmatched
     );
+    let k = &s.figures.counters;
+    if k.deliveries_expected > 0 {
+        // Broadcast: received is deliveries, sent is messages published.
+        let _ = writeln!(
+            out,
+            "Fan-out:             {} deliveries owed ({:.1} per message), received {}, lost {}",
+            k.deliveries_expected,
+            k.deliveries_expected as f64 / k.messages_sent.max(1) as f64,
+            k.messages_received,
+            k.messages_lost
+        );
+    }
+    if k.messages_undecryptable > 0 || k.sessions_completed > 0 || k.sessions_failed > 0 {
+        let _ = writeln!(
+            out,
+            "Sessions:            completed {}, failed {}; undecryptable messages {}",
+            k.sessions_completed, k.sessions_failed, k.messages_undecryptable
+        );
+    }
     let _ = writeln!(
         out,
         "Throughput:          {:.1} msg/s (received, per second of the run)",
