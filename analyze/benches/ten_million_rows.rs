@@ -102,6 +102,7 @@ fn generate(dir: &Path) -> std::io::Result<()> {
         breaking_point: None,
         breaking_point_reason: None,
         subprotocols: Default::default(),
+        channels: Vec::new(),
     };
     std::fs::write(
         dir.join("summary.json"),

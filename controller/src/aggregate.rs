@@ -23,7 +23,9 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use stampede_model::Counters;
 use stampede_model::clock::RunClock;
 use stampede_model::histogram::new_histogram;
-use stampede_model::results::{MetricsRow, Percentiles, StepFigures, StepSecond, WorkerRow};
+use stampede_model::results::{
+    ChannelFigures, MAX_CHANNEL_FIGURES, MetricsRow, Percentiles, StepFigures, StepSecond, WorkerRow,
+};
 use stampede_model::spec::SessionSpec;
 use stampede_proto::fleet::{Gauges, Snapshot, StepStats};
 
@@ -218,6 +220,10 @@ pub enum AggregateError {
     /// has steps (a broken or hostile worker).
     #[error("bad snapshot: {0}")]
     Steps(String),
+    /// A channel the run does not have, in a run that reports none (a
+    /// broken or hostile worker).
+    #[error("bad snapshot: figures for channel {0}, which the run does not report")]
+    Channel(u64),
     /// A second the run cannot have (a broken or hostile worker): taking it
     /// would make every second up to it a row.
     #[error("snapshot for second {second}, but the run lasts at most {last} s")]
@@ -376,6 +382,8 @@ pub struct Aggregator {
     pub too_late: u64,
     /// Connections opened, by the subprotocol the server picked.
     pub subprotocols: BTreeMap<String, u64>,
+    /// Broadcast: deliveries by channel number, over the run.
+    pub channels: BTreeMap<u64, ChannelFigures>,
     /// The flow's step names (empty without a flow).
     step_names: Arc<[String]>,
     decoder: Deserializer,
@@ -405,6 +413,7 @@ impl Aggregator {
             snapshots: vec![0; ids.len()],
             too_late: 0,
             subprotocols: BTreeMap::new(),
+            channels: BTreeMap::new(),
             step_names,
             decoder: Deserializer::new(),
         }
@@ -465,6 +474,29 @@ impl Aggregator {
             upgrade: self.decode(&snap.connect_upgrade_histogram)?,
         };
         let steps = self.decode_steps(&snap.steps)?;
+        // Broadcast runs of few channels report each: only channel numbers
+        // of the run are taken, so a worker cannot grow the map.
+        let reported = match &self.plan.connect.session {
+            SessionSpec::Broadcast(b) if b.channels <= MAX_CHANNEL_FIGURES => b.channels,
+            _ => 0,
+        };
+        if let Some(n) = snap.channels.keys().find(|n| **n >= reported) {
+            return Err(AggregateError::Channel(*n));
+        }
+        for (n, c) in &snap.channels {
+            let total =
+                self.channels.entry(*n).or_insert(ChannelFigures { channel: *n, ..Default::default() });
+            for (into, add) in [
+                (&mut total.published, c.published),
+                (&mut total.expected, c.expected),
+                (&mut total.received, c.received),
+                (&mut total.lost, c.lost),
+                (&mut total.duplicated, c.duplicated),
+                (&mut total.out_of_order, c.out_of_order),
+            ] {
+                *into = into.saturating_add(add);
+            }
+        }
         for (name, n) in &snap.subprotocols {
             let total = self.subprotocols.entry(name.clone()).or_default();
             *total = total.saturating_add(*n);
@@ -1045,6 +1077,32 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_channels_are_summed_and_only_the_runs_taken() {
+        let text = "name = \"s\"\n[target]\nbundled = true\n[messages]\nmode = \"broadcast\"\nchannels = 3\n";
+        let sc = crate::scenario::Scenario::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let plan = Plan::new(&sc, std::path::Path::new("t.toml"), text).unwrap();
+        let mut agg = Aggregator::new(&plan, &["w".to_string()], RunClock::starting_in(Duration::ZERO));
+        let stats = |published, received| stampede_proto::fleet::ChannelStats {
+            published,
+            received,
+            expected: received,
+            ..Default::default()
+        };
+        for seq in 1..=2 {
+            let mut snap = snapshot(seq, seq - 1, &[], 0, 0);
+            snap.channels.insert(2, stats(10, 100));
+            snap.channels.insert(0, stats(u64::MAX, 1));
+            agg.add(0, &snap).unwrap();
+        }
+        let two = agg.channels[&2];
+        assert_eq!((two.channel, two.published, two.received, two.expected), (2, 20, 200, 200));
+        assert_eq!(agg.channels[&0].published, u64::MAX, "saturates");
+        let mut snap = snapshot(3, 2, &[], 0, 0);
+        snap.channels.insert(3, stats(1, 1));
+        assert!(matches!(agg.add(0, &snap), Err(AggregateError::Channel(3))), "channel 3 of 0..3");
+    }
+
+    #[test]
     fn hostile_snapshots_are_errors_not_panics() {
         let mut agg = agg(1);
         let mut snap = snapshot(1, 0, &[], 0, 0);
@@ -1070,6 +1128,10 @@ mod tests {
         let far = snapshot(5, 1_000_000_000, &[], 1, 0);
         assert!(matches!(agg.add(0, &far), Err(AggregateError::OutOfRange { .. })));
         assert_eq!(agg.ready_rows(1e9, true).len(), 1, "no row for every second up to a claimed one");
+        // Channel figures in a run that has no channels.
+        let mut snap = snapshot(6, 0, &[], 0, 0);
+        snap.channels.insert(5, Default::default());
+        assert!(matches!(agg.add(0, &snap), Err(AggregateError::Channel(5))));
         // Cause keys: a long one, then a flood of distinct ones.
         let mut snap = snapshot(7, 0, &[], 0, 0);
         snap.errors.insert("x".repeat(65), 1);

@@ -149,7 +149,8 @@ impl Fleet for Service {
                                 let _ = replies.try_send(Ok(answer));
                             }
                         }
-                        let event = FleetEvent::Message { worker: worker.clone(), session, body: Box::new(body) };
+                        let event =
+                            FleetEvent::Message { worker: worker.clone(), session, body: Box::new(body) };
                         if events.send(event).await.is_err() {
                             return;
                         }

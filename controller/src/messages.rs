@@ -687,7 +687,8 @@ mod tests {
         assert_eq!((p.mode, p.messages_per_side, p.away_us), (PairsMode::RealisticSession, 3, 30_000_000));
         assert_eq!(p.delivery_timeout_us, 10_000_000);
         let SessionSpec::Pairs(p) =
-            spec("mode = \"pairs\"\npairs_mode = \"async-delivery\"\naway = \"5s\"\nwrong_key = true").unwrap()
+            spec("mode = \"pairs\"\npairs_mode = \"async-delivery\"\naway = \"5s\"\nwrong_key = true")
+                .unwrap()
         else {
             panic!()
         };

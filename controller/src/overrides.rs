@@ -121,11 +121,19 @@ impl Overrides {
     pub fn apply(&self, sc: &mut Scenario) -> Result<(), String> {
         let pairs = crate::messages::mode_of(sc) == crate::messages::Mode::Pairs;
         if let Some(n) = self.messages_per_side {
-            let m = sc.messages.as_mut().filter(|_| pairs).ok_or("--messages-per-side applies to [messages] mode = \"pairs\"")?;
+            let m = sc
+                .messages
+                .as_mut()
+                .filter(|_| pairs)
+                .ok_or("--messages-per-side applies to [messages] mode = \"pairs\"")?;
             m.messages_per_side = Some(toml::Spanned::new(0..0, n));
         }
         if let Some(s) = self.away_s {
-            let m = sc.messages.as_mut().filter(|_| pairs).ok_or("--away applies to [messages] mode = \"pairs\"")?;
+            let m = sc
+                .messages
+                .as_mut()
+                .filter(|_| pairs)
+                .ok_or("--away applies to [messages] mode = \"pairs\"")?;
             m.away = Some(toml::Spanned::new(0..0, crate::scenario::Length(s)));
             m.pairs_mode = Some(toml::Spanned::new(0..0, stampede_model::spec::PairsMode::AsyncDelivery));
         }
@@ -223,7 +231,9 @@ mod tests {
     fn pair_flags_apply_to_pairs_only() {
         let text = "name = \"s\"\n[target]\nbundled = true\n[messages]\nmode = \"pairs\"\n";
         let mut sc = Scenario::parse(Path::new("t.toml"), text).unwrap();
-        Overrides { messages_per_side: Some(7), away_s: Some(30.0), ..Default::default() }.apply(&mut sc).unwrap();
+        Overrides { messages_per_side: Some(7), away_s: Some(30.0), ..Default::default() }
+            .apply(&mut sc)
+            .unwrap();
         let p = Plan::new(&sc, Path::new("t.toml"), text).unwrap();
         let stampede_model::spec::SessionSpec::Pairs(pairs) = p.connect.session else { panic!() };
         assert_eq!((pairs.messages_per_side, pairs.away_us), (7, 30_000_000));

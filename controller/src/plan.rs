@@ -839,11 +839,7 @@ pub(crate) mod tests {
             ("bundled_history_messages = 2000000\n".to_string(), "t.toml:4:28", "0 to 1000000"),
             ("bundled_history_age = 0\n".to_string(), "t.toml:4:23", "above 0"),
             (format!("bundled_processes = 2\n{pairs}"), "t.toml:2:1", "channels live in one relay process"),
-            (
-                format!("[load]\nconnections = 40000\n{pairs}"),
-                "t.toml:2:1",
-                "point [target] url at a relay",
-            ),
+            (format!("[load]\nconnections = 40000\n{pairs}"), "t.toml:2:1", "point [target] url at a relay"),
         ] {
             let err = plan(&format!("{head}{text}")).unwrap_err().to_string();
             assert!(err.starts_with(at) && err.contains(says), "{text:?} gave {err}");

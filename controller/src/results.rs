@@ -416,6 +416,7 @@ mod tests {
             breaking_point: None,
             breaking_point_reason: None,
             subprotocols: Default::default(),
+            channels: Vec::new(),
         }
     }
 

@@ -204,6 +204,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         breaking_point: None,
         breaking_point_reason: None,
         subprotocols: agg.subprotocols.clone(),
+        channels: agg.channels.values().copied().collect(),
     };
     summary.figures.workers_lost = facts.workers_lost;
     summary.figures.rebalanced = facts.rebalanced;

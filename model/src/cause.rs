@@ -63,6 +63,8 @@ pub enum Cause {
     /// A flow's `http` step failed before a response (connect, I/O, a
     /// response too large or not HTTP).
     StepHttpFailed,
+    /// A flow's `capture` found nothing at its path or regex.
+    CaptureFailed,
 }
 
 /// An I/O error whose cause is already known: a layer that understands more
@@ -138,6 +140,7 @@ impl fmt::Display for Cause {
             Cause::ExpectTimeout => f.write_str("expect_timeout"),
             Cause::StepHttpStatus(code) => write!(f, "step_http_{code}"),
             Cause::StepHttpFailed => f.write_str("step_http_failed"),
+            Cause::CaptureFailed => f.write_str("capture_failed"),
         }
     }
 }

@@ -53,7 +53,8 @@ pub enum StepKind {
     /// Opens the session's WebSocket to the target (its duration is the
     /// connect time). A flow without it runs HTTP steps only.
     Connect,
-    /// Sends a message; `{{seq}}` counts the session's sends from 0.
+    /// Sends a message; `{{seq}}` counts the session's requests (sends and
+    /// HTTP requests) from 0.
     Send {
         /// The message.
         message: Template,

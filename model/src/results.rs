@@ -701,6 +701,33 @@ pub struct Summary {
     /// when none was offered).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subprotocols: BTreeMap<String, u64>,
+    /// Broadcast runs of at most [`MAX_CHANNEL_FIGURES`] channels: each
+    /// channel's deliveries over the run, by channel number (no key
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelFigures>,
+}
+
+/// Broadcast runs report per channel up to this many channels.
+pub const MAX_CHANNEL_FIGURES: u64 = 1000;
+
+/// One broadcast channel's deliveries over the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelFigures {
+    /// Its number (0 .. channels).
+    pub channel: u64,
+    /// Messages published to it.
+    pub published: u64,
+    /// Deliveries its subscribers were owed.
+    pub expected: u64,
+    /// Deliveries received (first copies).
+    pub received: u64,
+    /// Deliveries that never came.
+    pub lost: u64,
+    /// Further copies of deliveries already received.
+    pub duplicated: u64,
+    /// Deliveries that came after a later message of the channel.
+    pub out_of_order: u64,
 }
 
 #[cfg(test)]

@@ -109,6 +109,11 @@ fn broadcast_to_a_thousand_subscribers_on_two_workers() {
     assert_eq!(received, sent * 1000, "deliveries = messages x subscribers: {s}");
     assert_eq!(counter(&s, "deliveries_expected"), received, "{s}");
     assert_eq!(counter(&s, "messages_lost") + counter(&s, "messages_duplicated"), 0, "{s}");
+    let channels = s["channels"].as_array().expect("per channel figures");
+    assert_eq!(channels.len(), 1, "{s}");
+    for (key, want) in [("channel", 0), ("published", sent), ("expected", received), ("received", received)] {
+        assert_eq!(channels[0][key].as_u64(), Some(want), "channel 0 {key}: {s}");
+    }
     let (p50, p99) = (num(&s, "latency_ms.p50"), num(&s, "latency_ms.p99"));
     assert!(p50 > 0.0 && p99 >= p50, "fan-out latency reported: p50 {p50} p99 {p99}");
     assert_eq!(s["workers"].as_u64(), Some(2), "{s}");

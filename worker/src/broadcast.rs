@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use stampede_model::Cause;
 use stampede_model::clock::unix_us;
+use stampede_model::results::MAX_CHANNEL_FIGURES;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::connection::RunContext;
@@ -36,6 +37,8 @@ use crate::session::{Session, SessionPlan};
 
 /// One subscription's accounting.
 struct Subscription {
+    /// The channel's number and name.
+    n: u64,
     channel: String,
     /// The channel's sequence number when the subscription began; `None`
     /// until the relay says.
@@ -47,7 +50,8 @@ struct Subscription {
 /// What a connection is in a broadcast run.
 enum Role {
     Publisher {
-        channels: Vec<String>,
+        /// Numbers and names.
+        channels: Vec<(u64, String)>,
         /// The next channel to publish to (round robin).
         next: usize,
         schedule: Schedule,
@@ -64,6 +68,8 @@ enum Role {
 /// One connection of a broadcast run.
 pub struct BroadcastSession {
     role: Role,
+    /// Counts go per channel too (runs of few enough channels).
+    per_channel: bool,
 }
 
 impl Session for BroadcastSession {
@@ -71,7 +77,8 @@ impl Session for BroadcastSession {
         let SessionPlan::Broadcast(spec) = &ctx.session else {
             unreachable!("a broadcast session in a broadcast run only")
         };
-        let channels: Vec<String> = spec.channels_of(slot).map(|n| spec.channel_name(n)).collect();
+        let channels: Vec<(u64, String)> =
+            spec.channels_of(slot).map(|n| (n, spec.channel_name(n))).collect();
         let role = if slot < spec.publishers {
             let start = opened + Duration::from_micros(spec.publish_delay_us);
             Role::Publisher {
@@ -83,11 +90,16 @@ impl Session for BroadcastSession {
         } else {
             let subs = channels
                 .iter()
-                .map(|c| Subscription { channel: c.clone(), start: None, owed: Delivery::default() })
+                .map(|(n, c)| Subscription {
+                    n: *n,
+                    channel: c.clone(),
+                    start: None,
+                    owed: Delivery::default(),
+                })
                 .collect();
-            Role::Subscriber { subs, to_subscribe: channels.into() }
+            Role::Subscriber { subs, to_subscribe: channels.into_iter().map(|(_, c)| c).collect() }
         };
-        BroadcastSession { role }
+        BroadcastSession { role, per_channel: spec.channels <= MAX_CHANNEL_FIGURES }
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -118,8 +130,11 @@ impl Session for BroadcastSession {
                     return None;
                 }
                 record_lag(rec, intended);
-                let channel = &channels[*next % channels.len()];
+                let (n, channel) = &channels[*next % channels.len()];
                 *next += 1;
+                if self.per_channel {
+                    rec.record_channel(*n, |c| c.published += 1);
+                }
                 let t = controller_us(ctx, intended);
                 let data = serde_json::json!({"t": t, "pub": id, "n": seq});
                 let text = serde_json::json!({"op": "publish", "channel": channel, "data": data}).to_string();
@@ -159,13 +174,16 @@ impl Session for BroadcastSession {
                     rec.counters.messages_unmatched.fetch_add(1, Relaxed);
                     return;
                 }
-                while sub.owed.handed_out() <= index {
+                let owed = index + 1 - sub.owed.handed_out().min(index + 1);
+                for _ in 0..owed {
                     sub.owed.next_seq();
-                    rec.counters.deliveries_expected.fetch_add(1, Relaxed);
                 }
+                rec.counters.deliveries_expected.fetch_add(owed, Relaxed);
                 // Numbers the window had to give up on are lost.
-                record_lost(ctx, sub.owed.take_given_up());
-                match sub.owed.echo(index, true) {
+                let given_up = sub.owed.take_given_up();
+                record_lost(ctx, given_up);
+                let echo = sub.owed.echo(index, true);
+                match echo {
                     Echo::Delivered { reordered } => {
                         rec.counters.messages_received.fetch_add(1, Relaxed);
                         rec.counters.bytes_received.fetch_add(payload.len() as u64, Relaxed);
@@ -178,6 +196,20 @@ impl Session for BroadcastSession {
                     Echo::Corrupted | Echo::Unmatched => {
                         _ = rec.counters.messages_unmatched.fetch_add(1, Relaxed)
                     }
+                }
+                if self.per_channel {
+                    rec.record_channel(sub.n, |c| {
+                        c.expected += owed;
+                        c.lost += given_up;
+                        match echo {
+                            Echo::Delivered { reordered } => {
+                                c.received += 1;
+                                c.out_of_order += u64::from(reordered);
+                            }
+                            Echo::Duplicate => c.duplicated += 1,
+                            Echo::Corrupted | Echo::Unmatched => {}
+                        }
+                    });
                 }
             }
             _ => _ = rec.counters.messages_unmatched.fetch_add(1, Relaxed),
@@ -195,6 +227,9 @@ impl Session for BroadcastSession {
             for sub in subs {
                 let lost = sub.owed.outstanding() + sub.owed.take_given_up();
                 record_lost(ctx, lost);
+                if self.per_channel && lost > 0 {
+                    ctx.recorder.record_channel(sub.n, |c| c.lost += lost);
+                }
             }
         }
     }

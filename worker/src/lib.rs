@@ -15,6 +15,7 @@ pub mod extract;
 pub mod feed;
 pub mod flow;
 pub mod handshake;
+pub mod http;
 pub mod jwt;
 pub mod link;
 pub mod native;

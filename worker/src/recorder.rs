@@ -67,6 +67,9 @@ pub struct Recorder {
     /// runs (empty unless the run is a flow).
     steps: Mutex<Vec<StepRecord>>,
     step_names: Vec<String>,
+    /// Broadcast: this interval's deliveries by channel number (empty
+    /// unless the run reports per channel).
+    channels: Mutex<BTreeMap<u64, fleet::ChannelStats>>,
 }
 
 /// One flow step's runs in the current interval.
@@ -92,6 +95,7 @@ impl Default for Recorder {
             subprotocols: Mutex::new(BTreeMap::new()),
             steps: Mutex::new(Vec::new()),
             step_names: Vec::new(),
+            channels: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -118,6 +122,11 @@ impl Recorder {
             }
             None => step.failed += 1,
         }
+    }
+
+    /// Counts something on broadcast channel `n`.
+    pub fn record_channel(&self, n: u64, count: impl FnOnce(&mut fleet::ChannelStats)) {
+        count(self.channels.lock().expect("poisoned").entry(n).or_default());
     }
 
     /// Records one message round trip.
@@ -216,6 +225,8 @@ impl Snapshotter {
             .collect();
         self.last_subprotocols = picked_now;
         let steps = self.take_steps(recorder);
+        let channels =
+            std::mem::take(&mut *recorder.channels.lock().expect("poisoned")).into_iter().collect();
         let now = recorder.counters.read();
         let counters = now.since(&self.last);
         self.last = now;
@@ -237,6 +248,7 @@ impl Snapshotter {
             run_id: String::new(),
             clock_offset_us: 0,
             steps,
+            channels,
         }
     }
 

@@ -277,6 +277,7 @@ impl Synth {
             breaking_point: None,
             breaking_point_reason: None,
             subprotocols: Default::default(),
+            channels: Vec::new(),
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     }
