@@ -5,7 +5,13 @@
 //! scenario.rs and plan.rs), and connection counts are capped at this
 //! worker's own capacity. A refusal names the field.
 
+use stampede_model::spec::SessionSpec;
 use stampede_proto::fleet::{Assign, PhaseStart};
+
+/// Most channels a broadcast run has (as the scenario allows).
+const MAX_CHANNELS: u64 = 100_000;
+/// Longest channel prefix the controller makes (`stampede/<µs>`), with room.
+const MAX_PREFIX: usize = 64;
 
 /// Largest message a scenario can ask for (16 MiB).
 const MAX_PAYLOAD: u32 = 16 << 20;
@@ -36,6 +42,47 @@ pub fn check_assign(a: &Assign) -> Result<(), String> {
     }
     if a.source_addresses.len() > 1024 || a.connect_spec_json.len() > 1 << 20 || a.run_id.len() > 200 {
         return Err("refused Assign: source_addresses, connect_spec_json or run_id too long".into());
+    }
+    check_session(&a.connect_spec().map_err(|e| format!("refused Assign: {e}"))?.session)
+}
+
+/// Checks the numbers of a pairs or broadcast session (a flow is checked
+/// whole when it is prepared): channel lists and counts a scenario cannot
+/// produce would make every connection allocate without bound.
+fn check_session(session: &SessionSpec) -> Result<(), String> {
+    let bad = |field: &str, v: u64, range: &str| {
+        Err(format!("refused Assign: session {field} = {v}, outside {range}"))
+    };
+    let prefix_ok = |p: &str| p.len() <= MAX_PREFIX;
+    match session {
+        SessionSpec::Pairs(p) => {
+            if !(1..=1_000_000).contains(&p.messages_per_side) {
+                return bad("messages_per_side", p.messages_per_side, "1..=1000000");
+            }
+            for (field, v) in [("away_us", p.away_us), ("delivery_timeout_us", p.delivery_timeout_us)] {
+                if v > MAX_US {
+                    return bad(field, v, "at most a week");
+                }
+            }
+            if !prefix_ok(&p.channel_prefix) {
+                return bad("channel_prefix length", p.channel_prefix.len() as u64, "0..=64");
+            }
+        }
+        SessionSpec::Broadcast(b) => {
+            if !(1..=MAX_CHANNELS).contains(&b.channels) {
+                return bad("channels", b.channels, "1..=100000");
+            }
+            if !(1..=64).contains(&b.channels_per_connection) {
+                return bad("channels_per_connection", b.channels_per_connection, "1..=64");
+            }
+            if b.publish_delay_us > MAX_US {
+                return bad("publish_delay_us", b.publish_delay_us, "at most a week");
+            }
+            if !prefix_ok(&b.channel_prefix) {
+                return bad("channel_prefix length", b.channel_prefix.len() as u64, "0..=64");
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

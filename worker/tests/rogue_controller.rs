@@ -136,3 +136,31 @@ async fn a_phase_of_a_trillion_connections_is_capped_at_the_workers_capacity() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
 }
+
+#[tokio::test]
+async fn a_broadcast_of_a_trillion_channels_per_connection_is_refused() {
+    use stampede_model::spec::{BroadcastSpec, ConnectSpec, SessionSpec};
+    let shutdown = CancellationToken::new();
+    let relay = stampede_relay::Relay::start(Default::default(), shutdown.clone()).await.unwrap();
+    let spec = BroadcastSpec {
+        publishers: 1,
+        channels: 1_000_000_000_000,
+        channels_per_connection: 1_000_000_000_000,
+        publish_delay_us: 0,
+        channel_prefix: "x".into(),
+        worker_index: 0,
+        workers: 1,
+    };
+    let greedy = Assign {
+        connect_spec_json: ConnectSpec { session: SessionSpec::Broadcast(spec), ..Default::default() }
+            .to_json(),
+        ..assign(&relay.pubsub_url())
+    };
+    let (url, mut heard) = rogue(vec![Cmd::Assign(greedy)]).await;
+    let worker = tokio::spawn(stampede_worker::run(options(&url), shutdown.clone()));
+    let said = fatal(&mut heard).await;
+    assert!(said.contains("session channels = 1000000000000"), "{said}");
+    assert_eq!(relay.stats().connections_total.load(Relaxed), 0, "nothing was opened");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+}
