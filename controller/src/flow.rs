@@ -45,7 +45,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use stampede_model::flow::{Check, Extract, FlowSpec, HttpStep, MAX_STEPS, Step, StepKind};
+use stampede_model::flow::{
+    Check, Extract, FlowSpec, HTTP_METHODS, HttpStep, MAX_STEPS, RESERVED_HEADERS, Step, StepKind,
+};
 use stampede_model::jsonpath;
 use stampede_model::template::{Piece, Template, Var};
 use toml::Spanned;
@@ -58,10 +60,6 @@ use crate::threshold::{Metric, valid_step_name};
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Loops inside loops, at most.
 pub const MAX_LOOP_DEPTH: usize = 4;
-/// The methods an `http` step may use.
-const METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"];
-/// Request headers the worker writes itself.
-const OWN_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
 
 /// One `[[flow]]` table (or one table of a loop's `steps`) as written: the
 /// keys of every kind, each checked against the step's kind afterwards.
@@ -624,10 +622,10 @@ impl<'a> Reader<'a> {
             None => "GET".to_string(),
             Some(m) => {
                 let upper = m.get_ref().to_ascii_uppercase();
-                if !METHODS.contains(&upper.as_str()) {
+                if !HTTP_METHODS.contains(&upper.as_str()) {
                     return Err(self.err(
                         m.span().start,
-                        format!("method {:?}: use one of {}", m.get_ref(), METHODS.join(", ")),
+                        format!("method {:?}: use one of {}", m.get_ref(), HTTP_METHODS.join(", ")),
                     ));
                 }
                 upper
@@ -657,7 +655,7 @@ impl<'a> Reader<'a> {
                     self.err(value.span().start, format!("header name {name:?} is not a valid HTTP token"))
                 );
             }
-            if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                 return Err(self.err(
                     value.span().start,
                     format!("header {name}: the worker writes it itself, leave it out"),

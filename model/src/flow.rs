@@ -22,6 +22,11 @@ pub const MAX_STEPS: usize = 32;
 pub const MAX_STEP_NAME: usize = 40;
 /// Largest HTTP response body a worker reads, bytes (more fails the step).
 pub const MAX_HTTP_BODY: usize = 1 << 20;
+/// The methods an `http` step may use.
+pub const HTTP_METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"];
+/// Request headers the worker's HTTP client writes itself, lowercase: a
+/// step may not set them.
+pub const RESERVED_HEADERS: [&str; 4] = ["host", "connection", "content-length", "transfer-encoding"];
 
 /// A flow: the steps one session runs, in order. When the last step is
 /// done the session starts again from the first (a new connection), until
