@@ -39,6 +39,8 @@ const LINGER_BYTES: usize = 64 * 1024;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The demo app browser scenarios drive (relay/src/app.html).
+const APP: &str = include_str!("app.html");
 const JSON: &str = "application/json";
 
 /// Why the head could not be routed.
@@ -117,6 +119,9 @@ pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, shutdown: Cancell
         }
         Route::Health => http::response("200 OK", TEXT, "", "ok\n"),
         Route::Metrics => http::response("200 OK", METRICS, "", &shared.stats.render_metrics()),
+        Route::App => {
+            http::response("200 OK", "text/html; charset=utf-8", "Cache-Control: no-store\r\n", APP)
+        }
         Route::NotFound => http::response("404 Not Found", TEXT, "", "not found\n"),
         Route::MethodNotAllowed(allow) => http::response(
             "405 Method Not Allowed",

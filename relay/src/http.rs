@@ -54,6 +54,8 @@ pub(crate) enum Route {
     },
     Health,
     Metrics,
+    /// The demo app's page (`/`, `/app`).
+    App,
     NotFound,
     /// The path exists, the method does not; carries the `Allow` value.
     MethodNotAllowed(&'static str),
@@ -100,6 +102,7 @@ fn route(req: &httparse::Request<'_, '_>) -> Route {
         "/pubsub" => upgrade_route(req, Endpoint::Pubsub),
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/" | "/app" => Route::App,
         _ => return Route::NotFound,
     };
     if req.method != Some("GET") {
@@ -314,6 +317,8 @@ mod tests {
         assert_eq!(route_of("GET /health HTTP/1.1\r\n\r\n"), Route::Health);
         assert_eq!(route_of("GET /metrics?x=1 HTTP/1.1\r\n\r\n"), Route::Metrics);
         assert_eq!(route_of("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route_of("GET /app?channel=room HTTP/1.1\r\n\r\n"), Route::App);
+        assert_eq!(route_of("GET / HTTP/1.1\r\n\r\n"), Route::App);
         assert_eq!(route_of("POST /health HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed("GET"));
     }
 

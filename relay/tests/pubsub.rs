@@ -362,6 +362,20 @@ async fn history_is_bounded_by_count_and_by_age() {
 }
 
 #[tokio::test]
+async fn the_demo_app_is_served_at_the_root() {
+    let (relay, _token) = start(RelayConfig::default()).await;
+    for path in ["/", "/app?channel=room"] {
+        let (status, body) =
+            http(&relay, format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes()).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body.starts_with("<!doctype html>") && body.contains("id=\"send\""), "{path}: {body}");
+        assert!(body.contains("\"/pubsub\"") && body.contains("\"/ws\""), "it talks to this relay");
+    }
+    let (status, _) = http(&relay, b"POST / HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n\r\n").await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
 async fn http_publish_reaches_the_connection_by_its_id() {
     let (relay, _token) = start(RelayConfig::default()).await;
     let mut conn = open(&relay).await;
