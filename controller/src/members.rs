@@ -24,6 +24,10 @@ use crate::running::Running;
 /// Time without a word (snapshot or heartbeat; workers send one every
 /// second) after which a worker is taken as lost.
 pub const SILENT_AFTER: Duration = Duration::from_secs(3);
+/// Time without a snapshot after which a worker that still sends
+/// heartbeats is taken as lost: a worker in a run reports every second, so
+/// one that only heartbeats holds a share of the load it does not serve.
+pub const UNREPORTED_AFTER: Duration = Duration::from_secs(6);
 
 /// A worker of this run.
 pub struct Member {
@@ -42,6 +46,8 @@ pub struct Member {
     pub finished: bool,
     /// When it was last heard from.
     pub last_heard: Instant,
+    /// When it last sent a snapshot of this run (or joined).
+    pub last_report: Instant,
     /// Why it may not come back (it sent nonsense).
     pub banned: Option<String>,
     /// It came back with its load already stopped: it only delivers.
@@ -60,6 +66,7 @@ impl Member {
             offset_us,
             finished: false,
             last_heard: Instant::now(),
+            last_report: Instant::now(),
             banned: None,
             stopped: false,
         }
@@ -277,6 +284,7 @@ impl Running {
                 .await;
             return;
         }
+        self.members[i].last_report = Instant::now();
         match self.agg.add(i, &snap) {
             Ok(_) => {
                 self.members[i].send(Cmd::SnapshotAck(SnapshotAck { seq: snap.seq }));
@@ -318,6 +326,7 @@ impl Running {
                 m.session = session;
                 m.offset_us = offset_us;
                 m.last_heard = Instant::now();
+                m.last_report = Instant::now();
                 m.stopped = stopped;
                 let at_s = self.elapsed_s();
                 if let Some(lost) = self.lost.iter_mut().rev().find(|l| l.id == id) {
@@ -361,7 +370,8 @@ impl Running {
     }
 
     /// Loses workers that have sent nothing, not even a heartbeat, for
-    /// [`SILENT_AFTER`]: a frozen process or a stalled link.
+    /// [`SILENT_AFTER`] (a frozen process or a stalled link), and those
+    /// that heartbeat but have reported no second for [`UNREPORTED_AFTER`].
     pub(crate) async fn check_silence(&mut self) {
         let silent: Vec<(usize, f64)> = (0..self.members.len())
             .filter(|&i| self.members[i].live())
@@ -370,6 +380,14 @@ impl Running {
             .collect();
         for (i, quiet) in silent {
             self.lose(i, &format!("silent for {quiet:.0} s (no snapshot, no heartbeat)")).await;
+        }
+        let unreported: Vec<(usize, f64)> = (0..self.members.len())
+            .filter(|&i| self.members[i].live())
+            .map(|i| (i, self.members[i].last_report.elapsed().as_secs_f64()))
+            .filter(|(_, quiet)| *quiet >= UNREPORTED_AFTER.as_secs_f64())
+            .collect();
+        for (i, quiet) in unreported {
+            self.lose(i, &format!("no snapshot for {quiet:.0} s (heartbeats only)")).await;
         }
     }
 }

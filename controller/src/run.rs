@@ -197,7 +197,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     for line in &estimate {
         progress.line(line.clone());
     }
-    let members = wait_for_workers(&plan, &mut events, &mut local, &shutdown).await?;
+    let mut members = wait_for_workers(&plan, &mut events, &mut local, &shutdown).await?;
     let capacities: Vec<u64> = members.iter().map(Member::room).collect();
     if split(plan.peak(), &capacities).is_none() {
         return Err(RunError::Fleet(format!(
@@ -243,10 +243,14 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         connect_spec_json: plan.connect.to_json(),
     };
     let mut unassigned = Vec::new();
-    for (i, m) in members.iter().enumerate() {
+    let fleet_size = members.len();
+    for (i, m) in members.iter_mut().enumerate() {
+        // Its first snapshot is due a second from now, however long the
+        // fleet took to gather.
+        m.last_report = Instant::now();
         let sent = m.send(Cmd::Assign(Assign {
             source_addresses: sources.get(i).cloned().unwrap_or_default(),
-            ..assign_for(&assign, i, members.len(), m.offset_us)
+            ..assign_for(&assign, i, fleet_size, m.offset_us)
         }));
         if !sent {
             unassigned.push(i);

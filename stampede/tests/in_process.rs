@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::free_port;
-use common::peer::{assigned_peer, hello, peer, run_id, snapshot};
+use common::peer::{assigned_peer, deaf_peer, heartbeat, hello, peer, run_id, snapshot};
 use stampede_controller::plan::Overrides;
 use stampede_controller::run::{RunOptions, run};
 use stampede_proto::fleet::{self, fleet_client::FleetClient, worker_message::Body};
@@ -321,6 +321,70 @@ async fn a_hostile_fleet_peer_cannot_corrupt_or_stall_the_run() {
     }
     let lost: Vec<&str> = s.figures.workers_lost.iter().map(|l| l.id.as_str()).collect();
     assert_eq!(lost, ["w2", "w3", "w4", "w5"], "each is lost once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_heartbeats_and_never_reports_is_lost_and_bounded() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = scenario(tmp.path(), port);
+    let real = worker(port, "w1", CancellationToken::new());
+    let flood = async {
+        // Joins, never reads the answers, never reports a second: 200,000
+        // heartbeats as fast as the link takes them.
+        let version = stampede_proto::PROTOCOL_VERSION;
+        let (flooder, unread) = deaf_peer(port, hello("w6", version)).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut sent = 0u64;
+        while sent < 200_000 && started.elapsed() < Duration::from_secs(20) {
+            if flooder.send(heartbeat()).await.is_err() {
+                break; // the controller ended the stream
+            }
+            sent += 1;
+        }
+        // One that reads and heartbeats like a live worker, but never
+        // reports a second of the load it is given.
+        let (idle, _assigned) = assigned_peer(port, hello("w7", version)).await.unwrap();
+        for _ in 0..100 {
+            if idle.send(heartbeat()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (flooder, unread, sent)
+    };
+    let rss_before = vm_hwm_kb();
+    let run = tokio::time::timeout(Duration::from_secs(90), run(options(path), CancellationToken::new()));
+    let (outcome, (flooder, unread, sent)) = tokio::join!(run, flood);
+    let outcome = outcome.expect("the run ends").unwrap();
+    drop((flooder, unread));
+    let _ = tokio::time::timeout(Duration::from_secs(10), real).await;
+    let s = &outcome.summary;
+    eprintln!("heartbeats sent {sent}; peak RSS of the test process {} -> {} kB", rss_before, vm_hwm_kb());
+    assert!(sent >= 1000, "the flood got going: {sent}");
+    let lost: Vec<&str> = s.figures.workers_lost.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(lost, ["w6", "w7"], "{lost:?}");
+    let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
+    // The deaf one: its answers filled its link, so the next command could
+    // not be delivered. The idle one: heartbeats, but no second reported.
+    assert!(log.contains("worker w6 lost: a phase command could not be delivered"), "{log}");
+    assert!(log.contains("worker w7 lost: no snapshot for 6 s (heartbeats only)"), "{log}");
+    assert!(log.contains("rebalanced after w6 lost"), "w1 takes its share: {log}");
+    assert!(s.figures.messages.received > 0 && s.figures.messages.lost == 0, "{:?}", s.figures.messages);
+    // Answers to a peer that does not read are dropped, not queued: the
+    // whole test process (controller, worker, relay) stays small.
+    assert!(vm_hwm_kb() < 400_000, "peak RSS {} kB", vm_hwm_kb());
+}
+
+/// This process's peak resident memory, kB.
+fn vm_hwm_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

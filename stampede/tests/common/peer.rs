@@ -43,6 +43,39 @@ pub async fn assigned_peer(
     Ok((tx, run_rx))
 }
 
+/// A peer that joins and never reads what the controller sends (its
+/// answers pile up on the controller's side, which must bound them).
+/// Returns its sender and the unread stream (hold it to stay joined).
+pub async fn deaf_peer(
+    port: u16,
+    first: WorkerMessage,
+) -> Result<
+    (tokio::sync::mpsc::Sender<WorkerMessage>, tonic::Streaming<fleet::ControllerMessage>),
+    tonic::Status,
+> {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut client = loop {
+        match FleetClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    tx.send(first).await.unwrap();
+    let inbound = client.join(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+/// A heartbeat, as a worker sends one every second.
+pub fn heartbeat() -> WorkerMessage {
+    WorkerMessage {
+        body: Some(Body::Heartbeat(fleet::Heartbeat {
+            worker_sent_at_unix_us: stampede_model::clock::unix_us(std::time::SystemTime::now()),
+            controller_at_unix_us: 0,
+        })),
+    }
+}
+
 /// Waits for a peer's Assign; its run id.
 pub async fn run_id(mut assigned: tokio::sync::watch::Receiver<String>) -> String {
     let id = assigned.wait_for(|id| !id.is_empty()).await.expect("the controller assigns a run");
