@@ -5,6 +5,17 @@ use std::time::Duration;
 
 use stampede_proto::fleet::{self, WorkerMessage, fleet_client::FleetClient, worker_message::Body};
 
+/// A fleet client of the controller at `port`, once it listens.
+async fn client(port: u16) -> FleetClient<tonic::transport::Channel> {
+    let url = format!("http://127.0.0.1:{port}");
+    loop {
+        match FleetClient::connect(url.clone()).await {
+            Ok(c) => return c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A fleet peer speaking the protocol by hand: Hello (or not) first, then
 /// whatever the test sends. Returns the sender of its messages, or the
 /// controller's refusal.
@@ -20,13 +31,7 @@ pub async fn assigned_peer(
     port: u16,
     first: WorkerMessage,
 ) -> Result<(tokio::sync::mpsc::Sender<WorkerMessage>, tokio::sync::watch::Receiver<String>), tonic::Status> {
-    let url = format!("http://127.0.0.1:{port}");
-    let mut client = loop {
-        match FleetClient::connect(url.clone()).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let mut client = client(port).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     tx.send(first).await.unwrap();
     let mut inbound = client.join(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
@@ -53,13 +58,7 @@ pub async fn deaf_peer(
     (tokio::sync::mpsc::Sender<WorkerMessage>, tonic::Streaming<fleet::ControllerMessage>),
     tonic::Status,
 > {
-    let url = format!("http://127.0.0.1:{port}");
-    let mut client = loop {
-        match FleetClient::connect(url.clone()).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let mut client = client(port).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     tx.send(first).await.unwrap();
     let inbound = client.join(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
