@@ -185,12 +185,7 @@ impl Session for BroadcastSession {
                 let echo = sub.owed.echo(index, true);
                 match echo {
                     Echo::Delivered { reordered } => {
-                        rec.counters.messages_received.fetch_add(1, Relaxed);
-                        rec.counters.bytes_received.fetch_add(payload.len() as u64, Relaxed);
-                        if reordered {
-                            rec.counters.messages_out_of_order.fetch_add(1, Relaxed);
-                        }
-                        record_fanout(ctx, &frame);
+                        rec.record_delivered(fanout(ctx, &frame), payload.len(), reordered);
                     }
                     Echo::Duplicate => _ = rec.counters.messages_duplicated.fetch_add(1, Relaxed),
                     Echo::Corrupted | Echo::Unmatched => {
@@ -251,17 +246,17 @@ fn controller_us(ctx: &RunContext, at: Instant) -> i64 {
     }
 }
 
-/// Records the fan-out latency of a delivered message from the intended
-/// publish time it carries (a message without one has none).
-fn record_fanout(ctx: &RunContext, frame: &Value) {
+/// The fan-out latency of a delivered message, from the intended publish
+/// time it carries (a message without one has none, and is counted).
+fn fanout(ctx: &RunContext, frame: &Value) -> Option<Duration> {
     let rec = &ctx.recorder;
     let Some(t) = frame.get("data").and_then(|d| d.get("t")).and_then(Value::as_i64) else {
         rec.counters.timestamps_missing.fetch_add(1, Relaxed);
-        return;
+        return None;
     };
     let latency_us = controller_us(ctx, Instant::now()).saturating_sub(t);
     if latency_us < -FUTURE_SLACK_US {
         rec.counters.timestamps_future.fetch_add(1, Relaxed);
     }
-    rec.record_latency(Duration::from_micros(latency_us.max(0) as u64));
+    Some(Duration::from_micros(latency_us.max(0) as u64))
 }

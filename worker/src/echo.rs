@@ -68,12 +68,7 @@ impl Session for EchoSession {
         match self.delivery.echo(stamp.seq, intact) {
             Echo::Delivered { reordered } => {
                 let intended = ctx.epoch + Duration::from_micros(due);
-                rec.record_latency(now.saturating_duration_since(intended));
-                rec.counters.messages_received.fetch_add(1, Relaxed);
-                rec.counters.bytes_received.fetch_add(payload.len() as u64, Relaxed);
-                if reordered {
-                    rec.counters.messages_out_of_order.fetch_add(1, Relaxed);
-                }
+                rec.record_delivered(Some(now.saturating_duration_since(intended)), payload.len(), reordered);
             }
             Echo::Duplicate => _ = rec.counters.messages_duplicated.fetch_add(1, Relaxed),
             Echo::Corrupted => {

@@ -446,12 +446,11 @@ impl<'a> Pair<'a> {
                     Echo::Delivered { reordered } => {
                         let intended_us = opened.map_or(0, |o| o.intended_us.max(0) as u64);
                         let intended = self.ctx.epoch + Duration::from_micros(intended_us);
-                        rec.record_latency(now.saturating_duration_since(intended));
-                        rec.counters.messages_received.fetch_add(1, Relaxed);
-                        rec.counters.bytes_received.fetch_add(payload.len() as u64, Relaxed);
-                        if reordered {
-                            rec.counters.messages_out_of_order.fetch_add(1, Relaxed);
-                        }
+                        rec.record_delivered(
+                            Some(now.saturating_duration_since(intended)),
+                            payload.len(),
+                            reordered,
+                        );
                     }
                     Echo::Duplicate => _ = rec.counters.messages_duplicated.fetch_add(1, Relaxed),
                     Echo::Corrupted => {

@@ -129,6 +129,20 @@ impl Recorder {
         count(self.channels.lock().expect("poisoned").entry(n).or_default());
     }
 
+    /// Counts one message delivered (its first intact copy) of `bytes`,
+    /// with its latency when it has one; `reordered` if a later message
+    /// came first. One definition for echo, pairs and broadcast.
+    pub fn record_delivered(&self, latency: Option<Duration>, bytes: usize, reordered: bool) {
+        if let Some(latency) = latency {
+            self.record_latency(latency);
+        }
+        self.counters.messages_received.fetch_add(1, Relaxed);
+        self.counters.bytes_received.fetch_add(bytes as u64, Relaxed);
+        if reordered {
+            self.counters.messages_out_of_order.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Records one message round trip.
     pub fn record_latency(&self, rtt: Duration) {
         let us = (rtt.as_micros() as u64).max(1);
