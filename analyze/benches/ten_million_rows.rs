@@ -67,6 +67,8 @@ fn generate(dir: &Path) -> std::io::Result<()> {
             generator_stalled: 0,
             worker_rss_mb: 100.0 * WORKERS as f64,
             worker_cpu_pct: 150.0,
+            browser_pss_mb: f64::NAN,
+            browser_sessions: 0,
             workers_reporting: WORKERS as u32,
             target_rss_mb: f64::NAN,
             target_cpu_pct: f64::NAN,
@@ -103,6 +105,7 @@ fn generate(dir: &Path) -> std::io::Result<()> {
         breaking_point_reason: None,
         subprotocols: Default::default(),
         channels: Vec::new(),
+        browser: None,
     };
     std::fs::write(
         dir.join("summary.json"),

@@ -38,6 +38,8 @@ const FIRST_COUNTERS: &[&str] = &[
 
 const OPTIONAL_COLUMNS: &[&str] = &[
     "workers_reporting",
+    "browser_pss_mb",
+    "browser_sessions",
     "target_rss_mb",
     "target_cpu_pct",
     "target_connections",
@@ -205,6 +207,11 @@ impl<'a> Cells<'a> {
             generator_stalled: stalled as u8,
             worker_rss_mb: self.float("worker_rss_mb", i, MAX_GAUGE, false)?,
             worker_cpu_pct: self.float("worker_cpu_pct", i, MAX_GAUGE, false)?,
+            browser_pss_mb: self.float("browser_pss_mb", i, MAX_GAUGE, true)?,
+            browser_sessions: match self.get("browser_sessions", i) {
+                Some(text) => count("browser_sessions", text, MAX_PER_SECOND)?,
+                None => 0,
+            },
             workers_reporting: match self.get("workers_reporting", i) {
                 Some(text) => count("workers_reporting", text, u64::from(u32::MAX))? as u32,
                 None => 0,

@@ -24,7 +24,8 @@ use stampede_model::Counters;
 use stampede_model::clock::RunClock;
 use stampede_model::histogram::new_histogram;
 use stampede_model::results::{
-    ChannelFigures, MAX_CHANNEL_FIGURES, MetricsRow, Percentiles, StepFigures, StepSecond, WorkerRow,
+    BrowserFigures, ChannelFigures, MAX_CHANNEL_FIGURES, MetricsRow, Percentiles, StepFigures, StepSecond,
+    WorkerRow,
 };
 use stampede_model::spec::SessionSpec;
 use stampede_proto::fleet::{Gauges, Snapshot, StepStats};
@@ -125,12 +126,10 @@ impl StepTotals {
     }
 }
 
-/// The step names of the flow `plan` runs (none without a flow).
-pub fn step_names(plan: &Plan) -> &[String] {
-    match &plan.connect.session {
-        SessionSpec::Flow(f) => &f.names,
-        _ => &[],
-    }
+/// The step names of every flow `plan` runs, group by group (none
+/// without a flow).
+pub fn step_names(plan: &Plan) -> Vec<String> {
+    crate::groups::run_step_names(&plan.groups)
 }
 
 /// Connect time split into its parts, us: TCP connect, TLS handshake
@@ -710,6 +709,25 @@ impl Aggregator {
             .unwrap_or(0)
     }
 
+    /// What the browser sessions cost: at the second with the most open
+    /// (the latest such second), and the peak PSS (from the rows).
+    pub fn browser_figures(&self) -> BrowserFigures {
+        let peak = self.rows.iter().max_by_key(|r| (r.browser_sessions, r.elapsed_s));
+        let (sessions, pss) = peak.map_or((0, 0.0), |r| (r.browser_sessions, r.browser_pss_mb));
+        let pss = if pss.is_nan() { 0.0 } else { pss };
+        BrowserFigures {
+            peak_sessions: sessions,
+            pss_mb_at_peak: pss,
+            pss_mb_per_session: if sessions > 0 { pss / sessions as f64 } else { 0.0 },
+            pss_mb_peak: self
+                .rows
+                .iter()
+                .map(|r| r.browser_pss_mb)
+                .filter(|v| !v.is_nan())
+                .fold(0.0, f64::max),
+        }
+    }
+
     /// Peak worker memory, bytes (from the rows).
     pub fn peak_rss_mb(&self) -> f64 {
         self.rows.iter().map(|r| r.worker_rss_mb).fold(0.0, f64::max)
@@ -721,6 +739,7 @@ impl Aggregator {
         let timestamp = self.clock.timestamp_of(s);
         let mut workers = Vec::with_capacity(self.workers.len());
         let (mut active, mut rss, mut cpu_us, mut stalled) = (0, 0, 0, false);
+        let (mut browser_pss, mut browser_sessions) = (0u64, 0u64);
         let mut counters = Counters::default();
         for (i, w) in self.workers.iter().enumerate() {
             let this = second.workers.get(&i);
@@ -733,6 +752,8 @@ impl Aggregator {
             // Saturating: gauges come from workers, who may send anything.
             active = gauges.connections_active.saturating_add(active);
             rss = gauges.rss_bytes.saturating_add(rss);
+            browser_pss = gauges.browser_pss_bytes.saturating_add(browser_pss);
+            browser_sessions = gauges.browser_sessions.saturating_add(browser_sessions);
             cpu_us = r.gauges.cpu_us.saturating_add(cpu_us);
             stalled |= r.stalled;
             workers.push(WorkerRow {
@@ -780,6 +801,8 @@ impl Aggregator {
             generator_stalled: u8::from(stalled),
             worker_rss_mb: rss as f64 / 1e6,
             worker_cpu_pct: cpu_us as f64 / 1e6 * 100.0,
+            browser_pss_mb: if self.plan.has_browsers() { browser_pss as f64 / 1e6 } else { f64::NAN },
+            browser_sessions,
             workers_reporting: second.workers.len() as u32,
             target_rss_mb: ts.rss_bytes.map_or(f64::NAN, |b| b / 1e6),
             target_cpu_pct: ts.cpu_pct.unwrap_or(f64::NAN),
@@ -833,7 +856,12 @@ mod tests {
             seq,
             second,
             counters: counters_to_wire(&counters),
-            gauges: Some(Gauges { connections_active: active, rss_bytes: 10_000_000, cpu_us: 250_000 }),
+            gauges: Some(Gauges {
+                connections_active: active,
+                rss_bytes: 10_000_000,
+                cpu_us: 250_000,
+                ..Default::default()
+            }),
             latency_histogram: bytes,
             ..Default::default()
         }

@@ -130,6 +130,22 @@ pub struct StepTable {
     /// http: the status the response must have (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Spanned<i64>>,
+    /// goto: the page, a path on the target's host or a whole http(s) URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Spanned<String>>,
+    /// click, fill, wait_for: the element's CSS selector, a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Spanned<String>>,
+    /// click: a CSS selector that must match after the click (the app's
+    /// reaction; the click's duration lasts until it does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<Spanned<String>>,
+    /// fill: what to type, a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Spanned<String>>,
+    /// evaluate: a JavaScript expression, a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<Spanned<String>>,
 }
 
 /// What a step does, as written.
@@ -143,9 +159,16 @@ enum Kind {
     Loop,
     Http,
     Close,
+    Goto,
+    Click,
+    Fill,
+    WaitFor,
+    Evaluate,
 }
 
 const KINDS: &str = "connect, send, expect, capture, sleep, loop, http or close";
+/// The kinds of a browser group's flow.
+const PAGE_KINDS: &str = "goto, click, fill, wait_for, evaluate, expect, capture, sleep or loop";
 
 impl Kind {
     fn parse(s: &str) -> Option<Kind> {
@@ -158,6 +181,11 @@ impl Kind {
             "loop" => Kind::Loop,
             "http" => Kind::Http,
             "close" => Kind::Close,
+            "goto" => Kind::Goto,
+            "click" => Kind::Click,
+            "fill" => Kind::Fill,
+            "wait_for" => Kind::WaitFor,
+            "evaluate" => Kind::Evaluate,
             _ => return None,
         })
     }
@@ -172,12 +200,17 @@ impl Kind {
             Kind::Loop => "loop",
             Kind::Http => "http",
             Kind::Close => "close",
+            Kind::Goto => "goto",
+            Kind::Click => "click",
+            Kind::Fill => "fill",
+            Kind::WaitFor => "wait_for",
+            Kind::Evaluate => "evaluate",
         }
     }
 
     /// `a send step`, `an expect step`.
     fn step(self) -> String {
-        let article = if matches!(self, Kind::Expect | Kind::Http) { "an" } else { "a" };
+        let article = if matches!(self, Kind::Expect | Kind::Http | Kind::Evaluate) { "an" } else { "a" };
         format!("{article} {} step", self.name())
     }
 
@@ -191,7 +224,23 @@ impl Kind {
             Kind::Sleep => &["duration", "min", "max"],
             Kind::Loop => &["count", "duration", "steps"],
             Kind::Http => &["method", "path", "body", "headers", "status", "timeout"],
+            Kind::Goto => &["url"],
+            Kind::Click => &["selector", "wait_for", "timeout"],
+            Kind::Fill => &["selector", "text"],
+            Kind::WaitFor => &["selector", "timeout"],
+            Kind::Evaluate => &["expression", "equals"],
         }
+    }
+
+    /// Whether it drives a browser page.
+    fn is_page_action(self) -> bool {
+        matches!(self, Kind::Goto | Kind::Click | Kind::Fill | Kind::WaitFor | Kind::Evaluate)
+    }
+
+    /// Whether a browser session's flow may not have it: it uses a
+    /// WebSocket or HTTP client of the worker's own.
+    fn is_native_only(self) -> bool {
+        matches!(self, Kind::Connect | Kind::Send | Kind::Close | Kind::Http)
     }
 
     /// Whether it uses the session's WebSocket.
@@ -226,6 +275,11 @@ impl StepTable {
             ("body", at(&self.body)),
             ("headers", self.headers.values().map(|v| v.span().start).min()),
             ("status", at(&self.status)),
+            ("url", at(&self.url)),
+            ("selector", at(&self.selector)),
+            ("wait_for", at(&self.wait_for)),
+            ("text", at(&self.text)),
+            ("expression", at(&self.expression)),
         ]
         .into_iter()
         .filter_map(|(k, at)| at.map(|a| (k, a)))
@@ -240,38 +294,53 @@ mod tests;
 use read::{Reader, State};
 
 /// The flow of `sc`, if it has one; `path` and `source` are the scenario
-/// file and its text (errors point into it). Also checks that thresholds
-/// on steps name a step of the flow.
+/// file and its text (errors point into it).
 pub fn flow_spec(sc: &Scenario, path: &Path, source: &str) -> Result<Option<FlowSpec>, ScenarioError> {
-    let mut reader = Reader { path, source, names: Vec::new(), written: BTreeMap::new() };
-    let flow = match sc.flow.first() {
-        None => None,
-        Some(first) => {
-            if let Some(m) = &sc.messages {
-                refuse_messages(m, &reader, first.span().start)?;
-            }
-            let steps = reader.steps(&sc.flow, 0, &mut State::default())?;
-            Some(FlowSpec { steps, names: reader.finish_names() })
-        }
-    };
-    let names: &[String] = flow.as_ref().map_or(&[], |f| &f.names);
+    let mut reader = Reader::new(path, source, None);
+    let Some(first) = sc.flow.first() else { return Ok(None) };
+    if let Some(m) = &sc.messages {
+        refuse_messages(m, &reader, first.span().start)?;
+    }
+    let steps = reader.steps(&sc.flow, 0, &mut State::default())?;
+    Ok(Some(FlowSpec { steps, names: reader.finish_names() }))
+}
+
+/// The flow of browser group `group` (`[[group]] flow = [...]`): page
+/// actions, `expect` on the app's WebSocket frames, `capture`, `sleep` and
+/// `loop`. Steps named after their kind get the group's name in front
+/// (`web_click`), so groups' steps never share a metric.
+pub fn browser_flow(
+    tables: &[Spanned<StepTable>],
+    group: &str,
+    path: &Path,
+    source: &str,
+) -> Result<FlowSpec, ScenarioError> {
+    let mut reader = Reader::new(path, source, Some(group.to_string()));
+    let steps = reader.steps(tables, 0, &mut State::default())?;
+    Ok(FlowSpec { steps, names: reader.finish_names() })
+}
+
+/// Checks that thresholds on steps name a step of the run (`names`: every
+/// flow's step names).
+pub fn check_step_thresholds(
+    sc: &Scenario,
+    path: &Path,
+    source: &str,
+    names: &[String],
+) -> Result<(), ScenarioError> {
     for (metric, cond) in &sc.thresholds {
         let Metric::Step(step) = metric else { continue };
         if names.iter().any(|n| n == step.step()) {
             continue;
         }
         let message = if names.is_empty() {
-            format!("threshold {metric}: no step named {}; the scenario has no [[flow]] steps", step.step())
+            format!("threshold {metric}: no step named {}; the scenario has no flow steps", step.step())
         } else {
-            format!(
-                "threshold {metric}: no step named {}; the flow's steps are: {}",
-                step.step(),
-                names.join(", ")
-            )
+            format!("threshold {metric}: no step named {}; the steps are: {}", step.step(), names.join(", "))
         };
-        return Err(reader.err(cond.span().start, message));
+        return Err(ScenarioError::at(path, source, cond.span().start, message));
     }
-    Ok(flow)
+    Ok(())
 }
 
 /// A flow decides what a session sends: `[messages]` may only say the

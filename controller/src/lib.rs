@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod fleet;
 pub mod fleet_plan;
 pub mod flow;
+pub mod groups;
 pub mod local_fleet;
 pub mod members;
 pub mod messages;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{FleetEvent, Link};
 use crate::local_fleet::LocalFleet;
-use crate::plan::{FleetPlan, LostPolicy, Plan, split};
+use crate::plan::{FleetPlan, LostPolicy, Plan};
 use crate::run::RunError;
 use crate::running::Running;
 
@@ -52,6 +52,8 @@ pub struct Member {
     pub banned: Option<String>,
     /// It came back with its load already stopped: it only delivers.
     pub stopped: bool,
+    /// The client group it runs (an index into the plan's groups).
+    pub group: usize,
 }
 
 impl Member {
@@ -69,6 +71,7 @@ impl Member {
             last_report: Instant::now(),
             banned: None,
             stopped: false,
+            group: 0,
         }
     }
 
@@ -195,10 +198,22 @@ impl Running {
         }
         let phase = &self.plan.phases[current];
         let into = self.run_start.elapsed().saturating_sub(phase.start);
-        let planned = phase.peak();
-        let room: u64 = self.members.iter().map(Member::room).sum();
         let capacities: Vec<u64> = self.members.iter().map(Member::room).collect();
-        let shares = split(planned, &capacities).unwrap_or(capacities);
+        let groups: Vec<usize> = self.members.iter().map(|m| m.group).collect();
+        // Each group's part goes to its own workers.
+        let unplaced: u64 = (0..self.plan.groups.len())
+            .map(|g| {
+                let room: u64 =
+                    capacities.iter().zip(&groups).filter(|(_, of)| **of == g).map(|(c, _)| c).sum();
+                self.plan.group_phase(current, g).peak().saturating_sub(room)
+            })
+            .sum();
+        let shares: Vec<u64> = self
+            .plan
+            .commands(current, &groups, &capacities, Duration::ZERO)
+            .iter()
+            .map(|c| c.connections)
+            .collect();
         let connections: std::collections::BTreeMap<String, u64> = self
             .members
             .iter()
@@ -206,7 +221,6 @@ impl Running {
             .filter(|(m, _)| m.live())
             .map(|(m, n)| (m.hello.worker_id.clone(), *n))
             .collect();
-        let unplaced = planned.saturating_sub(room);
         let listed: Vec<String> = connections.iter().map(|(w, n)| format!("{w} {n}")).collect();
         let short =
             if unplaced > 0 { format!("; {unplaced} connections have no room") } else { String::new() };
@@ -354,9 +368,19 @@ impl Running {
                 self.log(format!("worker {id} refused: the fleet has 1000 workers")).await;
             }
             None => {
-                let member = Member::new(hello, link, offset_us, session, &self.plan.fleet);
-                let assign =
-                    crate::run::assign_for(&self.assign, self.members.len(), self.members.len(), offset_us);
+                let mut member = Member::new(hello, link, offset_us, session, &self.plan.fleet);
+                // The group it can run that has the least weight per worker
+                // already would gain most from it.
+                let Some(group) = self.late_group(&member) else {
+                    self.log(format!(
+                        "worker {id} refused: it cannot run any group of this run (no Chromium)"
+                    ))
+                    .await;
+                    return;
+                };
+                member.group = group;
+                let index = self.members.iter().filter(|m| m.group == group).count();
+                let assign = crate::run::assign_for(&self.assigns[group], index, index + 1, offset_us);
                 if !member.send(Cmd::Assign(assign)) {
                     return;
                 }
@@ -367,6 +391,21 @@ impl Running {
                 self.unbalanced.push(format!("{id} joined"));
             }
         }
+    }
+
+    /// The group a worker joining late runs: of those its engines can run,
+    /// the one with the most weight per live worker; `None` if it can run
+    /// none.
+    fn late_group(&self, member: &Member) -> Option<usize> {
+        let groups = &self.plan.groups;
+        let live = |g: usize| self.members.iter().filter(|m| m.live() && m.group == g).count() as u128;
+        (0..groups.len())
+            .filter(|&g| member.hello.engines.iter().any(|e| e == groups[g].engine.name()))
+            .max_by(|&a, &b| {
+                let (wa, wb) = (u128::from(groups[a].weight), u128::from(groups[b].weight));
+                // wa / (live(a) + 1) against wb / (live(b) + 1), without division.
+                (wa * (live(b) + 1)).cmp(&(wb * (live(a) + 1))).then(b.cmp(&a))
+            })
     }
 
     /// Loses workers that have sent nothing, not even a heartbeat, for

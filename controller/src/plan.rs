@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stampede_model::{Churn, ConnectSpec, Phase, Ramp, Shape, StageKind, TargetUrl};
+use stampede_model::{Arrivals, Churn, ConnectSpec, Phase, Ramp, Shape, StageKind, TargetUrl, Wave};
 use stampede_proto::fleet::PhaseStart;
 use stampede_proto::{us, us_or_zero};
 use stampede_relay::config::{DropAt, Faults, PubsubConfig, SlowWindow};
@@ -101,6 +101,29 @@ impl PhasePlan {
     /// Most connections the phase plans at once.
     pub fn peak(&self) -> u64 {
         self.shape.peak()
+    }
+
+    /// The part of this phase that group `g` of groups weighing `weights`
+    /// runs: counts split by weight ([`crate::groups::by_weight`], so the
+    /// groups' parts add up to the phase's), rates by the same fraction.
+    pub fn part(&self, weights: &[u64], g: usize) -> PhasePlan {
+        if weights.len() <= 1 {
+            return self.clone();
+        }
+        let count = |n: u64| crate::groups::by_weight(n, weights)[g];
+        let fraction = weights[g] as f64 / weights.iter().map(|w| *w as f64).sum::<f64>();
+        let shape = match self.shape {
+            Shape::Ramp(r) => Shape::Ramp(Ramp { from: count(r.from), to: count(r.to), ..r }),
+            Shape::Wave(w) => Shape::Wave(Wave { from: count(w.from), to: count(w.to), ..w }),
+            Shape::Arrivals(a) => Shape::Arrivals(Arrivals {
+                from_rate: a.from_rate * fraction,
+                rate: a.rate * fraction,
+                max: count(a.max),
+                ..a
+            }),
+        };
+        let churn = self.churn.map(|c| Churn { per_s: c.per_s * fraction });
+        PhasePlan { shape, churn, ..self.clone() }
     }
 
     /// What the phase does, in words, for test.log.
@@ -201,8 +224,12 @@ pub struct Plan {
     pub reconnect: bool,
     /// Per-connection read buffer, bytes.
     pub buffer_bytes: u32,
-    /// How connections are opened and what they do (sent to every worker).
+    /// How connections are opened and what they do (sent to every worker;
+    /// a browser group's workers get its session instead).
     pub connect: ConnectSpec,
+    /// Client groups (one native group without `[[group]]`): each phase's
+    /// level is split over them by weight.
+    pub groups: Vec<crate::groups::GroupPlan>,
     /// The bundled relay requires JWTs signed with this secret.
     pub bundled_jwt: Option<stampede_model::spec::Secret>,
     /// The bundled relay serves `wss://` with a CA made for the run (added
@@ -416,6 +443,28 @@ impl Plan {
         let src = crate::connect::Source { path, text: source };
         crate::connect::fill(&mut connect, &sc.target, &src)?;
         connect.session = crate::messages::session_spec(sc, path, source)?;
+        let groups = crate::groups::groups(sc, path, source, &connect.session)?;
+        crate::flow::check_step_thresholds(sc, path, source, &crate::groups::run_step_names(&groups))?;
+        let mut fleet = fleet;
+        if fleet.workers < groups.len() as u32 {
+            match (fleet.local, sc.fleet.workers) {
+                // A local fleet starts a worker per group at least.
+                (Some(_), None) => {
+                    fleet.workers = groups.len() as u32;
+                    fleet.local = Some(fleet.workers);
+                }
+                _ => {
+                    return Err(err(
+                        table_at("fleet"),
+                        format!(
+                            "workers = {}: the {} groups need at least one worker each",
+                            fleet.workers,
+                            groups.len()
+                        ),
+                    ));
+                }
+            }
+        }
         let sends = interval > 0.0 || phases.iter().any(|p| p.message_interval.is_some());
         if matches!(connect.session, stampede_model::spec::SessionSpec::Request(_)) && !sends {
             return Err(err(
@@ -448,6 +497,7 @@ impl Plan {
             reconnect: sc.load.reconnect,
             buffer_bytes: sc.load.buffer_bytes.0,
             connect,
+            groups,
             bundled_jwt,
             bundled_tls: sc.target.bundled && sc.target.bundled_tls.as_ref().is_some_and(|b| *b.get_ref()),
             phases,
@@ -479,6 +529,50 @@ impl Plan {
     /// Most connections the plan asks for at once.
     pub fn peak(&self) -> u64 {
         self.phases.iter().map(PhasePlan::peak).max().unwrap_or(0)
+    }
+
+    /// Whether a group runs browser sessions.
+    pub fn has_browsers(&self) -> bool {
+        self.groups.iter().any(|g| g.engine == crate::groups::EngineKind::Browser)
+    }
+
+    /// The groups' weights, in order.
+    pub fn weights(&self) -> Vec<u64> {
+        self.groups.iter().map(|g| g.weight).collect()
+    }
+
+    /// Phase `index` as group `g` runs it.
+    pub fn group_phase(&self, index: usize, g: usize) -> PhasePlan {
+        self.phases[index].part(&self.weights(), g)
+    }
+
+    /// The PhaseStart of each worker for phase `index`, `into` it: worker
+    /// `i` runs group `groups[i]` and has room for `capacities[i]`; each
+    /// group's part of the phase is split over its own workers.
+    pub fn commands(
+        &self,
+        index: usize,
+        groups: &[usize],
+        capacities: &[u64],
+        into: Duration,
+    ) -> Vec<PhaseStart> {
+        let mut out = vec![PhaseStart::default(); capacities.len()];
+        for g in 0..self.groups.len().max(1) {
+            let mine: Vec<u64> =
+                capacities.iter().zip(groups).map(|(c, of)| if *of == g { *c } else { 0 }).collect();
+            let commands = self.group_phase(index, g).commands(index, &mine, into);
+            for (i, command) in commands.into_iter().enumerate() {
+                if groups.get(i) == Some(&g) {
+                    out[i] = command;
+                }
+            }
+        }
+        out
+    }
+
+    /// Most connections (or sessions) group `g` runs at once.
+    pub fn group_peak(&self, g: usize) -> u64 {
+        (0..self.phases.len()).map(|i| self.group_phase(i, g).peak()).max().unwrap_or(0)
     }
 
     /// Ends the stress stage's steps at `at` (a break was found while phase

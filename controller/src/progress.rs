@@ -44,7 +44,7 @@ impl Progress {
         if !names.is_empty() {
             let mut before = self.steps_before.borrow_mut();
             line.push_str(" | ");
-            line.push_str(&steps_since(names, &run.steps, &before));
+            line.push_str(&steps_since(&names, &run.steps, &before));
             before.clone_from(&run.steps);
         }
         eprintln!("{line}");

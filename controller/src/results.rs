@@ -417,6 +417,7 @@ mod tests {
             breaking_point_reason: None,
             subprotocols: Default::default(),
             channels: Vec::new(),
+            browser: None,
         }
     }
 

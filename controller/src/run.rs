@@ -25,7 +25,7 @@ use crate::aggregate::Aggregator;
 use crate::bundled::{Bundled, BundledError};
 use crate::fleet;
 use crate::local_fleet::{self, LocalFleet};
-use crate::members::{Member, wait_for_workers};
+use crate::members::wait_for_workers;
 use crate::plan::{Overrides, Plan, TargetPlan, split};
 use crate::progress::Progress;
 use crate::results::{ResultsError, ResultsWriter, iso8601, unix_s};
@@ -198,13 +198,22 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         progress.line(line.clone());
     }
     let mut members = wait_for_workers(&plan, &mut events, &mut local, &shutdown).await?;
-    let capacities: Vec<u64> = members.iter().map(Member::room).collect();
-    if split(plan.peak(), &capacities).is_none() {
-        return Err(RunError::Fleet(format!(
-            "the fleet can hold {} connections, the scenario needs {}: add workers (--workers or [fleet] workers)",
-            capacities.iter().sum::<u64>(),
-            plan.peak()
-        )));
+    let engines: Vec<Vec<String>> = members.iter().map(|m| m.hello.engines.clone()).collect();
+    let placed = crate::groups::place(&plan.groups, &engines).map_err(RunError::Fleet)?;
+    for (m, g) in members.iter_mut().zip(&placed) {
+        m.group = *g;
+    }
+    for (g, group) in plan.groups.iter().enumerate() {
+        let capacities: Vec<u64> = members.iter().map(|m| if m.group == g { m.room() } else { 0 }).collect();
+        let needed = plan.group_peak(g);
+        if split(needed, &capacities).is_none() {
+            let of = if plan.groups.len() > 1 { format!(" of group {}", group.name) } else { String::new() };
+            return Err(RunError::Fleet(format!(
+                "the fleet can hold {} connections{of}, the scenario needs {needed}: add workers (--workers or \
+                 [fleet] workers)",
+                capacities.iter().sum::<u64>(),
+            )));
+        }
     }
 
     let clock = RunClock::starting_in(Duration::from_millis(200));
@@ -215,6 +224,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let run_id = format!("{}-{}", plan.name, run_start_us);
     // Channel names of this run start with a prefix no other run shares.
     name_channels(&mut plan.connect.session, run_start_us);
+    for g in &mut plan.groups {
+        name_channels(&mut g.session, run_start_us);
+    }
     if let Some(relay) = &mut relay {
         // Fault times count from the run's start, not the relay's.
         relay.start_fault_clock(run_start.into_std(), run_start_wall).await;
@@ -229,7 +241,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         None => Vec::new(),
     };
     let ids: Vec<String> = members.iter().map(|m| m.hello.worker_id.clone()).collect();
-    let assign = Assign {
+    let base = Assign {
         run_id: run_id.clone(),
         target_url: target_url.clone(),
         message_interval_us: us_or_zero(plan.message_interval),
@@ -240,18 +252,36 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         source_addresses: Vec::new(),
         reconnect: plan.reconnect,
         buffer_bytes: plan.buffer_bytes,
-        connect_spec_json: plan.connect.to_json(),
+        connect_spec_json: String::new(),
     };
+    let screenshots = plan.fleet.local.is_some().then(|| screenshot_dir(writer.dir())).flatten();
+    let assigns: Vec<Assign> = plan
+        .groups
+        .iter()
+        .map(|g| {
+            let mut connect = ConnectSpec { session: g.session.clone(), ..plan.connect.clone() };
+            if let SessionSpec::Browser(b) = &mut connect.session
+                && g.screenshots
+            {
+                b.screenshot_dir.clone_from(&screenshots);
+            }
+            Assign { connect_spec_json: connect.to_json(), ..base.clone() }
+        })
+        .collect();
     let mut unassigned = Vec::new();
-    let fleet_size = members.len();
+    let group_sizes: Vec<usize> =
+        (0..plan.groups.len()).map(|g| members.iter().filter(|m| m.group == g).count()).collect();
+    let mut group_index = vec![0; plan.groups.len()];
     for (i, m) in members.iter_mut().enumerate() {
         // Its first snapshot is due a second from now, however long the
         // fleet took to gather.
         m.last_report = Instant::now();
+        let g = m.group;
         let sent = m.send(Cmd::Assign(Assign {
             source_addresses: sources.get(i).cloned().unwrap_or_default(),
-            ..assign_for(&assign, i, fleet_size, m.offset_us)
+            ..assign_for(&assigns[g], group_index[g], group_sizes[g], m.offset_us)
         }));
+        group_index[g] += 1;
         if !sent {
             unassigned.push(i);
         }
@@ -272,7 +302,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         lost: Vec::new(),
         rebalanced: Vec::new(),
         unbalanced: Vec::new(),
-        assign,
+        assigns,
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
     for line in estimate {
@@ -349,6 +379,23 @@ fn name_channels(session: &mut SessionSpec, run_start_us: i64) {
         SessionSpec::Broadcast(b) => b.channel_prefix = prefix,
         _ => {}
     }
+}
+
+/// Where local workers save failure screenshots: the results folder's
+/// `screenshots/`, relative to our directory (workers only write under
+/// theirs, which local workers share with us); `None` when the results are
+/// elsewhere.
+fn screenshot_dir(results: &std::path::Path) -> Option<String> {
+    let cwd = std::env::current_dir().ok()?;
+    let relative = match results.strip_prefix(&cwd) {
+        Ok(r) => r.to_path_buf(),
+        Err(_) if results.is_relative() => results.to_path_buf(),
+        Err(_) => return None,
+    };
+    let dir = relative.join("screenshots");
+    dir.components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+        .then(|| dir.to_string_lossy().into_owned())
 }
 
 /// Worker `index`'s Assign in a fleet of `workers`: its clock offset, and

@@ -50,9 +50,9 @@ pub(crate) struct Running {
     pub(crate) rebalanced: Vec<Rebalance>,
     /// Fleet changes not rebalanced yet.
     pub(crate) unbalanced: Vec<String>,
-    /// What every worker is assigned (a late joiner gets it too, with its
-    /// own clock offset).
-    pub(crate) assign: Assign,
+    /// What the workers of each group are assigned (a late joiner gets its
+    /// group's, with its own clock offset).
+    pub(crate) assigns: Vec<Assign>,
 }
 
 impl Running {
@@ -120,7 +120,8 @@ impl Running {
     pub(crate) async fn start_phase(&mut self, index: usize, elapsed_in_phase: Duration) {
         let phase = &self.plan.phases[index];
         let capacities: Vec<u64> = self.members.iter().map(Member::room).collect();
-        let commands = phase.commands(index, &capacities, elapsed_in_phase);
+        let groups: Vec<usize> = self.members.iter().map(|m| m.group).collect();
+        let commands = self.plan.commands(index, &groups, &capacities, elapsed_in_phase);
         let started = format!("phase {} started: {}", phase.name(), phase.describe());
         let mut undelivered = Vec::new();
         for (i, (m, command)) in self.members.iter().zip(commands).enumerate() {

@@ -38,6 +38,10 @@ pub struct Scenario {
     /// cooldown); the default when there is no `[[stage]]` list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phases: Option<PhasesSection>,
+    /// Client groups (`[[group]]`): native and browser clients sharing
+    /// each phase's level by weight.
+    #[serde(default, rename = "group", skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<crate::groups::GroupSection>,
     /// The schedule as a list of load shapes, in order (`[[stage]]`),
     /// instead of `[phases]`.
     #[serde(default, rename = "stage", skip_serializing_if = "Vec::is_empty")]

@@ -205,6 +205,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         breaking_point_reason: None,
         subprotocols: agg.subprotocols.clone(),
         channels: agg.channels.values().copied().collect(),
+        browser: plan.has_browsers().then(|| agg.browser_figures()),
     };
     summary.figures.workers_lost = facts.workers_lost;
     summary.figures.rebalanced = facts.rebalanced;
@@ -371,6 +372,24 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
         let _ = writeln!(out, "Errors by cause:     {}", causes.join(", "));
     }
     let _ = writeln!(out, "Worker RSS peak:     {:.1} MB", s.worker_rss_peak_mb);
+    if let Some(b) = &s.browser {
+        let c = &s.figures.counters;
+        let _ = writeln!(
+            out,
+            "Browser sessions:    peak {}, Chromium PSS {:.1} MB then ({:.1} MB per session), peak PSS {:.1} MB",
+            b.peak_sessions, b.pss_mb_at_peak, b.pss_mb_per_session, b.pss_mb_peak
+        );
+        let lost = if c.app_events_lost > 0 {
+            format!(" ({} events lost: counts are short)", c.app_events_lost)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "App WebSockets:      {} opened, {} closed; frames {} sent, {} received{lost}",
+            c.app_ws_opened, c.app_ws_closed, c.app_frames_sent, c.app_frames_received
+        );
+    }
     if !s.figures.generator_stalled_seconds.is_empty() {
         let _ = writeln!(
             out,

@@ -65,6 +65,17 @@ pub enum Cause {
     StepHttpFailed,
     /// A flow's `capture` found nothing at its path or regex.
     CaptureFailed,
+    /// Chromium could not be started (or found).
+    BrowserLaunch,
+    /// The browser or the session's page crashed or went away.
+    BrowserCrashed,
+    /// A page did not load (`goto`).
+    NavigationFailed,
+    /// A selector did not match in time (`wait_for`, a click's `wait_for`).
+    SelectorTimeout,
+    /// A page action could not be done (no element to click or fill, a
+    /// script that threw, a value other than `equals`).
+    ActionFailed,
 }
 
 /// An I/O error whose cause is already known: a layer that understands more
@@ -141,6 +152,11 @@ impl fmt::Display for Cause {
             Cause::StepHttpStatus(code) => write!(f, "step_http_{code}"),
             Cause::StepHttpFailed => f.write_str("step_http_failed"),
             Cause::CaptureFailed => f.write_str("capture_failed"),
+            Cause::BrowserLaunch => f.write_str("browser_launch"),
+            Cause::BrowserCrashed => f.write_str("browser_crashed"),
+            Cause::NavigationFailed => f.write_str("navigation_failed"),
+            Cause::SelectorTimeout => f.write_str("selector_timeout"),
+            Cause::ActionFailed => f.write_str("action_failed"),
         }
     }
 }

@@ -124,6 +124,18 @@ counters! {
     sessions_completed,
     /// Flows: sessions that ended at a failed step.
     sessions_failed,
+    /// WebSockets the app in a browser session opened (Network events).
+    app_ws_opened,
+    /// The app's WebSockets that closed.
+    app_ws_closed,
+    /// Frames the app in a browser session sent on its WebSockets.
+    app_frames_sent,
+    /// Frames the app in a browser session received on its WebSockets.
+    app_frames_received,
+    /// Chromium events of a page's WebSockets we could not read in time
+    /// (the page made them faster): the app_* counts are short by up to
+    /// this many.
+    app_events_lost,
 }
 
 impl Counters {

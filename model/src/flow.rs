@@ -106,6 +106,46 @@ pub enum StepKind {
     Http(HttpStep),
     /// Closes the WebSocket (close handshake, code 1000).
     Close,
+    /// Browser: loads a page (a path on the target's host, or a whole
+    /// `http(s)://` URL) and waits for its load event; duration: the
+    /// navigation.
+    Goto {
+        /// The URL or path.
+        url: Template,
+    },
+    /// Browser: clicks the element `selector` names (a trusted mouse
+    /// click at its centre). With `wait_for`, then waits for that selector
+    /// to match: the duration is click until the app's DOM changed.
+    Click {
+        /// CSS selector of the element.
+        selector: Template,
+        /// CSS selector that must match after the click.
+        wait_for: Option<Template>,
+        /// Longest wait for `wait_for`, µs.
+        timeout_us: u64,
+    },
+    /// Browser: focuses the element and types `text` into it.
+    Fill {
+        /// CSS selector of the element.
+        selector: Template,
+        /// What to type.
+        text: Template,
+    },
+    /// Browser: waits until `selector` matches an element.
+    WaitFor {
+        /// CSS selector.
+        selector: Template,
+        /// Longest wait, µs.
+        timeout_us: u64,
+    },
+    /// Browser: evaluates a JavaScript expression in the page (promises
+    /// awaited); with `equals`, its value must equal that JSON value.
+    Evaluate {
+        /// The expression.
+        expression: Template,
+        /// The value it must have, as JSON text.
+        equals: Option<String>,
+    },
 }
 
 /// An HTTP request step.
@@ -161,6 +201,21 @@ pub enum Extract {
     JsonPath(String),
     /// The first capture group of a regular expression.
     Regex(String),
+}
+
+impl StepKind {
+    /// Whether the step drives a browser page (only browser groups run
+    /// these).
+    pub fn is_page_action(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Goto { .. }
+                | StepKind::Click { .. }
+                | StepKind::Fill { .. }
+                | StepKind::WaitFor { .. }
+                | StepKind::Evaluate { .. }
+        )
+    }
 }
 
 impl FlowSpec {

@@ -92,6 +92,11 @@ pub struct MetricsRow {
     pub worker_rss_mb: f64,
     /// CPU of all workers together, percent of one core.
     pub worker_cpu_pct: f64,
+    /// PSS of the workers' Chromium processes together, MB (NaN: no
+    /// browser sessions in the run).
+    pub browser_pss_mb: f64,
+    /// Browser sessions holding a page at the end of this second.
+    pub browser_sessions: u64,
     /// Workers whose report for this second is in the row.
     pub workers_reporting: u32,
     /// Target server's resident memory, MB, from its /metrics (NaN: none).
@@ -106,7 +111,7 @@ pub struct MetricsRow {
 const METRICS_HEAD: [&str; 6] =
     ["elapsed_s", "timestamp", "phase", "revision", "connections_target", "connections_active"];
 /// Columns of `metrics.csv` after the counters.
-const METRICS_TAIL: [&str; 16] = [
+const METRICS_TAIL: [&str; 18] = [
     "errors",
     "latency_p50_ms",
     "latency_p95_ms",
@@ -119,6 +124,8 @@ const METRICS_TAIL: [&str; 16] = [
     "generator_stalled",
     "worker_rss_mb",
     "worker_cpu_pct",
+    "browser_pss_mb",
+    "browser_sessions",
     "workers_reporting",
     "target_rss_mb",
     "target_cpu_pct",
@@ -158,6 +165,8 @@ impl MetricsRow {
             self.generator_stalled.to_string(),
             num(self.worker_rss_mb, 1),
             num(self.worker_cpu_pct, 1),
+            num(self.browser_pss_mb, 1),
+            self.browser_sessions.to_string(),
             self.workers_reporting.to_string(),
             num(self.target_rss_mb, 1),
             num(self.target_cpu_pct, 1),
@@ -706,6 +715,26 @@ pub struct Summary {
     /// otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelFigures>,
+    /// Runs with browser sessions: what the browsers cost (no key
+    /// otherwise). The app's WebSocket counts are in `counters`
+    /// (`app_frames_sent`, ...), the page actions in `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<BrowserFigures>,
+}
+
+/// What the browser sessions of a run cost, from the second with the most
+/// sessions open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BrowserFigures {
+    /// Most sessions holding a page at once (over all workers).
+    pub peak_sessions: u64,
+    /// PSS of the workers' Chromium processes then, MB (10^6 bytes).
+    pub pss_mb_at_peak: f64,
+    /// That PSS per session, MB: what one more session costs, browsers'
+    /// own processes shared out.
+    pub pss_mb_per_session: f64,
+    /// Most PSS of the Chromium processes at any second, MB.
+    pub pss_mb_peak: f64,
 }
 
 /// Broadcast runs report per channel up to this many channels.

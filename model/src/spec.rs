@@ -141,6 +141,44 @@ pub enum SessionSpec {
     Broadcast(BroadcastSpec),
     /// A scripted session.
     Flow(crate::flow::FlowSpec),
+    /// Headless Chromium pages running a flow of page actions (a
+    /// `[[group]]` with `engine = "browser"`).
+    Browser(BrowserSpec),
+}
+
+/// Browser sessions: each runs `flow` (page actions, `expect` on the
+/// app's own WebSocket frames, sleeps, loops) in a page of its own; many
+/// sessions share one Chromium process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserSpec {
+    /// The page actions of one session.
+    pub flow: crate::flow::FlowSpec,
+    /// Sessions per Chromium process.
+    pub sessions_per_browser: u32,
+    /// Whether each session gets an isolated context (its own cookies and
+    /// storage, like an incognito window) or all share the default one.
+    pub contexts: BrowserContexts,
+    /// The Chromium executable; `None`: `CHROME_PATH`, then `chromium`,
+    /// `chromium-browser`, `google-chrome` on `PATH`.
+    pub chromium: Option<String>,
+    /// Where a failed session's page is saved as a PNG (at most
+    /// [`MAX_SCREENSHOTS`] per worker); `None`: no screenshots.
+    pub screenshot_dir: Option<String>,
+}
+
+/// Most failure screenshots one worker saves in a run.
+pub const MAX_SCREENSHOTS: u32 = 20;
+
+/// How browser sessions are separated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrowserContexts {
+    /// One context per session: nothing shared (cookies, storage, cache).
+    Isolated,
+    /// Every session of a browser in its default context: cheaper, but
+    /// sessions of one site share storage.
+    Shared,
 }
 
 /// Session pairs (the MetaMask seed): each pair is two connections, side

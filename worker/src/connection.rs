@@ -93,7 +93,9 @@ pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken
     // slot's future stays small).
     match &ctx.session {
         SessionPlan::Pairs(_) => return Box::pin(crate::pair::run_pair(ctx, slot, cancel)).await,
-        SessionPlan::Flow(_) => return Box::pin(crate::flow::run_flow(ctx, slot, cancel)).await,
+        SessionPlan::Flow(_) | SessionPlan::Browser(_) => {
+            return Box::pin(crate::flow::run_flow(ctx, slot, cancel)).await;
+        }
         _ => {}
     }
     let mut backoff = BACKOFF_MIN;
@@ -113,7 +115,9 @@ pub async fn run_slot(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken
                 SessionPlan::Broadcast(_) => {
                     Box::pin(live::<BroadcastSession, _>(&ctx, slot, ws, &cancel)).await
                 }
-                SessionPlan::Pairs(_) | SessionPlan::Flow(_) => unreachable!("driven by their own modules"),
+                SessionPlan::Pairs(_) | SessionPlan::Flow(_) | SessionPlan::Browser(_) => {
+                    unreachable!("driven by their own modules")
+                }
             },
             Some(Err(())) => End::Failed,
             None => return,

@@ -1,7 +1,9 @@
 //! The engine boundary: what generates a run's load on this worker. The link
 //! to the controller starts an engine for each assignment, forwards phases
 //! and Stop to it, and relays its per-second snapshots; it does not know how
-//! the load is made. Native WebSocket clients today; headless browsers next.
+//! the load is made: Rust WebSocket clients or headless browser sessions,
+//! by the session the assignment carries; both run as [`SlotEngine`]
+//! slots.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use stampede_proto::fleet::{Assign, PhaseStart, Snapshot};
 use tokio::sync::mpsc;
 
-use crate::native::NativeEngine;
+use crate::slots::SlotEngine;
 use crate::target::TargetError;
 
 /// Why a run's assignment cannot be carried out.
@@ -29,8 +31,8 @@ pub enum EngineError {
 
 /// A running engine.
 pub enum Engine {
-    /// Rust WebSocket clients.
-    Native(NativeEngine),
+    /// Slots of WebSocket clients or browser sessions.
+    Slots(SlotEngine),
 }
 
 impl Engine {
@@ -42,13 +44,13 @@ impl Engine {
         sources: &[IpAddr],
         snapshots: mpsc::Sender<Snapshot>,
     ) -> Result<Engine, EngineError> {
-        Ok(Engine::Native(NativeEngine::start(assign, worker_id, sources, snapshots).await?))
+        Ok(Engine::Slots(SlotEngine::start(assign, worker_id, sources, snapshots).await?))
     }
 
     /// Starts a phase now.
     pub async fn phase(&self, phase: PhaseStart) {
         match self {
-            Engine::Native(e) => e.phase(phase).await,
+            Engine::Slots(e) => e.phase(phase).await,
         }
     }
 
@@ -56,14 +58,14 @@ impl Engine {
     /// minus ours, us).
     pub fn set_clock_offset(&self, offset_us: i64) {
         match self {
-            Engine::Native(e) => e.set_clock_offset(offset_us),
+            Engine::Slots(e) => e.set_clock_offset(offset_us),
         }
     }
 
     /// Ends the load gracefully; the last snapshot follows.
     pub fn stop(&self) {
         match self {
-            Engine::Native(e) => e.stop(),
+            Engine::Slots(e) => e.stop(),
         }
     }
 
@@ -71,7 +73,7 @@ impl Engine {
     /// had not.
     pub async fn stop_and_wait(&self, grace: Duration) -> bool {
         match self {
-            Engine::Native(e) => e.stop_and_wait(grace).await,
+            Engine::Slots(e) => e.stop_and_wait(grace).await,
         }
     }
 }

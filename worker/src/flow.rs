@@ -122,8 +122,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// from overflowing whatever a spec says.
 const LONGEST_WAIT_US: u64 = 30 * 24 * 3600 * 1_000_000;
 
+pub(crate) mod page;
 mod plan;
 
+use page::PageSession;
 pub use plan::FlowPlan;
 use plan::{Capture, CheckPlan, ExtractPlan, HttpPlan, Kind, Planned};
 
@@ -298,45 +300,69 @@ enum Closing {
 }
 
 /// Runs slot `slot`'s sessions until `cancel` fires (see the module docs
-/// for what a session does and how it is counted).
+/// for what a session does and how it is counted); a browser session runs
+/// in a page of its own ([`crate::browser`]).
 pub async fn run_flow(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken) {
-    let SessionPlan::Flow(plan) = &ctx.session else { return };
-    let plan = plan.clone();
+    let (plan, browser) = match &ctx.session {
+        SessionPlan::Flow(plan) => (plan.clone(), None),
+        SessionPlan::Browser(b) => (b.flow.clone(), Some(b.clone())),
+        _ => return,
+    };
     let counters = &ctx.recorder.counters;
     let mut rng = Rng::new(slot);
     let mut backoff = BACKOFF_MIN;
     while !cancel.is_cancelled() {
-        let mut session = Session {
-            ctx: &ctx,
-            plan: &plan,
-            slot,
-            cancel: &cancel,
-            rng: &mut rng,
-            conn: None,
-            vars: vec![None; plan.var_names.len()],
-            seq: 0,
-            last_request: None,
-            last_source: None,
+        let page = match &browser {
+            None => Ok(None),
+            Some(b) => tokio::select! {
+                _ = cancel.cancelled() => return,
+                page = PageSession::open(b, &ctx) => page.map(Some),
+            },
         };
-        let outcome = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            done = session.run(&plan.steps) => Some(done),
+        let outcome = match page {
+            Ok(page) => {
+                let mut session = Session {
+                    ctx: &ctx,
+                    plan: &plan,
+                    slot,
+                    cancel: &cancel,
+                    rng: &mut rng,
+                    conn: None,
+                    page: page.as_ref(),
+                    vars: vec![None; plan.var_names.len()],
+                    seq: 0,
+                    last_request: None,
+                    last_source: None,
+                };
+                let outcome = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    done = session.run(&plan.steps) => Some(done),
+                };
+                session.close().await;
+                if let Some(page) = page {
+                    if let (Some(Err(Failed)), Some(b)) = (&outcome, &browser) {
+                        screenshot(b, &ctx.worker_id, slot, &page).await;
+                    }
+                    page.close().await;
+                }
+                outcome
+            }
+            Err(cause) => {
+                ctx.recorder.record_error(cause);
+                Some(Err(Failed))
+            }
         };
-        match &outcome {
-            Some(Ok(())) => _ = counters.sessions_completed.fetch_add(1, Relaxed),
-            Some(Err(Failed)) => _ = counters.sessions_failed.fetch_add(1, Relaxed),
-            None => {}
-        }
-        session.close().await;
         match outcome {
             None => return,
             Some(Ok(())) => {
+                counters.sessions_completed.fetch_add(1, Relaxed);
                 backoff = BACKOFF_MIN;
                 // A flow of steps that never wait must not hold the thread.
                 tokio::task::yield_now().await;
             }
             Some(Err(Failed)) => {
+                counters.sessions_failed.fetch_add(1, Relaxed);
                 let pause = backoff.mul_f64(0.5 + stagger(slot ^ backoff.as_millis() as u64));
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -348,6 +374,20 @@ pub async fn run_flow(ctx: Arc<RunContext>, slot: u64, cancel: CancellationToken
     }
 }
 
+/// Saves a failed browser session's page, while the run may still take
+/// screenshots.
+async fn screenshot(plan: &crate::browser::BrowserPlan, worker: &str, slot: u64, page: &PageSession) {
+    let Some(path) = plan.screenshot_path(worker, slot) else { return };
+    let Some(png) = page.screenshot().await else { return };
+    if let Some(dir) = path.parent() {
+        let _ = tokio::fs::create_dir_all(dir).await;
+    }
+    match tokio::fs::write(&path, png).await {
+        Ok(()) => tracing::info!("failed browser session: screenshot {}", path.display()),
+        Err(e) => tracing::warn!("cannot save screenshot {}: {e}", path.display()),
+    }
+}
+
 /// One session's state.
 struct Session<'a> {
     ctx: &'a RunContext,
@@ -356,6 +396,8 @@ struct Session<'a> {
     cancel: &'a CancellationToken,
     rng: &'a mut Rng,
     conn: Option<Box<Conn>>,
+    /// A browser session's page.
+    page: Option<&'a PageSession>,
     /// Captured values, by [`FlowPlan::var_names`] index.
     vars: Vec<Option<String>>,
     /// Requests so far: sends and HTTP requests (`{{seq}}`).
@@ -402,6 +444,7 @@ impl<'a> Session<'a> {
             }
             Kind::Loop { count, duration, steps } => self.repeat(*count, *duration, steps).await,
             Kind::Http(h) => self.http(h).await,
+            Kind::Page(action) => self.page_action(action).await,
             Kind::Close => {
                 let started = Instant::now();
                 match self.close().await {
@@ -475,6 +518,9 @@ impl<'a> Session<'a> {
         wait: Duration,
         capture: &[Capture],
     ) -> Result<Duration, StepError> {
+        if self.page.is_some() {
+            return self.expect_app(check, wait, capture).await;
+        }
         let started = Instant::now();
         let from = self.last_request.unwrap_or(started);
         let ctx = self.ctx;

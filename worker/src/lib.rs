@@ -6,6 +6,7 @@
 
 pub mod allow;
 pub mod broadcast;
+pub mod browser;
 pub mod capacity;
 pub mod connection;
 pub mod delivery;
@@ -18,7 +19,6 @@ pub mod handshake;
 pub mod http;
 pub mod jwt;
 pub mod link;
-pub mod native;
 pub mod opening;
 pub mod orders;
 pub mod pace;
@@ -30,6 +30,7 @@ pub mod request;
 pub mod schedule;
 pub mod sealed;
 pub mod session;
+pub mod slots;
 pub mod target;
 pub mod tls;
 
@@ -150,7 +151,7 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
         protocol_version: PROTOCOL_VERSION,
         worker_id,
         hostname,
-        engines: vec!["native".into()],
+        engines: engines(),
         capacity: Some(capacity),
         sent_at_unix_us: 0,
         resume_run_id: String::new(),
@@ -158,6 +159,20 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
         load_stopped: false,
     };
     link::serve(&opts, endpoint, hello, token, shutdown).await
+}
+
+/// The engines this worker runs: browser sessions only where Chromium is
+/// found (the controller places browser groups on such workers only).
+fn engines() -> Vec<String> {
+    let mut engines = vec!["native".to_string()];
+    match playwright_driver::find_chromium(None) {
+        Ok(path) => {
+            tracing::info!("browser sessions: chromium at {}", path.display());
+            engines.push("browser".into());
+        }
+        Err(e) => tracing::info!("no browser sessions on this worker: {e}"),
+    }
+    engines
 }
 
 fn hostname() -> String {

@@ -33,6 +33,8 @@ pub enum SessionPlan {
     Broadcast(Arc<stampede_model::spec::BroadcastSpec>),
     /// Scripted sessions ([`crate::flow`]).
     Flow(Arc<FlowPlan>),
+    /// Browser sessions ([`crate::browser`]): a slot is a page.
+    Browser(Arc<crate::browser::BrowserPlan>),
 }
 
 impl SessionPlan {
@@ -46,6 +48,7 @@ impl SessionPlan {
             SessionSpec::Pairs(p) => SessionPlan::Pairs(Arc::new(p.clone())),
             SessionSpec::Broadcast(b) => SessionPlan::Broadcast(Arc::new(b.clone())),
             SessionSpec::Flow(f) => SessionPlan::Flow(Arc::new(FlowPlan::new(f)?)),
+            SessionSpec::Browser(b) => SessionPlan::Browser(Arc::new(crate::browser::BrowserPlan::new(b)?)),
         })
     }
 

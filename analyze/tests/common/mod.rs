@@ -151,6 +151,8 @@ impl Synth {
                 generator_stalled: u8::from(stalled),
                 worker_rss_mb: rss,
                 worker_cpu_pct: 20.0,
+                browser_pss_mb: f64::NAN,
+                browser_sessions: 0,
                 workers_reporting: 2,
                 target_rss_mb: 80.0 + 0.2 * noise.next(),
                 target_cpu_pct: 10.0,
@@ -278,6 +280,7 @@ impl Synth {
             breaking_point_reason: None,
             subprotocols: Default::default(),
             channels: Vec::new(),
+            browser: None,
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     }

@@ -25,6 +25,9 @@ pub(super) struct Reader<'a> {
     pub(super) names: Vec<(Option<String>, Kind)>,
     /// Written names, with where they are.
     pub(super) written: BTreeMap<String, usize>,
+    /// Reading a browser group's flow, named this: page actions instead of
+    /// a WebSocket of our own, and default names start with the group's.
+    pub(super) group: Option<String>,
 }
 
 pub(super) fn us(seconds: f64) -> u64 {
@@ -32,6 +35,10 @@ pub(super) fn us(seconds: f64) -> u64 {
 }
 
 impl<'a> Reader<'a> {
+    pub(super) fn new(path: &'a Path, source: &'a str, group: Option<String>) -> Reader<'a> {
+        Reader { path, source, names: Vec::new(), written: BTreeMap::new(), group }
+    }
+
     pub(super) fn err(&self, at: usize, message: impl Into<String>) -> ScenarioError {
         ScenarioError::at(self.path, self.source, at, message)
     }
@@ -62,9 +69,32 @@ impl<'a> Reader<'a> {
             );
         };
         let at = kind_text.span().start;
+        let kinds = if self.group.is_some() { PAGE_KINDS } else { KINDS };
         let kind = Kind::parse(kind_text.get_ref()).ok_or_else(|| {
-            self.err(at, format!("unknown step kind {:?}: use {KINDS}", kind_text.get_ref()))
+            self.err(at, format!("unknown step kind {:?}: use {kinds}", kind_text.get_ref()))
         })?;
+        if let Some(group) = &self.group
+            && kind.is_native_only()
+        {
+            return Err(self.err(
+                at,
+                format!(
+                    "{} in browser group {group}: the page opens its own WebSockets (the app's); a browser \
+                     session's steps are {PAGE_KINDS}",
+                    kind.step()
+                ),
+            ));
+        }
+        if self.group.is_none() && kind.is_page_action() {
+            return Err(self.err(
+                at,
+                format!(
+                    "{} is a page action: it runs in a browser session, so put it in the flow of a \
+                     [[group]] with engine = \"browser\"",
+                    kind.step()
+                ),
+            ));
+        }
         if let Some((key, key_at)) = table.written().into_iter().find(|(k, _)| !kind.keys().contains(k)) {
             let takes = match kind.keys() {
                 [] => "only `name`".to_string(),
@@ -86,7 +116,8 @@ impl<'a> Reader<'a> {
             None => None,
         };
         self.names.push((name, kind));
-        if kind.uses_socket() {
+        // A browser session's expect reads the app's frames: no socket of ours.
+        if kind.uses_socket() && self.group.is_none() {
             match (st.connected, st.closed) {
                 (true, _) => {}
                 (false, Some(closed)) => {
@@ -245,8 +276,71 @@ impl<'a> Reader<'a> {
                 st.answered = true;
                 StepKind::Http(http)
             }
+            Kind::Goto => {
+                let Some(url) = &table.url else {
+                    return Err(self.err(
+                        at,
+                        "a goto step needs url = \"/path\" (on the target's host) or a whole http(s) URL",
+                    ));
+                };
+                let t = self.template(url, "url", st)?;
+                let text = t.source();
+                if !(text.starts_with('/') || text.starts_with("http://") || text.starts_with("https://")) {
+                    return Err(self.err(
+                        url.span().start,
+                        format!("url {text:?}: give a path starting with `/` (on the target's host) or an http(s):// URL"),
+                    ));
+                }
+                StepKind::Goto { url: t }
+            }
+            Kind::Click => StepKind::Click {
+                selector: self.selector(table, at, kind, st)?,
+                wait_for: table.wait_for.as_ref().map(|w| self.template(w, "wait_for", st)).transpose()?,
+                timeout_us: timeout(&table.timeout),
+            },
+            Kind::Fill => {
+                let Some(text) = &table.text else {
+                    return Err(
+                        self.err(at, "a fill step needs text = \"...\" (a template; \"\" clears the field)")
+                    );
+                };
+                StepKind::Fill {
+                    selector: self.selector(table, at, kind, st)?,
+                    text: self.template(text, "text", st)?,
+                }
+            }
+            Kind::WaitFor => StepKind::WaitFor {
+                selector: self.selector(table, at, kind, st)?,
+                timeout_us: timeout(&table.timeout),
+            },
+            Kind::Evaluate => {
+                let Some(expression) = &table.expression else {
+                    return Err(self.err(at, "an evaluate step needs expression = \"...\" (JavaScript)"));
+                };
+                let equals = match &table.equals {
+                    Some(v) => Some(
+                        to_json(v.get_ref())
+                            .map_err(|e| self.err(v.span().start, format!("equals: {e}")))?
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                st.answered = true;
+                StepKind::Evaluate { expression: self.template(expression, "expression", st)?, equals }
+            }
         };
         Ok(Step { metric, kind: what })
+    }
+
+    /// A page action's CSS selector (a template).
+    fn selector(&self, t: &StepTable, at: usize, kind: Kind, st: &State) -> Result<Template, ScenarioError> {
+        let Some(selector) = &t.selector else {
+            return Err(self.err(at, format!("{} needs selector = \"CSS\" (e.g. \"#send\")", kind.step())));
+        };
+        if selector.get_ref().trim().is_empty() {
+            return Err(self.err(selector.span().start, "selector is empty: give a CSS selector"));
+        }
+        self.template(selector, "selector", st)
     }
 
     /// A written step name, checked.
@@ -473,8 +567,12 @@ impl<'a> Reader<'a> {
                 }
                 let k = kind.name();
                 let n = next.entry(k).or_insert(1);
+                let base = match &self.group {
+                    Some(group) => format!("{group}_{k}"),
+                    None => k.to_string(),
+                };
                 loop {
-                    let candidate = if *n == 1 { k.to_string() } else { format!("{k}_{n}") };
+                    let candidate = if *n == 1 { base.clone() } else { format!("{base}_{n}") };
                     *n += 1;
                     if taken.insert(candidate.clone()) {
                         return candidate;

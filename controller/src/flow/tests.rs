@@ -8,7 +8,18 @@ fn scenario(text: &str) -> Result<Option<FlowSpec>, String> {
     let text = format!("{HEAD}{text}\n");
     let path = Path::new("t.toml");
     let sc = Scenario::parse(path, &text).map_err(|e| e.to_string())?;
-    flow_spec(&sc, path, &text).map_err(|e| e.to_string())
+    let flow = flow_spec(&sc, path, &text).map_err(|e| e.to_string())?;
+    let names = flow.as_ref().map_or(Vec::new(), |f| f.names.clone());
+    check_step_thresholds(&sc, path, &text, &names).map_err(|e| e.to_string())?;
+    Ok(flow)
+}
+
+/// A browser group's flow, `steps` its tables (one per line).
+fn page_flow(steps: &str) -> Result<FlowSpec, String> {
+    let text = format!("{HEAD}[[group]]\nname = \"web\"\nengine = \"browser\"\nflow = [\n{steps}\n]\n");
+    let path = Path::new("t.toml");
+    let sc = Scenario::parse(path, &text).map_err(|e| e.to_string())?;
+    browser_flow(&sc.groups[0].flow, "web", path, &text).map_err(|e| e.to_string())
 }
 
 fn spec(flow: &str) -> Result<FlowSpec, String> {
@@ -417,13 +428,9 @@ fn mistakes_are_errors_at_their_line() {
         (
             format!("{c}[thresholds]\nstep_connect_p95_ms = \"< 10\"\nstep_nope_p95_ms = \"< 10\""),
             "t.toml:8:20",
-            "no step named nope; the flow's steps are: connect",
+            "no step named nope; the steps are: connect",
         ),
-        (
-            "[thresholds]\nstep_x_ok = \"> 1\"".to_string(),
-            "t.toml:5:13",
-            "the scenario has no [[flow]] steps",
-        ),
+        ("[thresholds]\nstep_x_ok = \"> 1\"".to_string(), "t.toml:5:13", "the scenario has no flow steps"),
         ("[thresholds]\nstep_x_p42_ms = \"< 1\"".to_string(), "t.toml:5:1", "followed by one of"),
         ("[thresholds]\nstep_X_ok = \"> 1\"".to_string(), "t.toml:5:1", "`X` cannot be a step name"),
     ] {
@@ -476,4 +483,63 @@ fn a_loop_may_open_and_close_the_websocket_if_each_run_finds_it_as_it_needs() {
 #[test]
 fn an_echo_messages_section_may_stay_beside_a_flow() {
     assert!(spec("[[flow]]\nstep = \"connect\"\n[messages]\nmode = \"echo\"").is_ok());
+}
+
+#[test]
+fn a_browser_flow_reads_page_actions_and_names_its_steps_after_the_group() {
+    let f = page_flow(
+        r##"{ step = "goto", url = "/app" },
+{ step = "fill", selector = "#text", text = "hi {{seq}}" },
+{ step = "click", selector = "#send", wait_for = "li#msg-{{seq}}", timeout = "2s" },
+{ step = "expect", json = "n", matches = "^[0-9]+$", capture = { n = "json:n" } },
+{ step = "evaluate", expression = "document.title", equals = "stampede demo app" },
+{ step = "wait_for", selector = "#msg-{{var.n}}" },
+{ step = "click", name = "again", selector = "#send" },"##,
+    )
+    .unwrap();
+    assert_eq!(
+        f.names,
+        ["web_goto", "web_fill", "web_click", "web_expect", "web_evaluate", "web_wait_for", "again"]
+    );
+    match &f.steps[2].kind {
+        StepKind::Click { selector, wait_for, timeout_us } => {
+            assert_eq!(selector.source(), "#send");
+            assert_eq!(wait_for.as_ref().map(|w| w.source()), Some("li#msg-{{seq}}"));
+            assert_eq!(*timeout_us, 2_000_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&f.steps[4].kind, StepKind::Evaluate { equals: Some(e), .. } if e == "\"stampede demo app\"")
+    );
+}
+
+#[test]
+fn page_actions_and_socket_steps_stay_in_their_own_flows() {
+    let native = scenario("[[flow]]\nstep = \"click\"\nselector = \"#a\"").unwrap_err();
+    assert!(native.starts_with("t.toml:5:8") && native.contains("engine = \"browser\""), "{native}");
+    for (steps, at, says) in [
+        (r##"{ step = "connect" },"##, "t.toml:8:10", "the page opens its own WebSockets"),
+        (r##"{ step = "http", path = "/x" },"##, "t.toml:8:10", "the page opens its own WebSockets"),
+        (r##"{ step = "goto" },"##, "t.toml:8:10", "needs url"),
+        (r##"{ step = "goto", url = "ftp://x" },"##, "t.toml:8:24", "give a path starting with `/`"),
+        (r##"{ step = "click" },"##, "t.toml:8:10", "needs selector"),
+        (r##"{ step = "click", selector = " " },"##, "t.toml:8:30", "selector is empty"),
+        (r##"{ step = "fill", selector = "#a" },"##, "t.toml:8:10", "needs text"),
+        (r##"{ step = "evaluate" },"##, "t.toml:8:10", "needs expression"),
+        (
+            r##"{ step = "click", selector = "#a", text = "x" },"##,
+            "t.toml:8:43",
+            "`text` does not belong to a click step",
+        ),
+        (
+            r##"{ step = "wait_for", selector = "#{{var.x}}" },"##,
+            "t.toml:8:33",
+            "used before any step captures it",
+        ),
+        (r##"{ step = "nope" },"##, "t.toml:8:10", "use goto, click, fill"),
+    ] {
+        let err = page_flow(steps).unwrap_err();
+        assert!(err.starts_with(at) && err.contains(says), "{steps}: {err}");
+    }
 }

@@ -41,13 +41,39 @@ pub(super) struct Planned {
 #[derive(Debug)]
 pub(super) enum Kind {
     Connect,
-    Send { message: Template, binary: bool },
-    Expect { check: CheckPlan, timeout: Duration, capture: Vec<Capture> },
+    Send {
+        message: Template,
+        binary: bool,
+    },
+    Expect {
+        check: CheckPlan,
+        timeout: Duration,
+        capture: Vec<Capture>,
+    },
     Capture(Vec<Capture>),
-    Sleep { min_us: u64, max_us: u64 },
-    Loop { count: Option<u64>, duration: Option<Duration>, steps: Vec<Planned> },
+    Sleep {
+        min_us: u64,
+        max_us: u64,
+    },
+    Loop {
+        count: Option<u64>,
+        duration: Option<Duration>,
+        steps: Vec<Planned>,
+    },
     Http(Box<HttpPlan>),
     Close,
+    /// A browser page action (browser sessions only).
+    Page(PageAction),
+}
+
+/// A page action of a browser session, ready to run.
+#[derive(Debug)]
+pub(crate) enum PageAction {
+    Goto(Template),
+    Click { selector: Template, wait_for: Option<Template>, timeout: Duration },
+    Fill { selector: Template, text: Template },
+    WaitFor { selector: Template, timeout: Duration },
+    Evaluate { expression: Template, equals: Option<Value> },
 }
 
 /// A [`Check`], compiled.
@@ -92,6 +118,17 @@ impl FlowPlan {
     /// Nothing in a spec makes a worker panic: it is checked here as if
     /// the controller had not checked it.
     pub fn new(spec: &FlowSpec) -> Result<FlowPlan, String> {
+        FlowPlan::prepare(spec, false)
+    }
+
+    /// Prepares the flow of a browser session: page actions, `expect` on
+    /// the app's WebSocket frames, `capture`, `sleep` and `loop`; steps
+    /// that use a WebSocket of our own are refused.
+    pub fn for_browser(spec: &FlowSpec) -> Result<FlowPlan, String> {
+        FlowPlan::prepare(spec, true)
+    }
+
+    fn prepare(spec: &FlowSpec, browser: bool) -> Result<FlowPlan, String> {
         if spec.steps.is_empty() {
             return Err("the flow has no steps".into());
         }
@@ -106,8 +143,13 @@ impl FlowPlan {
                 return Err(format!("flow step name {name:?} is used twice"));
             }
         }
-        let mut b =
-            Builder { names: &spec.names, used: vec![false; spec.names.len()], vars: Vec::new(), steps: 0 };
+        let mut b = Builder {
+            names: &spec.names,
+            used: vec![false; spec.names.len()],
+            vars: Vec::new(),
+            steps: 0,
+            browser,
+        };
         let steps = b.steps(&spec.steps)?;
         Ok(FlowPlan { spec: spec.clone(), steps, var_names: b.vars, rng: SystemRandom::new() })
     }
@@ -123,6 +165,8 @@ pub(super) struct Builder<'s> {
     pub(super) used: Vec<bool>,
     pub(super) vars: Vec<String>,
     pub(super) steps: usize,
+    /// Preparing a browser session's flow.
+    pub(super) browser: bool,
 }
 
 impl Builder<'_> {
@@ -143,6 +187,22 @@ impl Builder<'_> {
             return Err(format!("flow step name {name:?} is given to two steps"));
         }
         let at = |e: String| format!("flow step {name:?}: {e}");
+        let socket = matches!(
+            step.kind,
+            StepKind::Connect | StepKind::Send { .. } | StepKind::Close | StepKind::Http(_)
+        );
+        if self.browser && socket {
+            return Err(at(
+                "a browser session's flow drives its page: connect, send, close and http are not for it"
+                    .into(),
+            ));
+        }
+        if !self.browser && step.kind.is_page_action() {
+            return Err(at(
+                "a page action needs a browser session (a group with engine = \"browser\")".into()
+            ));
+        }
+        let template = |t: &Template| resolve_env(t).map_err(at);
         let kind = match &step.kind {
             StepKind::Connect => Kind::Connect,
             StepKind::Send { message, binary } => {
@@ -168,6 +228,26 @@ impl Builder<'_> {
             }
             StepKind::Http(h) => Kind::Http(Box::new(compile_http(h).map_err(at)?)),
             StepKind::Close => Kind::Close,
+            StepKind::Goto { url } => Kind::Page(PageAction::Goto(template(url)?)),
+            StepKind::Click { selector, wait_for, timeout_us } => Kind::Page(PageAction::Click {
+                selector: template(selector)?,
+                wait_for: wait_for.as_ref().map(template).transpose()?,
+                timeout: micros(*timeout_us),
+            }),
+            StepKind::Fill { selector, text } => {
+                Kind::Page(PageAction::Fill { selector: template(selector)?, text: template(text)? })
+            }
+            StepKind::WaitFor { selector, timeout_us } => Kind::Page(PageAction::WaitFor {
+                selector: template(selector)?,
+                timeout: micros(*timeout_us),
+            }),
+            StepKind::Evaluate { expression, equals } => Kind::Page(PageAction::Evaluate {
+                expression: template(expression)?,
+                equals: equals
+                    .as_ref()
+                    .map(|e| serde_json::from_str(e).map_err(|e| at(format!("equals is not JSON: {e}"))))
+                    .transpose()?,
+            }),
         };
         Ok(Planned { metric: step.metric, kind })
     }
@@ -271,7 +351,7 @@ impl CheckPlan {
 
 /// JSON equality where numbers are equal as numbers (`1` is `1.0`) and
 /// integers compare exactly.
-pub(super) fn json_eq(a: &Value, b: &Value) -> bool {
+pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             x == y || ((x.is_f64() || y.is_f64()) && x.as_f64() == y.as_f64())

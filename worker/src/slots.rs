@@ -1,7 +1,10 @@
-//! The native engine of one run: Rust WebSocket clients. Keeps this
-//! worker's connection slots on the commanded shape (ramp, wave, churn,
-//! arrivals), and emits one snapshot per second of the run's clock until
-//! every connection has closed after Stop.
+//! The engine of one run: keeps this worker's slots on the commanded shape
+//! (ramp, wave, churn, arrivals), and emits one snapshot per second of the
+//! run's clock until every slot has closed after Stop. A slot is a Rust
+//! WebSocket client (a pair of them for pairs), or a browser session
+//! ([`crate::browser`]): the shape, the clock and the snapshots are the
+//! same for both, which is what puts native and browser load on one
+//! timeline.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -19,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::browser::BrowserPlan;
 use crate::connection::{RunContext, run_slot};
 use crate::engine::EngineError;
 use crate::opening::Opener;
@@ -33,8 +37,8 @@ use crate::target::Target;
 const RAMP_TICK: Duration = Duration::from_millis(10);
 
 /// A running native engine; dropping it does not stop it,
-/// [`NativeEngine::stop`] does.
-pub struct NativeEngine {
+/// [`SlotEngine::stop`] does.
+pub struct SlotEngine {
     phases: mpsc::Sender<PhaseStart>,
     stop: CancellationToken,
     /// Controller clock minus ours, us, as last measured: seconds are
@@ -44,7 +48,7 @@ pub struct NativeEngine {
     tasks: TaskTracker,
 }
 
-impl NativeEngine {
+impl SlotEngine {
     /// Starts the engine for `assign`; snapshots go to `snapshots`, which is
     /// closed after the last one.
     pub async fn start(
@@ -52,7 +56,7 @@ impl NativeEngine {
         worker_id: &str,
         sources: &[IpAddr],
         snapshots: mpsc::Sender<Snapshot>,
-    ) -> Result<NativeEngine, EngineError> {
+    ) -> Result<SlotEngine, EngineError> {
         let target = Target::resolve(&assign.target_url).await?;
         let mut addrs = sources.to_vec();
         for a in &assign.source_addresses {
@@ -75,6 +79,7 @@ impl NativeEngine {
         let session = SessionPlan::new(&spec.session).map_err(EngineError::Spec)?;
         let recorder = Arc::new(match &spec.session {
             stampede_model::spec::SessionSpec::Flow(flow) => Recorder::with_steps(&flow.names),
+            stampede_model::spec::SessionSpec::Browser(b) => Recorder::with_steps(&b.flow.names),
             _ => Recorder::default(),
         });
         let ctx = Arc::new(RunContext {
@@ -99,6 +104,10 @@ impl NativeEngine {
         let stop = CancellationToken::new();
         let slots = TaskTracker::new();
         let tasks = TaskTracker::new();
+        let browsers = match &ctx.session {
+            SessionPlan::Browser(b) => Some(b.clone()),
+            _ => None,
+        };
         tasks.spawn(manage(ctx, phase_rx, stop.clone(), slots.clone()));
         let offset_us = Arc::new(AtomicI64::new(assign.clock_offset_us));
         let clock = Clock {
@@ -106,9 +115,9 @@ impl NativeEngine {
             assigned_us: assign.clock_offset_us,
             now_us: offset_us.clone(),
         };
-        tasks.spawn(report(recorder, clock, stop.clone(), slots, snapshots));
+        tasks.spawn(report(recorder, clock, stop.clone(), slots, snapshots, browsers));
         tasks.close();
-        Ok(NativeEngine { phases: phase_tx, stop, offset_us, tasks })
+        Ok(SlotEngine { phases: phase_tx, stop, offset_us, tasks })
     }
 
     /// Starts a phase now.
@@ -283,6 +292,7 @@ async fn report(
     stop: CancellationToken,
     slots: TaskTracker,
     out: mpsc::Sender<Snapshot>,
+    browsers: Option<Arc<BrowserPlan>>,
 ) {
     let mut snapshotter = Snapshotter::new();
     let mut cpu = CpuMeter::new();
@@ -301,7 +311,12 @@ async fn report(
         // Woken much later than due: this process was frozen or starved,
         // and the controller flags these seconds as a generator stall.
         let taken_late = if last { Duration::ZERO } else { Instant::now().saturating_duration_since(due) };
-        let gauges = Gauges { rss_bytes: rss_bytes(), cpu_us: cpu.delta_us(), ..Default::default() };
+        let mut gauges = Gauges { rss_bytes: rss_bytes(), cpu_us: cpu.delta_us(), ..Default::default() };
+        if let Some(b) = &browsers {
+            let m = b.pool.memory().await;
+            gauges.browser_pss_bytes = m.pss_bytes;
+            gauges.browser_sessions = m.sessions;
+        }
         let mut snap = snapshotter.take(&recorder, second, taken_late, gauges);
         snap.clock_offset_us = clock.now_us.load(Relaxed);
         if out.send(snap).await.is_err() || last {
