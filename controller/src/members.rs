@@ -29,6 +29,11 @@ pub const SILENT_AFTER: Duration = Duration::from_secs(3);
 /// one that only heartbeats holds a share of the load it does not serve.
 pub const UNREPORTED_AFTER: Duration = Duration::from_secs(6);
 
+/// Memory a browser session is given room for when a worker's share is
+/// sized: above what one costs in the isolated mode (README, "Browser
+/// sessions"), so a worker is not asked for more pages than its memory.
+pub const BROWSER_SESSION_BYTES: u64 = 64 << 20;
+
 /// A worker of this run.
 pub struct Member {
     /// What it said when it joined.
@@ -91,6 +96,16 @@ impl Member {
             // Acknowledgements are cumulative: a later one covers this one.
             Err(mpsc::error::TrySendError::Full(_)) if ack => true,
             Err(_) => false,
+        }
+    }
+
+    /// Puts it in group `group`: a browser group's worker is also held to
+    /// the sessions its memory allows ([`BROWSER_SESSION_BYTES`] each).
+    pub fn join_group(&mut self, group: usize, engine: crate::groups::EngineKind) {
+        self.group = group;
+        if engine == crate::groups::EngineKind::Browser {
+            let memory = self.hello.capacity.map_or(0, |c| c.memory_bytes);
+            self.capacity = self.capacity.min(memory / BROWSER_SESSION_BYTES);
         }
     }
 
@@ -378,7 +393,7 @@ impl Running {
                     .await;
                     return;
                 };
-                member.group = group;
+                member.join_group(group, self.plan.groups[group].engine);
                 let index = self.members.iter().filter(|m| m.group == group).count();
                 let assign = crate::run::assign_for(&self.assigns[group], index, index + 1, offset_us);
                 if !member.send(Cmd::Assign(assign)) {

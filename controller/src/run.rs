@@ -201,7 +201,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let engines: Vec<Vec<String>> = members.iter().map(|m| m.hello.engines.clone()).collect();
     let placed = crate::groups::place(&plan.groups, &engines).map_err(RunError::Fleet)?;
     for (m, g) in members.iter_mut().zip(&placed) {
-        m.group = *g;
+        m.join_group(*g, plan.groups[*g].engine);
     }
     for (g, group) in plan.groups.iter().enumerate() {
         let capacities: Vec<u64> = members.iter().map(|m| if m.group == g { m.room() } else { 0 }).collect();

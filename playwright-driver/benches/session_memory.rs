@@ -15,17 +15,24 @@
 //!
 //! - `isolated`: every session in its own `Browser::new_context` (like an
 //!   incognito window: own cookies and storage, own renderer);
+//! - `isolated+process-per-site`: the same with `--process-per-site`
+//!   (contexts do not share renderers, so it should not help);
 //! - `shared`: every session a page of the default context;
 //! - `shared+process-per-site`: the same with `--process-per-site`, which
 //!   lets pages of one site share one renderer process;
-//! - `shared+renderer-limit-4`: the same with `--renderer-process-limit=4`
-//!   (only when named in `SESSION_MEMORY_MODES`: it adds minutes).
+//! - `shared+renderer-limit-4`: the same with `--renderer-process-limit=4`.
+//!
+//! About 4 minutes on 2 cores for all modes at 10, 50 and 100 sessions.
 //!
 //! Why PSS: Chromium is a dozen to a hundred processes sharing the binary,
 //! fonts and shared-memory segments. RSS counts every shared page once per
 //! process that maps it, so summed RSS overstates the tree several-fold;
 //! PSS charges each shared page to its sharers in equal parts and sums to
-//! what the tree really costs. (Summed RSS is printed for comparison.)
+//! what the tree really costs. (Summed RSS is printed for comparison.) It
+//! also means other Chromium processes on the machine (tests running
+//! meanwhile) lower the figures by sharing the binary's pages: each
+//! measurement waits up to 2 minutes for them to exit, and the bench says
+//! so when some were there all the same.
 //!
 //! Per mode flag set the idle browser (no page) is measured once too; the
 //! marginal cost of a session is (total - idle) / sessions. MB are 10^6
@@ -35,7 +42,7 @@
 //! exits successfully; so it does when run without `--bench` (as `cargo
 //! test --benches` does), to keep a test run from taking minutes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -52,6 +59,8 @@ const OPENING_AT_ONCE: usize = 8;
 const SETTLE: Duration = Duration::from_secs(3);
 /// How long a page may take to open its socket, and its echo to arrive.
 const WAIT: Duration = Duration::from_secs(30);
+/// How long to wait for other Chromium processes to exit before measuring.
+const QUIET_WAIT: Duration = Duration::from_secs(120);
 /// The session count the headline figure is for.
 const HEADLINE_SESSIONS: usize = 100;
 /// The goal for the headline figure, MB per session.
@@ -64,25 +73,14 @@ struct Mode {
     name: &'static str,
     isolated: bool,
     args: &'static [&'static str],
-    /// Measured unless `SESSION_MEMORY_MODES` names the modes.
-    by_default: bool,
 }
 
 const MODES: &[Mode] = &[
-    Mode { name: "isolated", isolated: true, args: &[], by_default: true },
-    Mode { name: "shared", isolated: false, args: &[], by_default: true },
-    Mode {
-        name: "shared+process-per-site",
-        isolated: false,
-        args: &["--process-per-site"],
-        by_default: true,
-    },
-    Mode {
-        name: "shared+renderer-limit-4",
-        isolated: false,
-        args: &["--renderer-process-limit=4"],
-        by_default: false,
-    },
+    Mode { name: "isolated", isolated: true, args: &[] },
+    Mode { name: "isolated+process-per-site", isolated: true, args: &["--process-per-site"] },
+    Mode { name: "shared", isolated: false, args: &[] },
+    Mode { name: "shared+process-per-site", isolated: false, args: &["--process-per-site"] },
+    Mode { name: "shared+renderer-limit-4", isolated: false, args: &["--renderer-process-limit=4"] },
 ];
 
 /// One measurement: a browser holding `sessions` sessions (0: idle).
@@ -96,6 +94,8 @@ struct Row {
     /// WebSocket sessions the relay had open when memory was read.
     sockets: u64,
     open_time: Duration,
+    /// Chromium processes outside this browser's tree when memory was read.
+    strangers: usize,
     /// The first session error, if any.
     error: Option<String>,
 }
@@ -161,6 +161,14 @@ async fn main() {
             println!("{}", line(row, Some(base)));
         }
     }
+    for row in idle.values().chain(rows.iter().map(|(r, _)| r)) {
+        if row.strangers > 0 {
+            println!(
+                "{} x {}: {} other Chromium processes were running (they share pages with this one: PSS understated)",
+                row.mode, row.sessions, row.strangers
+            );
+        }
+    }
     for (row, _) in &rows {
         if let Some(error) = &row.error {
             println!(
@@ -200,6 +208,7 @@ async fn main() {
 /// Launches a fresh browser with `mode`'s flags, opens `n` sessions
 /// against a fresh relay, settles and reads the tree's memory.
 async fn measure(mode: &Mode, n: usize) -> Row {
+    wait_until_alone().await;
     let shutdown = CancellationToken::new();
     let relay = Relay::start(RelayConfig::default(), shutdown.clone()).await.expect("the relay starts");
     let url = format!("{}/app", relay.http_url());
@@ -217,6 +226,7 @@ async fn measure(mode: &Mode, n: usize) -> Row {
     tokio::time::sleep(SETTLE).await;
     let memory = browser.memory().await.expect("the browser's process tree can be read");
     let sockets = relay.stats().connections_active.load(Relaxed);
+    let strangers = other_chromium_processes(Some(browser.pid()));
 
     let working = results.iter().filter(|r| r.is_ok()).count();
     let error = results.into_iter().find_map(Result::err);
@@ -226,7 +236,7 @@ async fn measure(mode: &Mode, n: usize) -> Row {
     shutdown.cancel();
     relay.wait().await;
     let name = if n == 0 { idle_name(mode) } else { mode.name.to_owned() };
-    Row { mode: name, sessions: n, memory, working, sockets, open_time, error }
+    Row { mode: name, sessions: n, memory, working, sockets, open_time, strangers, error }
 }
 
 /// Opens one live session: the app loaded, its socket open, one message
@@ -245,6 +255,53 @@ async fn open_session(browser: &Browser, isolated: bool, url: &str) -> Result<Se
     // The app numbers messages from 0; the echo of the first adds #msg-0.
     page.wait_for_selector("#msg-0", WAIT).await.map_err(step("echo"))?;
     Ok(Session { _context: context, _page: page })
+}
+
+/// Waits (at most [`QUIET_WAIT`]) until no other Chromium runs on the
+/// machine: one that does shares pages with ours and lowers its PSS.
+async fn wait_until_alone() {
+    let until = Instant::now() + QUIET_WAIT;
+    let mut said = false;
+    loop {
+        let others = other_chromium_processes(None);
+        if others == 0 || Instant::now() >= until {
+            return;
+        }
+        if !said {
+            eprintln!("waiting up to {QUIET_WAIT:?} for {others} other Chromium processes to exit");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Chromium processes on the machine (by command name, from /proc)
+/// outside `root`'s tree and process group (its crash handlers are
+/// reparented to init but stay in its group), if given.
+fn other_chromium_processes(root: Option<u32>) -> usize {
+    let ours: HashSet<u32> = root
+        .map(playwright_driver::memory::descendants)
+        .unwrap_or_default()
+        .into_iter()
+        .chain(root)
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !ours.contains(pid))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("chrom"))
+        })
+        .filter(|pid| root.is_none() || process_group(*pid) != root)
+        .count()
+}
+
+/// A process's group id, from `/proc/<pid>/stat` (the fields after the
+/// parenthesised command name: state, ppid, pgrp).
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
 }
 
 /// "idle" with the mode's flags.
@@ -304,7 +361,7 @@ fn sizes() -> Vec<usize> {
     }
 }
 
-/// `SESSION_MEMORY_MODES` (comma-separated names) or the default modes.
+/// `SESSION_MEMORY_MODES` (comma-separated names) or all of [`MODES`].
 fn modes() -> Vec<Mode> {
     match std::env::var("SESSION_MEMORY_MODES") {
         Ok(list) if !list.trim().is_empty() => list
@@ -317,6 +374,6 @@ fn modes() -> Vec<Mode> {
                 })
             })
             .collect(),
-        _ => MODES.iter().filter(|m| m.by_default).copied().collect(),
+        _ => MODES.to_vec(),
     }
 }

@@ -8,7 +8,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{ONE_RUN_AT_A_TIME, Scratch, controller, controller_with_env, num, read_json};
+use common::{
+    ONE_RUN_AT_A_TIME, Relay, Scratch, controller, controller_with_env, num, read_csv, read_json,
+    relay_metric,
+};
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
@@ -16,6 +19,11 @@ fn example(name: &str) -> PathBuf {
 
 /// Runs `examples/<name>` with `flags` and checks it passes.
 fn passes(name: &str, flags: &[&str]) -> serde_json::Value {
+    passes_in(name, flags).0
+}
+
+/// [`passes`], with the scratch folder holding the results.
+fn passes_in(name: &str, flags: &[&str]) -> (serde_json::Value, Scratch) {
     let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new();
     let out = scratch.results_parent();
@@ -26,7 +34,7 @@ fn passes(name: &str, flags: &[&str]) -> serde_json::Value {
     assert_eq!(run.code, 0, "{name} did not pass; stderr:\n{}", run.stderr);
     let summary = read_json(&scratch.results().join("summary.json"));
     assert_eq!(summary["verdict"], "PASS", "{name}");
-    summary
+    (summary, scratch)
 }
 
 macro_rules! examples {
@@ -68,6 +76,93 @@ examples! {
     json_rpc: "json-rpc.toml";
     k6_tunnel: "k6/tunnel.toml";
     wss_jwt: "wss-jwt.toml";
+}
+
+/// Whether Chromium is here (the README's test command installs it; where
+/// it cannot, the browser examples say so and pass).
+fn chromium() -> bool {
+    let found = ["chromium", "chromium-browser", "google-chrome"].iter().any(|name| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(name).is_file())
+    }) || std::env::var_os("CHROME_PATH").is_some();
+    if !found {
+        eprintln!("SKIPPED: no Chromium on this machine");
+    }
+    found
+}
+
+/// Runs browser example `name` against a relay process of its own, so the
+/// relay's counters can be read after the run; returns the summary, the
+/// relay's (frames received, frames echoed, sessions accepted) and the
+/// scratch folder holding the results.
+fn browser_example(name: &str, flags: &[&str]) -> (serde_json::Value, [u64; 3], Scratch) {
+    let relay = Relay::start();
+    let target = format!("ws://127.0.0.1:{}/ws", relay.1);
+    let mut all = vec!["--target", target.as_str()];
+    all.extend_from_slice(flags);
+    let (summary, scratch) = passes_in(name, &all);
+    let metric = |m: &str| relay_metric(relay.1, m).unwrap() as u64;
+    let counts = [
+        metric("relay_messages_received_total"),
+        metric("relay_messages_sent_total"),
+        metric("relay_connections_total"),
+    ];
+    (summary, counts, scratch)
+}
+
+/// The browser issue's acceptance: 10 sessions clicking once a second for
+/// 30 s; the summary has the action latency and the app's frame counts,
+/// and they are the relay's own.
+#[test]
+fn browser() {
+    if !chromium() {
+        return;
+    }
+    let (s, [received, echoed, accepted], _) = browser_example("browser.toml", &[]);
+    let counter = |name: &str| num(&s, &format!("counters.{name}")) as u64;
+    let clicks = num(&s, "steps.send.ok") as u64;
+    // 10 sessions x ~30 clicks; a margin for a busy machine.
+    assert!(clicks >= 200, "{s}");
+    assert_eq!(num(&s, "steps.send.failed"), 0.0, "{s}");
+    let (p50, p95) = (num(&s, "steps.send.p50_ms"), num(&s, "steps.send.p95_ms"));
+    assert!(p50 > 0.0 && p95 >= p50, "action latency percentiles: {s}");
+    assert_eq!(counter("app_events_lost"), 0, "{s}");
+    assert_eq!(counter("app_frames_sent"), received, "the relay received what the app sent: {s}");
+    assert_eq!(counter("app_frames_received"), echoed, "the app received what the relay echoed: {s}");
+    assert_eq!(counter("app_ws_opened"), accepted, "{s}");
+    assert_eq!(counter("app_ws_opened"), counter("app_ws_closed"), "{s}");
+    assert_eq!(num(&s, "browser.peak_sessions"), 10.0, "{s}");
+    let per_session = num(&s, "browser.pss_mb_per_session");
+    assert!(per_session > 1.0 && per_session < 200.0, "{s}");
+    eprintln!(
+        "browser: {clicks} clicks, p50 {p50:.1} ms, p95 {p95:.1} ms; frames {received} sent = relay; \
+         {per_session:.1} MB PSS per session"
+    );
+}
+
+/// Native and browser clients in one run: one metrics.csv with the native
+/// figures and the page actions' step columns, each group at its share.
+#[test]
+fn mixed() {
+    if !chromium() {
+        return;
+    }
+    let (s, [received, _, accepted], scratch) = browser_example("mixed.toml", &[]);
+    let counter = |name: &str| num(&s, &format!("counters.{name}")) as u64;
+    assert_eq!(s["workers"].as_u64(), Some(2), "a worker per group: {s}");
+    assert!(counter("messages_received") > 0 && counter("app_frames_sent") > 0, "{s}");
+    assert_eq!(counter("messages_sent") + counter("app_frames_sent"), received, "the relay saw both: {s}");
+    assert_eq!(counter("connections_opened") + counter("app_ws_opened"), accepted, "{s}");
+    assert_eq!(num(&s, "browser.peak_sessions"), 10.0, "web's share, 1 of 4 weights: {s}");
+    let (head, rows) = read_csv(&scratch.results().join("metrics.csv"));
+    let col =
+        |name: &str| head.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name} in {head:?}"));
+    let (latency, click, sessions) =
+        (col("latency_p95_ms"), col("step_web_click_ok"), col("browser_sessions"));
+    // One timeline: seconds where both kinds of clients were measured.
+    let both =
+        rows.iter().filter(|r| !r[latency].is_empty() && r[click].parse::<u64>().unwrap_or(0) > 0).count();
+    assert!(both >= 10, "{both} seconds with native latency and browser clicks");
+    assert!(rows.iter().any(|r| r[sessions] == "10"), "browser_sessions column");
 }
 
 /// `kubernetes.toml` needs a cluster (its target is a Service there, its

@@ -185,15 +185,9 @@ async fn a_chromium_that_cannot_start_fails_sessions_as_browser_launch() {
 #[tokio::test]
 async fn a_controller_cannot_make_a_worker_run_any_program_or_write_anywhere() {
     let (relay, shutdown) = relay().await;
-    let start = |chromium: Option<&str>, shots: Option<&str>| {
-        let SessionSpec::Browser(mut spec) = browser(clicking(1, "li"), 1, BrowserContexts::Shared, shots)
-        else {
-            unreachable!()
-        };
-        spec.chromium = chromium.map(str::to_string);
+    let start_with = |session: SessionSpec| {
         let mut a = common::assign(&relay.ws_url(), 0, 64, false);
-        a.connect_spec_json =
-            ConnectSpec { session: SessionSpec::Browser(spec), ..Default::default() }.to_json();
+        a.connect_spec_json = ConnectSpec { session, ..Default::default() }.to_json();
         async move {
             let (tx, _rx) = tokio::sync::mpsc::channel(4);
             match stampede_worker::engine::Engine::start(&a, "w", &[], tx).await {
@@ -202,9 +196,107 @@ async fn a_controller_cannot_make_a_worker_run_any_program_or_write_anywhere() {
             }
         }
     };
+    let start = |chromium: Option<&str>, shots: Option<&str>| {
+        let SessionSpec::Browser(mut spec) = browser(clicking(1, "li"), 1, BrowserContexts::Shared, shots)
+        else {
+            unreachable!()
+        };
+        spec.chromium = chromium.map(str::to_string);
+        start_with(SessionSpec::Browser(spec))
+    };
     assert!(start(Some("/bin/sh"), None).await.contains("must be named"), "a program that is no browser");
     for dir in ["/tmp/x", "../x", "a/../../x", ""] {
         assert!(start(None, Some(dir)).await.contains("relative path"), "{dir:?}");
     }
+    // Numbers and steps no scenario can produce.
+    for per_browser in [0, 1001, u32::MAX] {
+        let session = browser(clicking(1, "li"), per_browser, BrowserContexts::Shared, None);
+        assert!(start_with(session).await.contains("sessions_per_browser"), "{per_browser}");
+    }
+    let mut socket = clicking(1, "li");
+    socket.steps[0].kind = StepKind::Connect;
+    let refused = start_with(browser(socket, 1, BrowserContexts::Shared, None)).await;
+    assert!(refused.contains("connect, send, close and http are not for it"), "{refused}");
+    let page_in_native = start_with(SessionSpec::Flow(clicking(1, "li"))).await;
+    assert!(page_in_native.contains("needs a browser session"), "{page_in_native}");
     shutdown.cancel();
+}
+
+/// A hostile app: its page opens a WebSocket that floods 3,000 frames of
+/// 32 KiB as fast as the socket takes them. What we read of Chromium's
+/// events is bounded (frames kept for `expect` and events buffered per
+/// page), every frame is counted as received or within the events lost,
+/// and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_flooding_its_websocket_is_counted_within_bounded_memory() {
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    if !chromium() {
+        return;
+    }
+    const FRAMES: u64 = 3000;
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_port = ws.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = ws.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let frame = "x".repeat(32 << 10);
+                for _ in 0..FRAMES {
+                    if ws.send(Message::text(frame.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = ws.close(None).await;
+            });
+        }
+    });
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_url = format!("http://{}/", http.local_addr().unwrap());
+    let page = format!(
+        "<!doctype html><p id=n>0</p><script>let n=0;const ws=new WebSocket('ws://127.0.0.1:{ws_port}/');\
+         ws.onmessage=()=>{{n++;document.getElementById('n').textContent=n}};\
+         ws.onclose=()=>{{const d=document.createElement('p');d.id='done';document.body.appendChild(d)}};</script>"
+    );
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = http.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    page.len()
+                );
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(page.as_bytes()).await;
+            });
+        }
+    });
+    let t = |s: &str| Template::parse(s).unwrap();
+    let flow = FlowSpec {
+        steps: vec![
+            Step { metric: 0, kind: StepKind::Goto { url: t(&page_url) } },
+            Step { metric: 1, kind: StepKind::WaitFor { selector: t("#done"), timeout_us: 30_000_000 } },
+            // Ends the session so it is not started again.
+            Step { metric: 2, kind: StepKind::Sleep { min_us: 60_000_000, max_us: 60_000_000 } },
+        ],
+        names: ["flood", "done", "rest"].map(String::from).to_vec(),
+    };
+    let mut a = common::assign(&format!("ws://127.0.0.1:{ws_port}/"), 0, 64, false);
+    a.connect_spec_json =
+        ConnectSpec { session: browser(flow, 1, BrowserContexts::Shared, None), ..Default::default() }
+            .to_json();
+    let snaps = common::drive(&a, 1, Duration::from_secs(15), async || {}).await;
+    let c = common::totals(&snaps);
+    let steps = steps(&snaps);
+    let peak_rss = snaps.iter().filter_map(|s| s.gauges).map(|g| g.rss_bytes).max().unwrap();
+    eprintln!("{c:?}\n{steps:?}\nworker RSS peak {} MB", peak_rss / 1_000_000);
+    assert_eq!(steps.get("done"), Some(&(1, 0)), "the page got its flood and the session went on");
+    assert!(c.app_frames_received <= FRAMES, "{c:?}");
+    assert!(c.app_frames_received + c.app_events_lost >= FRAMES, "every frame counted or lost: {c:?}");
+    // 3,000 x 32 KiB = 98 MB went through the page; we keep at most the
+    // bounded buffers of it.
+    assert!(peak_rss < 250_000_000, "worker RSS {peak_rss}");
 }
