@@ -385,6 +385,8 @@ pub struct Aggregator {
     pub channels: BTreeMap<u64, ChannelFigures>,
     /// The flow's step names (empty without a flow).
     step_names: Arc<[String]>,
+    /// Browser sessions: the largest page JS heap any worker reported, bytes.
+    js_heap_max: u64,
     decoder: Deserializer,
 }
 
@@ -414,6 +416,7 @@ impl Aggregator {
             subprotocols: BTreeMap::new(),
             channels: BTreeMap::new(),
             step_names,
+            js_heap_max: 0,
             decoder: Deserializer::new(),
         }
     }
@@ -506,6 +509,8 @@ impl Aggregator {
         state.reported_up_to = Some(state.reported_up_to.map_or(snap.second, |r| r.max(snap.second)));
         self.snapshots[worker] += 1;
         let errors: u64 = snap.errors.values().fold(0u64, |a, n| a.saturating_add(*n));
+        let js_heap = snap.gauges.map_or(0, |g| g.browser_js_heap_bytes);
+        self.js_heap_max = self.js_heap_max.max(js_heap);
         if newest {
             // Carried into the seconds it does not report (its last word,
             // also when that word came late: a worker back from an outage).
@@ -725,6 +730,7 @@ impl Aggregator {
                 .map(|r| r.browser_pss_mb)
                 .filter(|v| !v.is_nan())
                 .fold(0.0, f64::max),
+            js_heap_mb_max: self.js_heap_max as f64 / 1e6,
         }
     }
 

@@ -32,7 +32,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use stampede_model::spec::{BrowserContexts, BrowserSpec, SessionSpec};
+use stampede_model::spec::{BrowserContexts, BrowserRenderers, BrowserSpec, SessionSpec};
 use toml::Spanned;
 
 use crate::flow::StepTable;
@@ -42,8 +42,9 @@ use crate::scenario::{Count, Scenario, ScenarioError};
 pub const MAX_GROUPS: usize = 16;
 /// Longest group name (it starts default step names: `web_click`).
 pub const MAX_GROUP_NAME: usize = 16;
-/// Sessions per Chromium process unless a group says: measured to keep a
-/// session near 10 MB PSS in the shared mode (README, "Browser sessions").
+/// Sessions per Chromium process unless a group says: in the default mode
+/// a session then costs under ~10 MB PSS (README, "Browser sessions"), and
+/// one renderer main thread runs the scripts of at most 25 pages.
 pub const DEFAULT_SESSIONS_PER_BROWSER: u64 = 25;
 
 /// One `[[group]]` as written.
@@ -64,6 +65,10 @@ pub struct GroupSection {
     /// browser: `shared` (default) or `isolated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contexts: Option<Spanned<String>>,
+    /// browser: `per-site` (default: a site's pages share a renderer) or
+    /// `per-page`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renderers: Option<Spanned<String>>,
     /// browser: the Chromium executable on the workers (default: found on
     /// PATH).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +169,7 @@ pub fn groups(
                 let browser_keys = [
                     ("sessions_per_browser", g.sessions_per_browser.as_ref().map(|v| v.span().start)),
                     ("contexts", g.contexts.as_ref().map(|v| v.span().start)),
+                    ("renderers", g.renderers.as_ref().map(|v| v.span().start)),
                     ("chromium", g.chromium.as_ref().map(|v| v.span().start)),
                     ("screenshots", g.screenshots.as_ref().map(|v| v.span().start)),
                     ("flow", g.flow.first().map(|v| v.span().start)),
@@ -217,11 +223,22 @@ pub fn groups(
                         return Err(err(at, format!("contexts {other:?}: use \"shared\" or \"isolated\"")));
                     }
                 };
+                let renderers = match g.renderers.as_ref().map(|c| (c.get_ref().as_str(), c.span().start)) {
+                    None | Some(("per-site", _)) => BrowserRenderers::PerSite,
+                    Some(("per-page", _)) => BrowserRenderers::PerPage,
+                    Some((other, at)) => {
+                        return Err(err(
+                            at,
+                            format!("renderers {other:?}: use \"per-site\" or \"per-page\""),
+                        ));
+                    }
+                };
                 let flow = crate::flow::browser_flow(&g.flow, name, path, source)?;
                 SessionSpec::Browser(BrowserSpec {
                     flow,
                     sessions_per_browser,
                     contexts,
+                    renderers,
                     chromium: g.chromium.as_ref().map(|c| c.get_ref().clone()),
                     screenshot_dir: None,
                 })
@@ -393,6 +410,11 @@ mod tests {
                 "[[group]]\nname = \"web\"\nengine = \"browser\"\ncontexts = \"private\"\nflow = [ { step = \"goto\", url = \"/\" } ]\n",
                 "t.toml:9:12",
                 "use \"shared\" or \"isolated\"",
+            ),
+            (
+                "[[group]]\nname = \"web\"\nengine = \"browser\"\nrenderers = \"one\"\nflow = [ { step = \"goto\", url = \"/\" } ]\n",
+                "t.toml:9:13",
+                "use \"per-site\" or \"per-page\"",
             ),
             (
                 "[[group]]\nname = \"web\"\nengine = \"browser\"\nsessions_per_browser = 1001\nflow = [ { step = \"goto\", url = \"/\" } ]\n",

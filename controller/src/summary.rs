@@ -376,8 +376,9 @@ pub fn render(s: &Summary, dir: &std::path::Path) -> String {
         let c = &s.figures.counters;
         let _ = writeln!(
             out,
-            "Browser sessions:    peak {}, Chromium PSS {:.1} MB then ({:.1} MB per session), peak PSS {:.1} MB",
-            b.peak_sessions, b.pss_mb_at_peak, b.pss_mb_per_session, b.pss_mb_peak
+            "Browser sessions:    peak {}, Chromium PSS {:.1} MB then ({:.1} MB per session), peak PSS {:.1} MB; \
+             largest page JS heap {:.1} MB",
+            b.peak_sessions, b.pss_mb_at_peak, b.pss_mb_per_session, b.pss_mb_peak, b.js_heap_mb_max
         );
         let lost = if c.app_events_lost > 0 {
             format!(" ({} events lost: counts are short)", c.app_events_lost)

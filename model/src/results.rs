@@ -735,6 +735,9 @@ pub struct BrowserFigures {
     pub pss_mb_per_session: f64,
     /// Most PSS of the Chromium processes at any second, MB.
     pub pss_mb_peak: f64,
+    /// The largest JavaScript heap (used) of a page, sampled as each
+    /// session ended, MB: the app's own memory in one session.
+    pub js_heap_mb_max: f64,
 }
 
 /// Broadcast runs report per channel up to this many channels.

@@ -10,8 +10,9 @@
 //! the echo (`#msg-0`): a live page holding a socket, not an idle blank
 //! tab. For each mode and session count a fresh browser opens the sessions
 //! a few at a time, settles for 3 s, and the PSS of its whole process tree
-//! (browser, zygote, utility processes, renderers) is read from /proc
-//! ([`Browser::memory`]). The modes:
+//! (browser, zygote, utility processes, renderers; not the two small crash
+//! handlers, which leave it) is read from /proc ([`Browser::memory`]).
+//! The modes:
 //!
 //! - `isolated`: every session in its own `Browser::new_context` (like an
 //!   incognito window: own cookies and storage, own renderer);
@@ -38,6 +39,9 @@
 //! marginal cost of a session is (total - idle) / sessions. MB are 10^6
 //! bytes. The figure to watch is printed last: the cheapest mode whose
 //! pages all worked, at 100 sessions (goal: at most 20 MB per session).
+//! Cheapest by memory only: with `--process-per-site` every page of the
+//! site runs on one renderer (one main thread), which a load test that
+//! measures action latency has to weigh too.
 //! Without Chromium (`playwright_driver::find_chromium`) it prints why and
 //! exits successfully; so it does when run without `--bench` (as `cargo
 //! test --benches` does), to keep a test run from taking minutes.
@@ -260,24 +264,26 @@ async fn open_session(browser: &Browser, isolated: bool, url: &str) -> Result<Se
 /// Waits (at most [`QUIET_WAIT`]) until no other Chromium runs on the
 /// machine: one that does shares pages with ours and lowers its PSS.
 async fn wait_until_alone() {
-    let until = Instant::now() + QUIET_WAIT;
+    let started = Instant::now();
     let mut said = false;
     loop {
         let others = other_chromium_processes(None);
-        if others == 0 || Instant::now() >= until {
+        if others == 0 || started.elapsed() >= QUIET_WAIT {
             return;
         }
-        if !said {
+        // The last browser's renderers take a moment to die: say nothing
+        // about those.
+        if !said && started.elapsed() >= Duration::from_secs(5) {
             eprintln!("waiting up to {QUIET_WAIT:?} for {others} other Chromium processes to exit");
             said = true;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Chromium processes on the machine (by command name, from /proc)
-/// outside `root`'s tree and process group (its crash handlers are
-/// reparented to init but stay in its group), if given.
+/// outside `root`'s tree, if given. Crash handlers (`chrome_crashpad_handler`,
+/// which leave the tree and share little with the browser) do not count.
 fn other_chromium_processes(root: Option<u32>) -> usize {
     let ours: HashSet<u32> = root
         .map(playwright_driver::memory::descendants)
@@ -291,17 +297,10 @@ fn other_chromium_processes(root: Option<u32>) -> usize {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| !ours.contains(pid))
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("chrom"))
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| matches!(comm.trim_end(), "chromium" | "chrome"))
         })
-        .filter(|pid| root.is_none() || process_group(*pid) != root)
         .count()
-}
-
-/// A process's group id, from `/proc/<pid>/stat` (the fields after the
-/// parenthesised command name: state, ppid, pgrp).
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
 }
 
 /// "idle" with the mode's flags.

@@ -127,12 +127,16 @@ fn browser() {
     assert!(p50 > 0.0 && p95 >= p50, "action latency percentiles: {s}");
     assert_eq!(counter("app_events_lost"), 0, "{s}");
     assert_eq!(counter("app_frames_sent"), received, "the relay received what the app sent: {s}");
-    assert_eq!(counter("app_frames_received"), echoed, "the app received what the relay echoed: {s}");
+    // An echo the relay wrote as the run's end closed a page never reaches
+    // it: at most one per session open then.
+    let got = counter("app_frames_received");
+    assert!(got <= echoed && echoed <= got + 10, "the app received what the relay echoed ({echoed}): {s}");
     assert_eq!(counter("app_ws_opened"), accepted, "{s}");
     assert_eq!(counter("app_ws_opened"), counter("app_ws_closed"), "{s}");
     assert_eq!(num(&s, "browser.peak_sessions"), 10.0, "{s}");
     let per_session = num(&s, "browser.pss_mb_per_session");
     assert!(per_session > 1.0 && per_session < 200.0, "{s}");
+    assert!(num(&s, "browser.js_heap_mb_max") > 0.1, "the pages' JS heap: {s}");
     eprintln!(
         "browser: {clicks} clicks, p50 {p50:.1} ms, p95 {p95:.1} ms; frames {received} sent = relay; \
          {per_session:.1} MB PSS per session"

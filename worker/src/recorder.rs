@@ -58,6 +58,9 @@ pub struct Recorder {
     pub counters: AtomicCounters,
     /// Open connections now.
     pub active: AtomicU64,
+    /// Browser sessions: the largest JS heap of the pages that closed
+    /// since the last snapshot (taken and reset by it).
+    pub js_heap_max: AtomicU64,
     histograms: Mutex<Histograms>,
     errors: Mutex<BTreeMap<Cause, u64>>,
     /// Opened connections by the subprotocol the server picked (one of
@@ -90,6 +93,7 @@ impl Default for Recorder {
         Recorder {
             counters: AtomicCounters::default(),
             active: AtomicU64::new(0),
+            js_heap_max: AtomicU64::new(0),
             histograms: Mutex::new(Histograms::new()),
             errors: Mutex::new(BTreeMap::new()),
             subprotocols: Mutex::new(BTreeMap::new()),

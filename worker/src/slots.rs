@@ -316,6 +316,7 @@ async fn report(
             let m = b.pool.memory().await;
             gauges.browser_pss_bytes = m.pss_bytes;
             gauges.browser_sessions = m.sessions;
+            gauges.browser_js_heap_bytes = recorder.js_heap_max.swap(0, Relaxed);
         }
         let mut snap = snapshotter.take(&recorder, second, taken_late, gauges);
         snap.clock_offset_us = clock.now_us.load(Relaxed);

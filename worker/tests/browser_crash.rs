@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use stampede_model::Template;
 use stampede_model::flow::{FlowSpec, Step, StepKind};
-use stampede_model::spec::{BrowserContexts, BrowserSpec, ConnectSpec, SessionSpec};
+use stampede_model::spec::{BrowserContexts, BrowserRenderers, BrowserSpec, ConnectSpec, SessionSpec};
 use stampede_relay::{Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +69,7 @@ async fn a_killed_browser_fails_its_sessions_and_a_new_one_takes_over() {
         flow,
         sessions_per_browser: 4,
         contexts: BrowserContexts::Shared,
+        renderers: BrowserRenderers::PerSite,
         chromium: None,
         screenshot_dir: None,
     };

@@ -126,9 +126,13 @@ impl PageSession {
         self.page.screenshot().await.ok()
     }
 
-    /// Closes the page (and its context), then lets the reader count the
-    /// app's last events.
+    /// Samples the page's JS heap, closes the page (and its context), then
+    /// lets the reader count the app's last events.
     pub(crate) async fn close(mut self) {
+        // The page's own memory, once per session: the heap its app built.
+        if let Ok(m) = self.page.metrics().await {
+            self.recorder.js_heap_max.fetch_max(m.js_heap_used_bytes, Relaxed);
+        }
         let closed = match &self.context {
             Some(c) => c.close().await,
             None => self.page.close().await,
