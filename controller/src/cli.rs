@@ -135,7 +135,13 @@ pub async fn run_command(args: RunArgs, shutdown: CancellationToken) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    match run(options, shutdown).await {
+    let outcome = run(options, shutdown).await;
+    if let Ok(outcome) = &outcome {
+        // One line on stdout, for scripts: where the results are
+        // (everything else goes to stderr).
+        println!("{}", outcome.dir.display());
+    }
+    match outcome {
         Ok(outcome) if outcome.interrupted => EXIT_INTERRUPTED,
         Ok(outcome) if outcome.summary.verdict == "PASS" => EXIT_PASS,
         Ok(_) => EXIT_FAIL,

@@ -10,6 +10,10 @@
 //! rewritten with them when the first row arrives, and the writer keeps
 //! each second's step cells for the final rewrite.
 //!
+//! metrics.ndjson gets the same rows as they are written, one JSON object
+//! per line (a corrected row again, with its `revision`), for tools that
+//! tail a run.
+//!
 //! A file that cannot be written (disk full) is reported on stderr at once;
 //! the run goes on measuring and still decides and prints its verdict.
 
@@ -136,6 +140,7 @@ impl ResultsWriter {
         let files = Streams {
             dir: dir.clone(),
             csv,
+            ndjson: open(files::METRICS_NDJSON)?,
             workers,
             log: open(files::TEST_LOG)?,
             failed: Vec::new(),
@@ -251,6 +256,8 @@ impl<T: serde::Serialize + ?Sized> Json for T {
 struct Streams {
     dir: PathBuf,
     csv: BufWriter<File>,
+    /// metrics.ndjson: each row as one JSON line, for tools that tail it.
+    ndjson: BufWriter<File>,
     workers: BufWriter<File>,
     log: BufWriter<File>,
     /// Files that failed, reported once each.
@@ -327,6 +334,13 @@ impl Streams {
                     }
                     let r = self.csv.write_all(csv_line(&cells).as_bytes()).and_then(|()| self.csv.flush());
                     self.check(files::METRICS_CSV, r);
+                    let step_cells = self.steps.cells(row.elapsed_s);
+                    let json = JsonRow { row: &row, names: &self.steps.names, steps: &step_cells };
+                    let r = serde_json::to_writer(&mut self.ndjson, &json)
+                        .map_err(io::Error::other)
+                        .and_then(|()| self.ndjson.write_all(b"\n"))
+                        .and_then(|()| self.ndjson.flush());
+                    self.check(files::METRICS_NDJSON, r);
                     let r = workers
                         .iter()
                         .try_for_each(|w| self.workers.write_all(csv_line(&w.csv_cells()).as_bytes()))

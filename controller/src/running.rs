@@ -212,7 +212,9 @@ impl Running {
         }
         let mut broke = None;
         for row in self.agg.ready_rows(elapsed, flush) {
-            self.progress.row(&row.metrics, &self.plan, elapsed, &self.agg.run);
+            let fleet =
+                crate::progress::Fleet { lost: self.lost.iter().filter(|l| l.back_at_s.is_none()).count() };
+            self.progress.row(&row, &self.plan, elapsed, &self.agg.run, fleet);
             if let Some(watch) = &mut self.stress {
                 let s = row.metrics.elapsed_s;
                 let before = s.checked_sub(1).and_then(|b| self.agg.rows.get(b as usize));

@@ -19,6 +19,9 @@ pub mod files {
     pub const METRICS_CSV: &str = "metrics.csv";
     /// The same series as `metrics.csv`, as JSON.
     pub const METRICS_JSON: &str = "metrics.json";
+    /// The rows of `metrics.csv` as they are written, one JSON object per
+    /// line (a corrected row again, with its `revision`).
+    pub const METRICS_NDJSON: &str = "metrics.ndjson";
     /// Human-readable summary.
     pub const TEST_LOG: &str = "test.log";
     /// The scenario as run, overrides applied.

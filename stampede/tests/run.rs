@@ -24,11 +24,13 @@ fn quick_example_passes_and_writes_every_file() {
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("Verdict: PASS"), "stderr:\n{}", run.stderr);
     let dir = scratch.results();
+    assert_eq!(run.stdout, format!("{}\n", dir.display()), "stdout is the results folder, for scripts");
     assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("quick-"));
     for file in [
         "summary.json",
         "metrics.csv",
         "metrics.json",
+        "metrics.ndjson",
         "test.log",
         "scenario.toml",
         "latency.hlog",
@@ -82,6 +84,16 @@ fn quick_example_passes_and_writes_every_file() {
     assert_eq!(wsent, sent);
     let metrics = read_json(&dir.join("metrics.json"));
     assert_eq!(metrics.as_array().unwrap().len(), rows.len());
+    // The NDJSON stream: the same rows, one JSON object a line, as written.
+    let ndjson = std::fs::read_to_string(dir.join("metrics.ndjson")).unwrap();
+    let streamed: Vec<serde_json::Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(streamed.len() >= rows.len(), "every row, corrections appended");
+    let ndjson_sent: f64 = rows
+        .iter()
+        .map(|r| r[0].parse::<u64>().unwrap())
+        .map(|s| streamed.iter().rev().find(|j| j["elapsed_s"] == s).map_or(0.0, |j| num(j, "messages_sent")))
+        .sum();
+    assert_eq!(ndjson_sent, sent, "the last version of each second adds up to the summary");
 
     // The interval log holds every row's histograms; merged, they are the run's.
     let (merged, entries) = common::merged_hlog(&dir, "latency", |_| true);

@@ -60,6 +60,7 @@ impl Scratch {
 /// What a controller run did.
 pub struct Run {
     pub code: i32,
+    pub stdout: String,
     pub stderr: String,
     pub took: Duration,
 }
@@ -93,12 +94,13 @@ pub fn controller_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration)
         // SAFETY: kill only sends a signal; a stale pid at worst gets nothing.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    let Output { status, stderr, .. } = child.wait_with_output().expect("controller output");
+    let Output { status, stdout, stderr } = child.wait_with_output().expect("controller output");
     let took = started.elapsed();
     drop(watchdog);
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     assert!(took < limit, "controller did not finish within {limit:?}; stderr:\n{stderr}");
-    Run { code: status.code().unwrap_or(-1), stderr, took }
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    Run { code: status.code().unwrap_or(-1), stdout, stderr, took }
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
