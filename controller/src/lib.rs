@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod fleet_plan;
 pub mod flow;
 pub mod groups;
+pub mod junit;
 pub mod local_fleet;
 pub mod members;
 pub mod messages;

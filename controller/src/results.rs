@@ -231,6 +231,7 @@ impl ResultsWriter {
             write_atomic(files::METRICS_CSV, csv),
             write_atomic(files::METRICS_JSON, json.to_json()),
             write_atomic(files::SUMMARY, summary.to_json()),
+            write_atomic(files::JUNIT, crate::junit::render(summary, &hostname())),
         ];
         for r in &results {
             if let Err(e) = r {
@@ -239,6 +240,15 @@ impl ResultsWriter {
         }
         results.into_iter().find(Result::is_err).unwrap_or(Ok(())).map(|()| dir)
     }
+}
+
+/// This machine's name (junit.xml says where the run was judged).
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Pretty JSON of plain results data.

@@ -19,6 +19,8 @@ pub mod files {
     pub const METRICS_CSV: &str = "metrics.csv";
     /// The same series as `metrics.csv`, as JSON.
     pub const METRICS_JSON: &str = "metrics.json";
+    /// The verdict's checks as JUnit XML, for CI systems.
+    pub const JUNIT: &str = "junit.xml";
     /// The rows of `metrics.csv` as they are written, one JSON object per
     /// line (a corrected row again, with its `revision`).
     pub const METRICS_NDJSON: &str = "metrics.ndjson";
@@ -672,7 +674,7 @@ pub struct WorkerInfo {
 }
 
 /// The `summary.json` document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// [`SUMMARY_SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,

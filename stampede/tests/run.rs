@@ -31,6 +31,7 @@ fn quick_example_passes_and_writes_every_file() {
         "metrics.csv",
         "metrics.json",
         "metrics.ndjson",
+        "junit.xml",
         "test.log",
         "scenario.toml",
         "latency.hlog",
@@ -104,6 +105,9 @@ fn quick_example_passes_and_writes_every_file() {
 
     let log = std::fs::read_to_string(dir.join("test.log")).unwrap();
     assert!(log.contains("TEST SUMMARY") && log.contains("Verdict: PASS"));
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="4" failures="0" errors="0""#), "the run and 3 thresholds:\n{junit}");
+    common::valid_junit(&dir.join("junit.xml"));
     let scenario = std::fs::read_to_string(dir.join("scenario.toml")).unwrap();
     assert!(scenario.contains("sustained_s = 4.0"), "overrides are saved:\n{scenario}");
 }
@@ -142,6 +146,14 @@ error_rate = "< 0.01"
     assert!(latency["value"].as_f64().unwrap() >= 5.0, "the injected 5 ms is measured");
     let errors = thresholds.iter().find(|t| t["metric"] == "error_rate").unwrap();
     assert_eq!(errors["pass"], true);
+    // junit.xml for CI: the run and both thresholds are cases, the failed
+    // one with what was measured; it is valid against the JUnit schema.
+    let junit = scratch.results().join("junit.xml");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"tests="3" failures="1" errors="0""#), "{xml}");
+    let measured = latency["value"].as_f64().unwrap();
+    assert!(xml.contains(&format!("latency_p95_ms &lt; 1: measured {measured}, limit &lt; 1")), "{xml}");
+    common::valid_junit(&junit);
 }
 
 #[test]

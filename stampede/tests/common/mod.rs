@@ -103,6 +103,25 @@ pub fn controller_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration)
     Run { code: status.code().unwrap_or(-1), stdout, stderr, took }
 }
 
+/// Checks `junit` against the JUnit XML schema (tests/data/junit.xsd) with
+/// xmllint, which the README's test command installs; says so and passes
+/// where it is missing.
+pub fn valid_junit(junit: &Path) {
+    let xsd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/junit.xsd");
+    let out = match Command::new("xmllint").arg("--noout").arg("--schema").arg(&xsd).arg(junit).output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIPPED: junit.xml schema check: no xmllint ({e})");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "junit.xml is not valid JUnit XML:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
