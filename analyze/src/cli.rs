@@ -10,7 +10,7 @@ use crate::compare::{Comparison, compare};
 use crate::detect::{self, DetectorParams};
 use crate::hlog::distribution;
 use crate::load::{Run, load};
-use crate::model::{Distribution, Finding};
+use crate::model::{Distribution, Finding, Severity};
 use crate::report::{self, RunReport};
 use crate::{plots, stats, workers};
 
@@ -46,6 +46,12 @@ pub struct Args {
     /// Comparison: relative worsening that counts as a regression.
     #[arg(long, default_value_t = 0.10, value_name = "FRACTION")]
     pub tolerance: f64,
+    /// Exit 3 when a compared run regressed against the baseline (for CI).
+    #[arg(long)]
+    pub fail_on_regression: bool,
+    /// Exit 4 when a run has a finding of this severity or worse (for CI).
+    #[arg(long, value_enum, value_name = "SEVERITY")]
+    pub fail_on: Option<FailOn>,
     /// Detector thresholds.
     #[command(flatten)]
     pub detectors: DetectorParams,
@@ -64,10 +70,36 @@ pub enum Format {
     Html,
 }
 
-/// Exit code when every input was analyzed.
+/// The least severe finding `--fail-on` fails for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// Any finding.
+    Info,
+    /// Warnings and critical findings.
+    Warning,
+    /// Critical findings only.
+    Critical,
+}
+
+impl FailOn {
+    fn severity(self) -> Severity {
+        match self {
+            FailOn::Info => Severity::Info,
+            FailOn::Warning => Severity::Warning,
+            FailOn::Critical => Severity::Critical,
+        }
+    }
+}
+
+/// Exit code when every input was analyzed (and nothing failed a `--fail-*`).
 pub const EXIT_OK: i32 = 0;
-/// Exit code when some input could not be analyzed.
+/// Exit code when some input could not be analyzed (wins over the others:
+/// what was not read cannot be judged).
 pub const EXIT_BAD_INPUT: i32 = 2;
+/// Exit code of `--fail-on-regression` when a run regressed.
+pub const EXIT_REGRESSION: i32 = 3;
+/// Exit code of `--fail-on SEVERITY` when a finding is that severe.
+pub const EXIT_FINDINGS: i32 = 4;
 
 fn expand(paths: &[String]) -> (Vec<PathBuf>, Vec<String>) {
     let mut found = Vec::new();
@@ -301,11 +333,20 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
         }
         let _ = match args.format {
             Format::Text => write!(stdout, "{}", text(&r, &out)),
-            Format::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&r).expect("plain data")),
+            // One document for all the runs, printed at the end.
+            Format::Json => Ok(()),
             Format::Markdown => write!(stdout, "{}", report::markdown(&r)),
             Format::Html => writeln!(stdout, "{}", out.join("report.html").display()),
         };
         analyzed.push((run, r));
+    }
+    if args.format == Format::Json {
+        // One run: its report; several: an array of them, in order.
+        let doc = match analyzed.as_slice() {
+            [(_, only)] if !several => serde_json::to_string_pretty(only),
+            all => serde_json::to_string_pretty(&all.iter().map(|(_, r)| r).collect::<Vec<_>>()),
+        };
+        let _ = writeln!(stdout, "{}", doc.expect("plain data"));
     }
 
     let baseline = match &args.baseline {
@@ -322,17 +363,29 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
         },
         None => None,
     };
-    let comparison: Option<Comparison> = match (&baseline, analyzed.len()) {
-        (Some((_, base)), n) if n >= 1 => {
-            let others: Vec<&stats::WindowStats> = analyzed.iter().map(|(_, r)| &r.overall).collect();
-            Some(compare(&base.overall, &others, args.tolerance))
+    // The baseline: --baseline, else the oldest run (by its start, else the
+    // first path).
+    let oldest = (0..analyzed.len()).min_by_key(|&i| {
+        let started = analyzed[i].1.started_at.clone();
+        (started.is_none(), started, i)
+    });
+    let comparison: Option<Comparison> = match (&baseline, analyzed.len(), oldest) {
+        (Some((_, base)), n, _) if n >= 1 => {
+            let others: Vec<&RunReport> = analyzed.iter().map(|(_, r)| r).collect();
+            Some(compared(base, &others, args.tolerance))
         }
-        (None, n) if n >= 2 => {
-            let others: Vec<&stats::WindowStats> = analyzed[1..].iter().map(|(_, r)| &r.overall).collect();
-            Some(compare(&analyzed[0].1.overall, &others, args.tolerance))
+        (None, n, Some(first)) if n >= 2 => {
+            let others: Vec<&RunReport> =
+                analyzed.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, (_, r))| r).collect();
+            Some(compared(&analyzed[first].1, &others, args.tolerance))
         }
         _ => None,
     };
+    if let Some(c) = &comparison {
+        for w in &c.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     if let Some(c) = &comparison {
         let dir = match (&args.out, analyzed.last()) {
             (Some(out), _) => out.clone(),
@@ -371,5 +424,48 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
             let _ = writeln!(stdout, "\n{md}");
         }
     }
-    if errors.is_empty() { EXIT_OK } else { EXIT_BAD_INPUT }
+    let regressed = args.fail_on_regression && comparison.as_ref().is_some_and(Comparison::regressed);
+    let severe = args.fail_on.is_some_and(|at| {
+        analyzed.iter().flat_map(|(_, r)| &r.findings).any(|f| f.severity >= at.severity())
+    });
+    match () {
+        _ if !errors.is_empty() => EXIT_BAD_INPUT,
+        _ if regressed => {
+            eprintln!("regression against the baseline (--fail-on-regression): exit {EXIT_REGRESSION}");
+            EXIT_REGRESSION
+        }
+        _ if severe => {
+            eprintln!("findings at or above --fail-on: exit {EXIT_FINDINGS}");
+            EXIT_FINDINGS
+        }
+        _ => EXIT_OK,
+    }
+}
+
+/// The comparison of `others` against `base`, with a warning where the
+/// runs differ in scenario or scale (their figures then differ for that
+/// reason too).
+fn compared(base: &RunReport, others: &[&RunReport], tolerance: f64) -> Comparison {
+    let stats: Vec<&stats::WindowStats> = others.iter().map(|r| &r.overall).collect();
+    let mut c = compare(&base.overall, &stats, tolerance);
+    for o in others {
+        if o.scenario != base.scenario {
+            c.warnings.push(format!(
+                "{} ran scenario {} and the baseline {} ran {}: a different test, not only a different result",
+                o.run,
+                o.scenario.as_deref().unwrap_or("?"),
+                base.run,
+                base.scenario.as_deref().unwrap_or("?")
+            ));
+        }
+        let (a, b) = (o.overall.connections_peak, base.overall.connections_peak);
+        // Scale: peak connections more than 10 % apart.
+        if a.abs_diff(b) as f64 > 0.1 * a.max(b) as f64 {
+            c.warnings.push(format!(
+                "{} peaked at {a} connections and the baseline {} at {b}: runs at different scale",
+                o.run, base.run
+            ));
+        }
+    }
+    c
 }

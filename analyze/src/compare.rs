@@ -27,8 +27,21 @@ pub struct ComparedMetric {
     pub better: Better,
     /// The baseline's value.
     pub baseline: f64,
-    /// Per other run: (label, value, relative change, regression?).
-    pub runs: Vec<(String, f64, f64, bool)>,
+    /// Each other run's value.
+    pub runs: Vec<RunValue>,
+}
+
+/// One run's value of a compared metric.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunValue {
+    /// The run's label.
+    pub run: String,
+    /// Its value (NaN, `null` in JSON: none).
+    pub value: f64,
+    /// Relative change against the baseline (NaN: the baseline is 0).
+    pub change: f64,
+    /// Worse than the baseline beyond the tolerance and the metric's floor.
+    pub regression: bool,
 }
 
 /// What one run's compared figures cover.
@@ -47,6 +60,9 @@ pub struct RunScope {
 pub struct Comparison {
     /// The baseline run's label.
     pub baseline: String,
+    /// What makes the runs hard to compare (another scenario, another
+    /// scale), in words; empty when nothing does.
+    pub warnings: Vec<String>,
     /// Relative worsening that counts as a regression.
     pub tolerance: f64,
     /// What each run's figures cover, the baseline first.
@@ -58,7 +74,7 @@ pub struct Comparison {
 impl Comparison {
     /// Whether any metric regressed.
     pub fn regressed(&self) -> bool {
-        self.metrics.iter().any(|m| m.runs.iter().any(|r| r.3))
+        self.metrics.iter().any(|m| m.runs.iter().any(|r| r.regression))
     }
 }
 
@@ -99,7 +115,7 @@ pub fn compare(baseline: &WindowStats, others: &[&WindowStats], tolerance: f64) 
                     };
                     let relative_worse = if base.abs() > 0.0 { worse_by / base.abs() } else { f64::INFINITY };
                     let regression = worse_by > *floor && relative_worse > tolerance;
-                    (s.run.clone(), v, change, regression)
+                    RunValue { run: s.run.clone(), value: v, change, regression }
                 })
                 .collect();
             let percentile = name.starts_with("latency_") || name.starts_with("connect_p");
@@ -114,5 +130,5 @@ pub fn compare(baseline: &WindowStats, others: &[&WindowStats], tolerance: f64) 
             percentiles_from: s.percentiles_from.clone(),
         })
         .collect();
-    Comparison { baseline: baseline.run.clone(), tolerance, scopes, metrics }
+    Comparison { baseline: baseline.run.clone(), warnings: Vec::new(), tolerance, scopes, metrics }
 }

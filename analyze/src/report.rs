@@ -349,9 +349,12 @@ pub fn markdown(r: &RunReport) -> String {
 pub fn comparison_markdown(c: &Comparison) -> String {
     let mut s = String::new();
     let others: Vec<&str> =
-        c.metrics.first().map(|m| m.runs.iter().map(|r| r.0.as_str()).collect()).unwrap_or_default();
+        c.metrics.first().map(|m| m.runs.iter().map(|r| r.run.as_str()).collect()).unwrap_or_default();
     let _ = writeln!(s, "# Comparison against {}\n", c.baseline);
     let _ = writeln!(s, "Regression: worse than the baseline by more than {:.0} %.\n", c.tolerance * 100.0);
+    for w in &c.warnings {
+        let _ = writeln!(s, "**Warning:** {w}\n");
+    }
     // Each run's column header says what its figures cover.
     let scope = |run: &str| c.scopes.iter().find(|r| r.run == run).map_or("?", |r| r.scope.as_str());
     let _ = write!(s, "| metric | {} (baseline: {}) |", c.baseline, scope(&c.baseline));
@@ -379,10 +382,11 @@ pub fn comparison_markdown(c: &Comparison) -> String {
             }
         };
         let _ = write!(s, "| {} ({arrow}) | {} |", m.metric, value(&c.baseline, m.baseline));
-        for (run, v, change, regressed) in &m.runs {
-            let change = if change.is_finite() { format!("{:+.1} %", change * 100.0) } else { "-".into() };
-            let flag = if *regressed { " **REGRESSION**" } else { "" };
-            let _ = write!(s, " {} | {change}{flag} |", value(run, *v));
+        for r in &m.runs {
+            let change =
+                if r.change.is_finite() { format!("{:+.1} %", r.change * 100.0) } else { "-".into() };
+            let flag = if r.regression { " **REGRESSION**" } else { "" };
+            let _ = write!(s, " {} | {change}{flag} |", value(&r.run, r.value));
         }
         let _ = writeln!(s);
     }

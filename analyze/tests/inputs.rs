@@ -138,8 +138,88 @@ fn runs_are_compared_against_a_baseline() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
     let p95 = json["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "latency_p95_ms").unwrap();
-    assert_eq!(p95["runs"][0][3], true, "p95 regressed: {p95}");
+    assert_eq!(p95["runs"][0]["regression"], true, "p95 regressed: {p95}");
+    assert_eq!(p95["runs"][0]["run"], "b-slow", "{p95}");
     let tput =
         json["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "throughput_msg_per_s").unwrap();
-    assert_eq!(tput["runs"][0][3], false, "throughput did not: {tput}");
+    assert_eq!(tput["runs"][0]["regression"], false, "throughput did not: {tput}");
+}
+
+/// Sets `key` of a run's summary.json (a string value).
+fn set_summary(run: &Path, key: &str, value: &str) {
+    let path = run.join("summary.json");
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    s[key] = serde_json::Value::String(value.into());
+    std::fs::write(&path, serde_json::to_string_pretty(&s).unwrap()).unwrap();
+}
+
+#[test]
+fn ci_gates_on_regressions_and_findings_with_their_own_exit_codes() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b, slow) = (root.path().join("a"), root.path().join("b"), root.path().join("c-slow"));
+    Synth::clean(300).write(&a);
+    Synth::clean(300).write(&b);
+    Synth { latency_plateau: Some((100, 150, 6.0)), ..Synth::clean(300) }.write(&slow);
+    let out = root.path().join("out");
+    let gate = |runs: &[&Path], extra: &[&str]| {
+        let mut args: Vec<String> = runs.iter().map(|p| p.display().to_string()).collect();
+        args.extend(["--out".to_string(), out.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        analyze(&args)
+    };
+    let (code, _, stderr) = gate(&[&a, &b], &["--fail-on-regression"]);
+    assert_eq!(code, 0, "equal runs: {stderr}");
+    let (code, _, stderr) = gate(&[&a, &slow], &["--fail-on-regression"]);
+    assert_eq!(code, 3, "a regressed run: {stderr}");
+    assert!(stderr.contains("regression against the baseline"), "{stderr}");
+    let (code, _, _) = gate(&[&a, &slow], &[]);
+    assert_eq!(code, 0, "without the flag a regression is reported, not failed");
+    // A 30 % connection drop is a warning; clean runs have no finding.
+    let dropped = root.path().join("d-dropped");
+    Synth { drop: Some((200, 0.3)), ..Synth::clean(300) }.write(&dropped);
+    let (code, stdout, stderr) = gate(&[&dropped], &["--fail-on", "warning"]);
+    assert_eq!(code, 4, "{stdout}{stderr}");
+    assert!(stderr.contains("findings at or above --fail-on"), "{stderr}");
+    let (code, stdout, stderr) = gate(&[&dropped], &["--fail-on", "critical"]);
+    assert_eq!(code, 0, "a warning is below critical: {stdout}{stderr}");
+    let (code, _, stderr) = gate(&[&a], &["--fail-on", "warning"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = gate(&[&a], &["--fail-on", "severe"]);
+    assert_eq!(code, 2, "a bad value is a usage error: {stderr}");
+}
+
+#[test]
+fn the_oldest_run_is_the_baseline_and_different_tests_are_flagged() {
+    let root = tempfile::tempdir().unwrap();
+    // Sorted by path, "a-late" comes first; by start, "b-early" is older.
+    let (late, early) = (root.path().join("a-late"), root.path().join("b-early"));
+    Synth::clean(300).write(&late);
+    Synth { latency_plateau: Some((100, 150, 6.0)), ..Synth::clean(300) }.write(&early);
+    set_summary(&early, "started_at", "2026-01-01T00:00:00.000Z");
+    set_summary(&late, "started_at", "2026-06-01T00:00:00.000Z");
+    set_summary(&late, "scenario", "another");
+    let out = root.path().join("out");
+    let (code, stdout, stderr) = analyze(&[
+        late.to_str().unwrap(),
+        early.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    // One JSON document: an array of the runs' reports.
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(doc.as_array().map(Vec::len), Some(2), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
+    assert_eq!(json["baseline"], "b-early", "the oldest run: {json}");
+    let warnings = json["warnings"].as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("ran scenario another")), "{json}");
+    assert!(stderr.contains("warning: a-late ran scenario another"), "{stderr}");
+    // A regression against the baseline here is an improvement: the older run was slow.
+    let p95 = json["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "latency_p95_ms").unwrap();
+    assert_eq!(p95["runs"][0]["run"], "a-late");
+    assert_eq!(p95["runs"][0]["regression"], false, "{p95}");
 }
