@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// STAMPEDE_FLEET_CLIENT_CA): mutual TLS, which may replace the token.
     #[arg(long, value_name = "FILE")]
     pub fleet_client_ca: Option<PathBuf>,
+    /// Serve the run's status on this address: GET /health, /status (JSON),
+    /// /metrics (Prometheus), POST /stop (with the fleet token). Off by
+    /// default; bind it to loopback unless the network is yours.
+    #[arg(long, value_name = "IP:PORT")]
+    pub status_addr: Option<std::net::SocketAddr>,
 }
 
 /// A duration flag: `20`, `250ms`, `20s`, `5m`, `2h`, at most a week.
@@ -122,6 +127,7 @@ impl RunArgs {
                 self.fleet_client_ca.clone(),
                 |n| std::env::var(n).ok(),
             )?,
+            status_addr: self.status_addr,
         })
     }
 }

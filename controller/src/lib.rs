@@ -26,6 +26,7 @@ pub mod run;
 pub mod running;
 pub mod scenario;
 pub mod stages;
+pub mod status;
 pub mod stress;
 pub mod summary;
 pub mod target_metrics;

@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub fleet_token: Option<FleetToken>,
     /// TLS for the fleet server (remote fleets).
     pub fleet_tls: Option<ServerTls>,
+    /// Serve the status API here ([`crate::status`]); `None`: off.
+    pub status_addr: Option<std::net::SocketAddr>,
 }
 
 /// A finished run.
@@ -170,6 +172,35 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     };
     let tls = opts.fleet_tls.as_ref().filter(|_| plan.fleet.local.is_none());
     let addr = fleet::serve(listen, token.clone(), tls, events_tx, services.clone(), &tasks).await?;
+    // The status API outlives the run's services: it answers until the
+    // results are written, and a little after.
+    let status_tasks = TaskTracker::new();
+    let status_done = CancellationToken::new();
+    let _status_done = status_done.clone().drop_guard();
+    let status = match opts.status_addr {
+        None => None,
+        Some(at) => {
+            let starting = crate::status::Status {
+                state: "starting",
+                scenario: plan.name.clone(),
+                ..Default::default()
+            };
+            let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(starting));
+            // Only a token the user gave unlocks /stop (a local fleet's is random).
+            let bound = crate::status::serve(
+                at,
+                rx,
+                opts.fleet_token.clone(),
+                shutdown.clone(),
+                status_done.clone(),
+                &status_tasks,
+            )
+            .await
+            .map_err(|e| RunError::Fleet(format!("status API on {at}: {e}")))?;
+            eprintln!("status API on http://{bound}/status (/metrics, /health, POST /stop)");
+            Some(tx)
+        }
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut local = match plan.fleet.local {
         Some(n) => Some(
@@ -302,6 +333,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         lost: Vec::new(),
         rebalanced: Vec::new(),
         unbalanced: Vec::new(),
+        status,
         assigns,
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
@@ -363,7 +395,12 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     // A results file that could not be written was reported on stderr as it
     // happened; the verdict still stands and decides the exit code.
     let dir = run.writer.dir().to_path_buf();
+    // The final figures, for a last scrape.
+    run.publish("finished");
     let _ = run.writer.finish(&summary, &run.agg.rows, human).await;
+    status_done.cancel();
+    status_tasks.close();
+    let _ = tokio::time::timeout(crate::status::LINGER + Duration::from_secs(1), status_tasks.wait()).await;
     if let Some(relay) = relay {
         relay.finish().await;
     }

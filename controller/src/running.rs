@@ -50,12 +50,47 @@ pub(crate) struct Running {
     pub(crate) rebalanced: Vec<Rebalance>,
     /// Fleet changes not rebalanced yet.
     pub(crate) unbalanced: Vec<String>,
+    /// Where the status API reads the run (`--status-addr`).
+    pub(crate) status: Option<tokio::sync::watch::Sender<std::sync::Arc<crate::status::Status>>>,
     /// What the workers of each group are assigned (a late joiner gets its
     /// group's, with its own clock offset).
     pub(crate) assigns: Vec<Assign>,
 }
 
 impl Running {
+    /// The run as the status API shows it.
+    pub(crate) fn status(&self, state: &'static str) -> crate::status::Status {
+        let last = self.agg.rows.last();
+        crate::status::Status {
+            state,
+            scenario: self.plan.name.clone(),
+            phase: last.map_or(String::new(), |r| r.phase.clone()),
+            elapsed_s: self.elapsed_s(),
+            duration_s: self.plan.duration().as_secs_f64(),
+            last_second: last.cloned(),
+            counters: self.agg.run.counters,
+            errors: self.agg.run.errors.clone(),
+            latency_ms: crate::status::Quantiles::of(&self.agg.run.latency),
+            connect_ms: crate::status::Quantiles::of(&self.agg.run.connect),
+            workers: self
+                .members
+                .iter()
+                .map(|m| crate::status::WorkerStatus {
+                    id: m.hello.worker_id.clone(),
+                    live: m.live(),
+                    group: self.plan.groups.get(m.group).map_or(String::new(), |g| g.name.clone()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Publishes the run's state to the status API, if it is on.
+    pub(crate) fn publish(&self, state: &'static str) {
+        if let Some(tx) = &self.status {
+            tx.send_replace(std::sync::Arc::new(self.status(state)));
+        }
+    }
+
     pub(crate) fn elapsed_s(&self) -> f64 {
         Instant::now().saturating_duration_since(self.run_start).as_secs_f64()
     }
@@ -225,6 +260,7 @@ impl Running {
             }
             self.writer.row(row).await;
         }
+        self.publish("running");
         if let Some(bp) = broke {
             self.stress_broke(bp).await;
         }

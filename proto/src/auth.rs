@@ -98,6 +98,14 @@ impl FleetToken {
         hmac::sign(&self.key(), &FleetToken::message(worker_id, sent_at_unix_us)).as_ref().to_vec()
     }
 
+    /// Whether `presented` is this token (compared in constant time, through
+    /// their HMACs of one message: a mismatch's position is not revealed).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let message = b"stampede-presented-token-v1";
+        let theirs = hmac::sign(&FleetToken(presented.to_vec()).key(), message);
+        hmac::verify(&self.key(), message, theirs.as_ref()).is_ok()
+    }
+
     /// Checks a Hello's proof (in constant time) and its send time against
     /// `now_unix_us`; the error says why, for the refusal and the log.
     pub fn check(

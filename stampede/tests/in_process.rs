@@ -82,6 +82,7 @@ dir = "{}"
 
 fn options(path: std::path::PathBuf) -> RunOptions {
     RunOptions {
+        status_addr: None,
         scenario: path,
         overrides: Overrides::default(),
         executable: None,
