@@ -1,14 +1,15 @@
 //! What analyze writes: report.md, report.json, anomalies.csv, phases.csv,
 //! and (with `--format html`) one self-contained report.html with the charts
 //! inline. CSV files are spreadsheet-clean: a header row, one value per
-//! cell, ISO 8601 timestamps.
+//! cell, UTC timestamps that spreadsheets read as date-times
+//! (`2026-11-23T04:24:23.013`, ISO 8601 without its `Z`).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
 use stampede_model::results::{Percentiles, csv_line, files};
-use stampede_model::time::{iso8601, parse_iso8601};
+use stampede_model::time::{iso8601, parse_iso8601, spreadsheet_time};
 
 use crate::compare::{Better, Comparison};
 use crate::model::Finding;
@@ -65,9 +66,10 @@ fn cell(v: f64, decimals: usize) -> String {
     if v.is_finite() { format!("{v:.decimals$}") } else { String::new() }
 }
 
-/// `started_at + offset_s` as ISO 8601 (empty when the start is unknown).
+/// `started_at + offset_s` as a CSV timestamp, UTC (empty when the start
+/// is unknown).
 fn at(started_at: Option<&str>, offset_s: f64) -> String {
-    started_at.and_then(parse_iso8601).map(|t| iso8601(t + offset_s)).unwrap_or_default()
+    started_at.and_then(parse_iso8601).map(|t| spreadsheet_time(&iso8601(t + offset_s))).unwrap_or_default()
 }
 
 /// Header of anomalies.csv.
@@ -429,7 +431,7 @@ mod tests {
 
     #[test]
     fn offsets_are_timestamped() {
-        assert_eq!(at(Some("2000-02-28T23:59:59.000Z"), 2.0), "2000-02-29T00:00:01.000Z");
+        assert_eq!(at(Some("2000-02-28T23:59:59.000Z"), 2.0), "2000-02-29T00:00:01.000");
         assert_eq!(at(None, 1.0), "");
     }
 

@@ -150,7 +150,7 @@ impl MetricsRow {
         let ms = |v: f64| num(v, 3);
         let mut cells = vec![
             self.elapsed_s.to_string(),
-            self.timestamp.clone(),
+            crate::time::spreadsheet_time(&self.timestamp),
             self.phase.clone(),
             self.revision.to_string(),
             self.connections_target.to_string(),
@@ -261,7 +261,7 @@ impl WorkerRow {
     pub fn csv_cells(&self) -> [String; 13] {
         [
             self.elapsed_s.to_string(),
-            self.timestamp.clone(),
+            crate::time::spreadsheet_time(&self.timestamp),
             self.worker.clone(),
             self.connections_active.to_string(),
             self.connections_opened.to_string(),

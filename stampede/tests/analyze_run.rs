@@ -81,4 +81,10 @@ workers = 2
     }
     let html = std::fs::read_to_string(analysis.join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), stampede_analyze::plots::CHARTS.len());
+
+    // Every timestamp column of every CSV opens as date-times in a spreadsheet.
+    common::spreadsheet_reads_dates(&dir.join("metrics.csv"), &["timestamp"]);
+    common::spreadsheet_reads_dates(&dir.join("workers.csv"), &["timestamp"]);
+    common::spreadsheet_reads_dates(&analysis.join("anomalies.csv"), &["start_time", "end_time"]);
+    common::spreadsheet_reads_dates(&analysis.join("phases.csv"), &["start_time"]);
 }

@@ -63,7 +63,7 @@ fn quick_example_passes_and_writes_every_file() {
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row.len(), header.len(), "row {i} has {} cells", row.len());
         assert_eq!(row[0], i.to_string(), "rows are consecutive seconds");
-        assert!(row[1].ends_with('Z') && row[1].contains('T'), "ISO timestamp: {}", row[1]);
+        common::spreadsheet_timestamp(&row[1]);
     }
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let csv_sent: f64 = rows.iter().map(|r| r[col("messages_sent")].parse::<f64>().unwrap()).sum();

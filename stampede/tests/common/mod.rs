@@ -103,6 +103,71 @@ pub fn controller_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration)
     Run { code: status.code().unwrap_or(-1), stdout, stderr, took }
 }
 
+/// Checks that `cell` is a CSV timestamp as results write them: UTC,
+/// `YYYY-MM-DDTHH:MM:SS.mmm` (ISO 8601 without the `Z` that makes
+/// spreadsheets read text).
+pub fn spreadsheet_timestamp(cell: &str) {
+    let shape: String = cell.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
+    assert_eq!(shape, "9999-99-99T99:99:99.999", "timestamp {cell:?}");
+}
+
+/// Opens `csv` in LibreOffice Calc (headless, its default CSV import) and
+/// checks that every cell of the columns named `columns` is read as a
+/// date-time, not text. Where LibreOffice is missing (the README's test
+/// command installs it) it says so and passes.
+pub fn spreadsheet_reads_dates(csv: &Path, columns: &[&str]) {
+    let out = tempfile::tempdir().unwrap();
+    let converted = Command::new("soffice")
+        .args(["--headless", "--norestore", "--convert-to", "fods", "--outdir"])
+        .arg(out.path())
+        .arg(csv)
+        .env("HOME", out.path())
+        .output();
+    match converted {
+        Err(e) => {
+            eprintln!("SKIPPED: spreadsheet check of {}: no LibreOffice ({e})", csv.display());
+            return;
+        }
+        Ok(o) => assert!(o.status.success(), "soffice: {}", String::from_utf8_lossy(&o.stderr)),
+    }
+    let fods = out.path().join(csv.with_extension("fods").file_name().unwrap());
+    let xml = std::fs::read_to_string(&fods).unwrap_or_else(|e| panic!("{}: {e}", fods.display()));
+    // Rows of cells, each (value type, text); repeated cells expanded.
+    let mut rows: Vec<Vec<(String, String)>> = Vec::new();
+    for row in xml.split("<table:table-row").skip(1) {
+        let row = row.split("</table:table-row>").next().unwrap_or("");
+        let mut cells = Vec::new();
+        for cell in row.split("<table:table-cell").skip(1) {
+            let attr = |name: &str| {
+                cell.split_once(&format!("{name}=\""))
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(v, _)| v.to_string())
+            };
+            let repeat: usize =
+                attr("table:number-columns-repeated").and_then(|n| n.parse().ok()).unwrap_or(1);
+            let text = cell
+                .split_once("<text:p>")
+                .and_then(|(_, r)| r.split_once("</text:p>"))
+                .map_or(String::new(), |(t, _)| t.to_string());
+            let kind = attr("office:value-type").unwrap_or_default();
+            cells.extend(std::iter::repeat_n((kind, text), repeat.min(1000)));
+        }
+        rows.push(cells);
+    }
+    let header: Vec<&str> = rows[0].iter().map(|(_, t)| t.as_str()).collect();
+    let mut checked = 0;
+    for name in columns {
+        let col =
+            header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"));
+        for row in rows[1..].iter().filter(|r| r.iter().any(|(k, _)| !k.is_empty())) {
+            let (kind, text) = &row[col];
+            assert_eq!(kind, "date", "{} column {name}: {text:?} is read as {kind:?}", csv.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "{}: no timestamp cell checked", csv.display());
+}
+
 /// Checks `junit` against the JUnit XML schema (tests/data/junit.xsd) with
 /// xmllint, which the README's test command installs; says so and passes
 /// where it is missing.
