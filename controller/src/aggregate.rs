@@ -254,6 +254,20 @@ struct Report {
     clock_offset_us: i64,
 }
 
+/// A worker's scheduling lag at which its second is flagged: every
+/// latency it measured then may include this much of its own.
+pub const SATURATED_LAG: Duration = Duration::from_millis(50);
+/// A worker's CPU use, of all its cores, at which its second is flagged.
+pub const SATURATED_CPU: f64 = 0.9;
+
+/// Whether a worker's gauges say it was saturated: its scheduling probe
+/// waited [`SATURATED_LAG`] or more, or it used [`SATURATED_CPU`] of its
+/// cores (gauges of a worker that does not send `cores` flag no CPU).
+pub fn saturated(g: &Gauges) -> bool {
+    let busy = g.cores > 0 && g.cpu_us as f64 / 1e6 / f64::from(g.cores) >= SATURATED_CPU;
+    g.sched_lag_us >= SATURATED_LAG.as_micros() as u64 || busy
+}
+
 /// A second: what the workers reported for it so far.
 struct Second {
     latency: Histogram<u64>,
@@ -520,7 +534,9 @@ impl Aggregator {
             counters,
             errors,
             gauges: snap.gauges.unwrap_or_default(),
-            stalled: snap.taken_late() > STALL || counters.sends_stalled > 0,
+            stalled: snap.taken_late() > STALL
+                || counters.sends_stalled > 0
+                || saturated(&snap.gauges.unwrap_or_default()),
             clock_offset_us: snap.clock_offset_us,
         };
 

@@ -373,3 +373,40 @@ fn a_full_disk_is_reported_at_once_and_the_verdict_still_stands() {
     let first = stderr.find("error: cannot write").unwrap();
     assert!(first < stderr.find("TEST SUMMARY").unwrap(), "reported as it happened, before the summary");
 }
+
+/// A worker starved on purpose (stopped 80 ms of every 250 ms for 4 s:
+/// never long enough for a snapshot to be late or a send 100 ms behind,
+/// the older signs) is flagged by its scheduling probe in the seconds it
+/// was starved, and only there.
+#[test]
+fn a_starved_worker_flags_its_seconds_and_only_those() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let scenario = STEADY.replace("sustained_s = 24", "sustained_s = 14");
+    let path = scratch.file("starved.toml", &scenario);
+    let controller = spawn_controller(&scratch, &path);
+    let worker = worker_pid(controller.id(), "local-1");
+    // Starve it from 6 s to 10 s of the run (the workers join within a second).
+    std::thread::sleep(Duration::from_secs(6));
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        signal(worker, libc::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(80));
+        signal(worker, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(170));
+    }
+    let (code, stderr) = wait(controller, Duration::from_secs(60));
+    assert_eq!(code, 0, "{stderr}");
+    let summary = read_json(&scratch.results().join("summary.json"));
+    let flagged: Vec<u64> = summary["generator_stalled_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(flagged.len() >= 3, "the starved seconds are flagged: {flagged:?}");
+    assert_eq!(num(&summary, "counters.sends_stalled"), 0.0, "no send was 100 ms late: the probe found it");
+    assert!(flagged.iter().all(|s| (4..=13).contains(s)), "and only around them: {flagged:?}");
+    let log = std::fs::read_to_string(scratch.results().join("test.log")).unwrap();
+    assert!(log.contains("the load generator stalled in seconds"), "test.log warns: {log}");
+}

@@ -55,6 +55,8 @@ fn quick_example_passes_and_writes_every_file() {
         summary["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(phases, ["warmup", "ramp-up", "sustained", "cooldown"]);
     assert_eq!(summary["thresholds"].as_array().unwrap().len(), 3);
+    // A normal run: the generator kept up in every second.
+    assert_eq!(summary["generator_stalled_seconds"], serde_json::json!([]), "{summary}");
 
     // One row per second of the 17 s schedule (plus the closing second).
     let (header, rows) = read_csv(&dir.join("metrics.csv"));

@@ -61,6 +61,9 @@ pub struct Recorder {
     /// Browser sessions: the largest JS heap of the pages that closed
     /// since the last snapshot (taken and reset by it).
     pub js_heap_max: AtomicU64,
+    /// The worst scheduling lag the probe saw since the last snapshot, us
+    /// (taken and reset by it).
+    pub sched_lag_max_us: AtomicU64,
     histograms: Mutex<Histograms>,
     errors: Mutex<BTreeMap<Cause, u64>>,
     /// Opened connections by the subprotocol the server picked (one of
@@ -94,6 +97,7 @@ impl Default for Recorder {
             counters: AtomicCounters::default(),
             active: AtomicU64::new(0),
             js_heap_max: AtomicU64::new(0),
+            sched_lag_max_us: AtomicU64::new(0),
             histograms: Mutex::new(Histograms::new()),
             errors: Mutex::new(BTreeMap::new()),
             subprotocols: Mutex::new(BTreeMap::new()),

@@ -282,6 +282,31 @@ impl Clock {
     }
 }
 
+/// How often the scheduling probe wakes.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+/// Wakes every [`PROBE_EVERY`] and records how late it woke: the time a
+/// ready task waits for a runtime thread, which is what a saturated
+/// generator adds to every latency it measures.
+async fn probe_scheduling(recorder: Arc<Recorder>) {
+    let mut due = Instant::now() + PROBE_EVERY;
+    loop {
+        sleep_until(due).await;
+        let late = Instant::now().saturating_duration_since(due);
+        recorder.sched_lag_max_us.fetch_max(late.as_micros() as u64, Relaxed);
+        due = Instant::now() + PROBE_EVERY;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Emits a snapshot at every whole second of the run clock, and a last one
 /// once every slot has ended after Stop. Seconds are numbered one after
 /// the other whatever the clock does: a refreshed offset moves where the
@@ -296,6 +321,9 @@ async fn report(
 ) {
     let mut snapshotter = Snapshotter::new();
     let mut cpu = CpuMeter::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let probe = tokio::spawn(probe_scheduling(recorder.clone()));
+    let _probe = crate::slots::AbortOnDrop(probe);
     let mut second = Instant::now().saturating_duration_since(clock.zero()).as_secs();
     let finished = async {
         stop.cancelled().await;
@@ -311,7 +339,13 @@ async fn report(
         // Woken much later than due: this process was frozen or starved,
         // and the controller flags these seconds as a generator stall.
         let taken_late = if last { Duration::ZERO } else { Instant::now().saturating_duration_since(due) };
-        let mut gauges = Gauges { rss_bytes: rss_bytes(), cpu_us: cpu.delta_us(), ..Default::default() };
+        let mut gauges = Gauges {
+            rss_bytes: rss_bytes(),
+            cpu_us: cpu.delta_us(),
+            sched_lag_us: recorder.sched_lag_max_us.swap(0, Relaxed),
+            cores,
+            ..Default::default()
+        };
         if let Some(b) = &browsers {
             let m = b.pool.memory().await;
             gauges.browser_pss_bytes = m.pss_bytes;
