@@ -195,6 +195,7 @@ pub fn analyze(run: &Run, args: &Args) -> RunReport {
         memory,
         findings,
         notes,
+        thresholds: s.map(|s| s.thresholds.clone()).unwrap_or_default(),
     }
 }
 

@@ -728,8 +728,9 @@ pub struct Summary {
 }
 
 /// What the browser sessions of a run cost, from the second with the most
-/// sessions open.
+/// sessions open. A figure a writer did not have reads as 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BrowserFigures {
     /// Most sessions holding a page at once (over all workers).
     pub peak_sessions: u64,
