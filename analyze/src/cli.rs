@@ -406,19 +406,30 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
             eprintln!("error: {}: {e}", dir.display());
             errors.push(e.to_string());
         }
-        if args.plots {
-            let mut runs: Vec<(&crate::model::Timeline, Option<Distribution>)> = Vec::new();
-            if let Some((run, _)) = &baseline {
-                runs.push((&run.timeline, latency_distribution(run, &args)));
+        if args.plots
+            && let Err(e) = draw_comparison(baseline.as_ref().map(|(run, _)| run), &analyzed, &args, &dir)
+        {
+            eprintln!("error: {e}");
+            errors.push(e);
+        }
+        if args.format == Format::Html {
+            // The overlaid chart, drawn now if --plots did not.
+            let svg_path = dir.join(format!("{}.svg", plots::COMPARE_CHART));
+            if !args.plots
+                && let Err(e) = draw_comparison(baseline.as_ref().map(|(run, _)| run), &analyzed, &args, &dir)
+            {
+                eprintln!("warning: the comparison chart: {e}");
             }
-            for (run, _) in &analyzed {
-                runs.push((&run.timeline, latency_distribution(run, &args)));
-            }
-            let refs: Vec<(&crate::model::Timeline, Option<&Distribution>)> =
-                runs.iter().map(|(t, d)| (*t, d.as_ref())).collect();
-            if let Err(e) = plots::render_comparison(&refs, &dir) {
-                eprintln!("error: {e}");
-                errors.push(e.to_string());
+            let svg = std::fs::read_to_string(&svg_path).ok();
+            let page = dir.join("comparison.html");
+            match std::fs::write(&page, report::comparison_html(c, svg.as_deref())) {
+                Ok(()) => {
+                    let _ = writeln!(stdout, "{}", page.display());
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", page.display());
+                    errors.push(e.to_string());
+                }
             }
         }
         if args.format == Format::Text || args.format == Format::Markdown {
@@ -441,6 +452,24 @@ pub fn run(args: Args, stdout: &mut dyn std::io::Write) -> i32 {
         }
         _ => EXIT_OK,
     }
+}
+
+/// Draws the overlaid latency chart of the baseline (if given apart) and
+/// the analyzed runs into `dir`.
+fn draw_comparison(
+    baseline: Option<&Run>,
+    analyzed: &[(Run, RunReport)],
+    args: &Args,
+    dir: &Path,
+) -> Result<(), String> {
+    let runs: Vec<(&crate::model::Timeline, Option<Distribution>)> = baseline
+        .into_iter()
+        .chain(analyzed.iter().map(|(run, _)| run))
+        .map(|run| (&run.timeline, latency_distribution(run, args)))
+        .collect();
+    let refs: Vec<(&crate::model::Timeline, Option<&Distribution>)> =
+        runs.iter().map(|(t, d)| (*t, d.as_ref())).collect();
+    plots::render_comparison(&refs, dir).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// The comparison of `others` against `base`, with a warning where the

@@ -535,6 +535,74 @@ pub fn html(r: &RunReport, charts: &[(String, String)]) -> String {
     s
 }
 
+/// comparison.html: the comparison table (the baseline and each run, the
+/// change, regressions highlighted), its warnings, and the overlaid
+/// latency chart when there is one. Self-contained, as report.html.
+pub fn comparison_html(c: &Comparison, chart_svg: Option<&str>) -> String {
+    let esc = html_escape;
+    let mut s = String::with_capacity(32 << 10);
+    let regressed = c.regressed();
+    let (badge, word) = if regressed { ("fail", "REGRESSION") } else { ("pass", "no regression") };
+    let _ = write!(
+        s,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>stampede: comparison against {}</title><style>{HTML_STYLE}</style></head><body>\
+         <header><h1>Comparison against {}</h1><span class=\"verdict {badge}\" id=\"verdict\">{word}</span>\
+         <p class=\"meta\">regression: worse than the baseline by more than {:.0} %</p></header>",
+        esc(&c.baseline),
+        esc(&c.baseline),
+        c.tolerance * 100.0
+    );
+    for w in &c.warnings {
+        let _ = write!(s, "<p class=\"finding warning\"><b>Warning:</b> {}</p>", esc(w));
+    }
+    let others: Vec<&str> =
+        c.metrics.first().map(|m| m.runs.iter().map(|r| r.run.as_str()).collect()).unwrap_or_default();
+    let scope = |run: &str| c.scopes.iter().find(|r| r.run == run).map_or("?", |r| r.scope.as_str());
+    let _ = write!(
+        s,
+        "<table id=\"comparison\"><thead><tr><th>metric</th><th>{} (baseline)<br><small>{}</small></th>",
+        esc(&c.baseline),
+        esc(scope(&c.baseline))
+    );
+    for o in &others {
+        let _ = write!(s, "<th>{}<br><small>{}</small></th><th>change</th>", esc(o), esc(scope(o)));
+    }
+    s.push_str("</tr></thead><tbody>");
+    let value = |v: f64| if v.is_finite() { format!("{v:.3}") } else { "-".into() };
+    for m in &c.metrics {
+        let better = match m.better {
+            Better::Lower => "lower is better",
+            Better::Higher => "higher is better",
+        };
+        let class = if m.runs.iter().any(|r| r.regression) { " class=\"fail\"" } else { "" };
+        let _ = write!(
+            s,
+            "<tr{class}><td>{} <small>({better})</small></td><td>{}</td>",
+            esc(&m.metric),
+            value(m.baseline)
+        );
+        for r in &m.runs {
+            let change =
+                if r.change.is_finite() { format!("{:+.1} %", r.change * 100.0) } else { "-".into() };
+            let flag = if r.regression { " <b>REGRESSION</b>" } else { "" };
+            let _ = write!(s, "<td>{}</td><td>{change}{flag}</td>", value(r.value));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</tbody></table>");
+    if let Some(svg) = chart_svg {
+        let _ = write!(
+            s,
+            "<figure id=\"chart-compare_latency\">{svg}<figcaption><b>compare_latency</b>: each run's latency \
+             distribution on one percentile axis; a curve to the right is slower at that percentile</figcaption></figure>"
+        );
+    }
+    s.push_str("</body></html>\n");
+    s
+}
+
 /// The report page's style: readable, printable, and charts that fit the
 /// window (their SVGs keep their viewBox and scale).
 const HTML_STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:1.5em auto;\

@@ -102,3 +102,31 @@ async fn the_report_page_shows_the_verdict_tables_and_findings_linked_to_their_c
     assert!(colours.len() >= 12, "{} colours on screen", colours.len());
     tokio::time::timeout(Duration::from_secs(10), browser.close()).await.ok();
 }
+
+#[test]
+fn several_runs_get_a_comparison_page_with_the_overlaid_chart() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, slow) = (root.path().join("a-base"), root.path().join("b-slow"));
+    Synth::clean(300).write(&base);
+    Synth { latency_plateau: Some((100, 150, 6.0)), ..Synth::clean(300) }.write(&slow);
+    let out = root.path().join("out");
+    let (code, stdout, stderr) = analyze_bin(&[
+        base.to_str().unwrap(),
+        slow.to_str().unwrap(),
+        "--format",
+        "html",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let page = out.join("comparison.html");
+    assert!(stdout.contains(page.to_str().unwrap()), "its path is printed: {stdout}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("Comparison against a-base"), "{html}");
+    assert!(html.contains(r#"class="verdict fail" id="verdict">REGRESSION"#), "{html}");
+    let regressed = html.matches("<tr class=\"fail\">").count();
+    assert!(regressed >= 1, "the regressed metrics' rows are marked");
+    assert!(html.contains("<td>latency_p95_ms"), "{html}");
+    assert!(html.contains("<figure id=\"chart-compare_latency\"><svg"), "the overlaid chart is inline");
+    assert!(!html.contains("<img") && !html.contains("src=\"http"), "self-contained");
+}
