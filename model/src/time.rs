@@ -33,9 +33,11 @@ pub fn spreadsheet_time(iso: &str) -> String {
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS(.fff)Z` back into seconds since the epoch.
+/// Parses `YYYY-MM-DDTHH:MM:SS(.fff)Z` back into seconds since the epoch;
+/// without the `Z` (as CSV files carry it, [`spreadsheet_time`]) it is
+/// UTC all the same.
 pub fn parse_iso8601(s: &str) -> Option<f64> {
-    let s = s.strip_suffix('Z')?;
+    let s = s.strip_suffix('Z').unwrap_or(s);
     let (date, time) = s.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
@@ -62,6 +64,8 @@ mod tests {
         assert_eq!(iso8601(0.0), "1970-01-01T00:00:00.000Z");
         assert_eq!(spreadsheet_time("2026-11-23T04:24:23.013Z"), "2026-11-23T04:24:23.013");
         assert_eq!(spreadsheet_time("not a time"), "not a time");
+        let csv = spreadsheet_time("2026-11-23T04:24:23.013Z");
+        assert_eq!(parse_iso8601(&csv), parse_iso8601("2026-11-23T04:24:23.013Z"), "CSV times read back");
         assert_eq!(iso8601(951_782_400.5), "2000-02-29T00:00:00.500Z");
         assert_eq!(iso8601(1_795_406_400.0), "2026-11-23T04:00:00.000Z");
         for s in ["2026-11-23T04:24:23.013Z", "2000-02-29T23:59:59.999Z", "1969-12-31T23:59:59.000Z"] {
