@@ -70,8 +70,8 @@ impl Running {
             last_second: last.cloned(),
             counters: self.agg.run.counters,
             errors: self.agg.run.errors.clone(),
-            latency_ms: crate::status::Quantiles::of(&self.agg.run.latency),
-            connect_ms: crate::status::Quantiles::of(&self.agg.run.connect),
+            latency_ms: stampede_model::results::Percentiles::of(&self.agg.run.latency),
+            connect_ms: stampede_model::results::Percentiles::of(&self.agg.run.connect),
             workers: self
                 .members
                 .iter()

@@ -24,10 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use stampede_model::Counters;
-use stampede_model::results::MetricsRow;
+use stampede_model::results::{MetricsRow, Percentiles};
 use stampede_proto::auth::FleetToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,53 +60,12 @@ pub struct Status {
     pub counters: Counters,
     /// The run's errors so far, by cause.
     pub errors: BTreeMap<String, u64>,
-    /// Round-trip latency of the run so far, ms.
-    pub latency_ms: Quantiles,
+    /// Round-trip latency of the run so far, ms (as summary.json's).
+    pub latency_ms: Percentiles,
     /// Connect time of the run so far, ms.
-    pub connect_ms: Quantiles,
+    pub connect_ms: Percentiles,
     /// The workers.
     pub workers: Vec<WorkerStatus>,
-}
-
-/// Percentiles of a merged histogram, ms.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Quantiles {
-    /// Samples.
-    pub count: u64,
-    /// Sum of the samples, ms (from the histogram: within its precision).
-    pub sum: f64,
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-    /// Largest.
-    pub max: f64,
-}
-
-impl Quantiles {
-    /// From a histogram in microseconds.
-    pub fn of(h: &Histogram<u64>) -> Quantiles {
-        if h.is_empty() {
-            return Quantiles::default();
-        }
-        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        Quantiles {
-            count: h.len(),
-            sum: h.mean() * h.len() as f64 / 1000.0,
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p95: ms(0.95),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: h.max() as f64 / 1000.0,
-        }
-    }
 }
 
 /// One worker, as the run sees it.
@@ -318,7 +276,7 @@ pub fn exposition(s: &Status) -> String {
                 .filter(|_| q.count > 0)
                 .map(|(quantile, ms)| (format!("{{quantile=\"{quantile}\"}}"), ms / 1000.0))
                 .collect();
-        samples.push(("_sum".into(), q.sum / 1000.0));
+        samples.push(("_sum".into(), q.mean * q.count as f64 / 1000.0));
         samples.push(("_count".into(), q.count as f64));
         // `_sum` and `_count` are suffixes of the name, not labels.
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");

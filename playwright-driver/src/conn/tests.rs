@@ -207,3 +207,28 @@ async fn a_crashed_page_fails_its_calls_at_once_and_others_keep_working() {
         .await;
     assert_eq!(fine.await.unwrap().unwrap().result.value, Some(json!(5)));
 }
+
+#[tokio::test]
+async fn a_message_that_never_ends_closes_the_connection_at_its_bound() {
+    let (conn, task, mut fake) = connect(Duration::from_secs(60), 16);
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.call(None, &GetVersion {}, Duration::from_secs(60)).await }
+    });
+    fake.command().await;
+    // A reply that starts and never ends: MAX_MESSAGE bytes and a little
+    // more, without the NUL that ends a message.
+    let chunk = vec![b'x'; 1 << 20];
+    fake.writer.write_all(br#"{"id":1,"result":{"product":""#).await.unwrap();
+    for _ in 0..=(MAX_MESSAGE >> 20) {
+        if fake.writer.write_all(&chunk).await.is_err() {
+            break; // the driver stopped reading: what we want
+        }
+    }
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(err.is_connection_closed(), "{err}");
+    assert!(err.to_string().contains("without its terminator"), "{err}");
+    task.await.unwrap();
+    let later = conn.call(None, &GetVersion {}, Duration::from_secs(1)).await.unwrap_err();
+    assert!(later.is_connection_closed(), "{later}");
+}
