@@ -38,7 +38,8 @@ pub fn html(r: &RunReport, charts: &[(String, String)]) -> String {
     let o = &r.overall;
     let (scope, pct) = (o.scope_tag(), o.percentile_tag());
     let latency = |get: fn(&Percentiles) -> f64| {
-        o.latency_ms.as_ref().map_or("-".to_string(), |l| format!("{:.3} ms{pct}", get(l)))
+        // Without figures the cell still says why (the source is "not given (...)").
+        o.latency_ms.as_ref().map_or(format!("-{pct}"), |l| format!("{:.3} ms{pct}", get(l)))
     };
     s.push_str("<section><h2>Figures</h2><table id=\"figures\"><tbody>");
     for (name, value) in [
@@ -47,6 +48,7 @@ pub fn html(r: &RunReport, charts: &[(String, String)]) -> String {
         ("latency p50", latency(|p| p.p50)),
         ("latency p95", latency(|p| p.p95)),
         ("latency p99", latency(|p| p.p99)),
+        ("percentiles from", o.percentiles_from.clone()),
         ("peak connections", format!("{}{scope}", o.connections_peak)),
         ("connect success", format!("{:.3} %{scope}", o.connect_success_rate * 100.0)),
         ("errors", format!("{} = {:.4} %{scope}", o.errors, o.error_rate * 100.0)),
@@ -76,13 +78,13 @@ pub fn html(r: &RunReport, charts: &[(String, String)]) -> String {
     // Phases.
     s.push_str(
         "<section><h2>Phases</h2><table id=\"phases\"><thead><tr><th>phase</th><th>seconds</th><th>sent</th>\
-         <th>received</th><th>msg/s</th><th>p95 ms</th><th>peak conns</th><th>errors</th></tr></thead><tbody>",
+         <th>received</th><th>msg/s</th><th>p95 ms</th><th>peak conns</th><th>errors</th><th>percentiles from</th></tr></thead><tbody>",
     );
     for w in &r.phases {
         let p95 = w.latency_ms.as_ref().map_or("-".to_string(), |l| format!("{:.3}", l.p95));
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&w.phase),
             w.seconds,
             w.messages_sent,
@@ -90,7 +92,8 @@ pub fn html(r: &RunReport, charts: &[(String, String)]) -> String {
             w.throughput_msg_per_s,
             p95,
             w.connections_peak,
-            w.errors
+            w.errors,
+            esc(&w.percentiles_from)
         );
     }
     s.push_str("</tbody></table></section>");
