@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// default; bind it to loopback unless the network is yours.
     #[arg(long, value_name = "IP:PORT")]
     pub status_addr: Option<std::net::SocketAddr>,
+    /// Show the live view in the terminal instead of progress lines
+    /// (q stops the run, as Ctrl-C does). Without a terminal the progress
+    /// lines stay.
+    #[arg(long)]
+    pub tui: bool,
 }
 
 /// A duration flag: `20`, `250ms`, `20s`, `5m`, `2h`, at most a week.
@@ -128,6 +133,7 @@ impl RunArgs {
                 |n| std::env::var(n).ok(),
             )?,
             status_addr: self.status_addr,
+            tui: self.tui,
         })
     }
 }

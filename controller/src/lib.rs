@@ -32,6 +32,7 @@ pub mod summary;
 pub mod target_metrics;
 pub mod threshold;
 pub mod tls;
+pub mod tui;
 
 /// Exit code of a run whose verdict is PASS.
 pub const EXIT_PASS: i32 = 0;

@@ -18,7 +18,7 @@ const EVERY_S: u64 = 5;
 
 /// Prints progress unless quiet.
 pub struct Progress {
-    quiet: bool,
+    quiet: Cell<bool>,
     last_s: Cell<Option<u64>>,
     /// The run's step totals at the previous line.
     steps_before: RefCell<Vec<StepTotals>>,
@@ -37,23 +37,29 @@ impl Progress {
     /// A progress printer.
     pub fn new(quiet: bool) -> Self {
         Progress {
-            quiet,
+            quiet: Cell::new(quiet),
             last_s: Cell::new(None),
             steps_before: RefCell::new(Vec::new()),
             window: RefCell::new(VecDeque::new()),
         }
     }
 
+    /// Silences (or lets speak) the lines from now on: the live view
+    /// replaces them.
+    pub fn set_quiet(&self, quiet: bool) {
+        self.quiet.set(quiet);
+    }
+
     /// Prints a free line.
     pub fn line(&self, text: String) {
-        if !self.quiet {
+        if !self.quiet.get() {
             eprintln!("{text}");
         }
     }
 
     /// Considers a new row; prints a line every few seconds.
     pub fn row(&self, row: &Row, plan: &Plan, elapsed_s: f64, run: &Totals, fleet: Fleet) {
-        if self.quiet {
+        if self.quiet.get() {
             return;
         }
         let window = {

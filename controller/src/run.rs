@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub fleet_tls: Option<ServerTls>,
     /// Serve the status API here ([`crate::status`]); `None`: off.
     pub status_addr: Option<std::net::SocketAddr>,
+    /// Show the live view ([`crate::tui`]) if stdin and stdout are terminals.
+    pub tui: bool,
 }
 
 /// A finished run.
@@ -177,30 +179,32 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let status_tasks = TaskTracker::new();
     let status_done = CancellationToken::new();
     let _status_done = status_done.clone().drop_guard();
-    let status = match opts.status_addr {
-        None => None,
-        Some(at) => {
-            let starting = crate::status::Status {
-                state: "starting",
-                scenario: plan.name.clone(),
-                ..Default::default()
-            };
-            let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(starting));
-            // Only a token the user gave unlocks /stop (a local fleet's is random).
-            let bound = crate::status::serve(
-                at,
-                rx,
-                opts.fleet_token.clone(),
-                shutdown.clone(),
-                status_done.clone(),
-                &status_tasks,
-            )
-            .await
-            .map_err(|e| RunError::Fleet(format!("status API on {at}: {e}")))?;
-            eprintln!("status API on http://{bound}/status (/metrics, /health, POST /stop)");
-            Some(tx)
-        }
-    };
+    // The live view draws on a terminal; without one the progress lines stay.
+    let tui = opts.tui && crate::tui::available();
+    if opts.tui && !tui {
+        eprintln!("--tui needs a terminal on stdin and stdout: showing progress lines instead");
+    }
+    // The status API and the live view read the same status.
+    let status = (opts.status_addr.is_some() || tui).then(|| {
+        let starting =
+            crate::status::Status { state: "starting", scenario: plan.name.clone(), ..Default::default() };
+        tokio::sync::watch::channel(std::sync::Arc::new(starting))
+    });
+    if let (Some(at), Some((_, rx))) = (opts.status_addr, &status) {
+        // Only a token the user gave unlocks /stop (a local fleet's is random).
+        let bound = crate::status::serve(
+            at,
+            rx.clone(),
+            opts.fleet_token.clone(),
+            shutdown.clone(),
+            status_done.clone(),
+            &status_tasks,
+        )
+        .await
+        .map_err(|e| RunError::Fleet(format!("status API on {at}: {e}")))?;
+        eprintln!("status API on http://{bound}/status (/metrics, /health, POST /stop)");
+    }
+    let (status, status_rx) = status.unzip();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut local = match plan.fleet.local {
         Some(n) => Some(
@@ -335,6 +339,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
         unbalanced: Vec::new(),
         status,
         assigns,
+        target_url: target_url.clone(),
+        worker_seconds: Vec::new(),
+        recent_log: Default::default(),
     };
     run.log(format!("run {} started with {} workers", run.run_id, run.members.len())).await;
     for line in estimate {
@@ -349,7 +356,25 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     for i in unassigned {
         run.lose(i, "its assignment could not be delivered").await;
     }
+    let live = match status_rx.filter(|_| tui) {
+        Some(rx) => match crate::tui::LiveView::start(rx, shutdown.clone()) {
+            Ok(view) => {
+                run.progress.set_quiet(true);
+                Some(view)
+            }
+            Err(e) => {
+                eprintln!("the live view could not start ({e}): showing progress lines instead");
+                None
+            }
+        },
+        None => None,
+    };
+    run.publish("running");
     let interrupted = run.drive(&mut events, &shutdown).await;
+    // The terminal is given back before the summary is printed on it.
+    if let Some(view) = live {
+        view.finish();
+    }
 
     for m in &mut run.members {
         m.link = None; // ends the streams: workers see the run is over

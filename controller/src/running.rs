@@ -40,6 +40,8 @@ pub(crate) struct Running {
     pub(crate) writer: ResultsWriter,
     pub(crate) run_start: Instant,
     pub(crate) run_id: String,
+    /// The load's target URL.
+    pub(crate) target_url: String,
     pub(crate) next_phase: usize,
     pub(crate) stopping: Option<Instant>,
     pub(crate) aborted: Option<String>,
@@ -55,7 +57,14 @@ pub(crate) struct Running {
     /// What the workers of each group are assigned (a late joiner gets its
     /// group's, with its own clock offset).
     pub(crate) assigns: Vec<Assign>,
+    /// Each worker's last written second, for the status and live view.
+    pub(crate) worker_seconds: Vec<stampede_model::results::WorkerRow>,
+    /// The last lines of test.log, for the status and live view.
+    pub(crate) recent_log: std::cell::RefCell<std::collections::VecDeque<String>>,
 }
+
+/// Lines of test.log the status keeps.
+const RECENT_LOG: usize = 8;
 
 impl Running {
     /// The run as the status API shows it.
@@ -72,15 +81,42 @@ impl Running {
             errors: self.agg.run.errors.clone(),
             latency_ms: stampede_model::results::Percentiles::of(&self.agg.run.latency),
             connect_ms: stampede_model::results::Percentiles::of(&self.agg.run.connect),
-            workers: self
-                .members
+            workers: self.members.iter().map(|m| self.worker_status(m)).collect(),
+            target: self.target_url.clone(),
+            phases: self
+                .plan
+                .phases
                 .iter()
-                .map(|m| crate::status::WorkerStatus {
-                    id: m.hello.worker_id.clone(),
-                    live: m.live(),
-                    group: self.plan.groups.get(m.group).map_or(String::new(), |g| g.name.clone()),
+                .map(|p| crate::status::PhaseSpan {
+                    name: p.name().to_string(),
+                    start_s: p.start.as_secs_f64(),
+                    duration_s: p.duration.as_secs_f64(),
                 })
                 .collect(),
+            thresholds: summary::thresholds_so_far(&self.plan, &self.agg),
+            generator_stalled_seconds: self.agg.stalled_seconds(None).len() as u64,
+            log: self.recent_log.borrow().iter().cloned().collect(),
+        }
+    }
+
+    fn worker_status(&self, m: &Member) -> crate::status::WorkerStatus {
+        let id = &m.hello.worker_id;
+        let second = self.worker_seconds.iter().find(|w| &w.worker == id);
+        let state = match () {
+            _ if m.banned.is_some() => "banned",
+            _ if m.finished => "finished",
+            _ if m.link.is_none() => "lost",
+            _ => "live",
+        };
+        crate::status::WorkerStatus {
+            id: id.clone(),
+            live: m.live(),
+            group: self.plan.groups.get(m.group).map_or(String::new(), |g| g.name.clone()),
+            state,
+            connections: second.map_or(0, |w| w.connections_active),
+            cpu_pct: second.map_or(0.0, |w| w.cpu_pct),
+            rss_mb: second.map_or(0.0, |w| w.rss_mb),
+            clock_offset_ms: second.map_or(m.offset_us as f64 / 1000.0, |w| w.clock_offset_ms),
         }
     }
 
@@ -98,6 +134,13 @@ impl Running {
     pub(crate) async fn log(&self, what: String) {
         let line = format!("[{:>8.1} s] {what}", self.elapsed_s());
         tracing::info!("{what}");
+        {
+            let mut recent = self.recent_log.borrow_mut();
+            if recent.len() == RECENT_LOG {
+                recent.pop_front();
+            }
+            recent.push_back(line.clone());
+        }
         self.writer.log(line).await;
     }
 
@@ -250,6 +293,7 @@ impl Running {
             let fleet =
                 crate::progress::Fleet { lost: self.lost.iter().filter(|l| l.back_at_s.is_none()).count() };
             self.progress.row(&row, &self.plan, elapsed, &self.agg.run, fleet);
+            self.worker_seconds.clone_from(&row.workers);
             if let Some(watch) = &mut self.stress {
                 let s = row.metrics.elapsed_s;
                 let before = s.checked_sub(1).and_then(|b| self.agg.rows.get(b as usize));

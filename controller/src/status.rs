@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use stampede_model::Counters;
-use stampede_model::results::{MetricsRow, Percentiles};
+use stampede_model::results::{MetricsRow, Percentiles, ThresholdOutcome};
 use stampede_proto::auth::FleetToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -66,6 +66,30 @@ pub struct Status {
     pub connect_ms: Percentiles,
     /// The workers.
     pub workers: Vec<WorkerStatus>,
+    /// The load's target URL.
+    pub target: String,
+    /// The schedule, in order (as the run changes it: a stress stage that
+    /// breaks ends early).
+    pub phases: Vec<PhaseSpan>,
+    /// The run's thresholds over the run so far, judged as summary.json
+    /// judges the whole run at its end.
+    pub thresholds: Vec<ThresholdOutcome>,
+    /// Seconds so far in which a worker was saturated (their latency
+    /// measures the load generator, not the target).
+    pub generator_stalled_seconds: u64,
+    /// The run's last lines of test.log, oldest first.
+    pub log: Vec<String>,
+}
+
+/// One phase of the schedule.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSpan {
+    /// Its name (`warmup`, `ramp-up`, `step-3`, ...).
+    pub name: String,
+    /// Its start, seconds since the run started.
+    pub start_s: f64,
+    /// Its length, seconds.
+    pub duration_s: f64,
 }
 
 /// One worker, as the run sees it.
@@ -77,6 +101,16 @@ pub struct WorkerStatus {
     pub live: bool,
     /// Its client group.
     pub group: String,
+    /// `live`, `finished`, `lost` or `banned`.
+    pub state: &'static str,
+    /// Its open connections at the last second.
+    pub connections: u64,
+    /// Its CPU at the last second, percent of one core.
+    pub cpu_pct: f64,
+    /// Its resident memory at the last second, MB.
+    pub rss_mb: f64,
+    /// Its clock offset (controller minus worker), ms.
+    pub clock_offset_ms: f64,
 }
 
 /// Serves the API on `addr` until `done` fires and [`LINGER`] has passed;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use stampede_model::results::{
     ConnectionFigures, Figures, MessageFigures, PhaseSummary, SUMMARY_SCHEMA_VERSION, StepFigures,
-    StepsFigures, Summary, WorkerInfo,
+    StepsFigures, Summary, ThresholdOutcome, WorkerInfo,
 };
 
 use stampede_model::figures::{error_rate, throughput};
@@ -154,6 +154,17 @@ pub fn second_figures(row: &Row, open_before: u64) -> Figures {
     figures_of(&t, span)
 }
 
+/// The plan's thresholds judged on `figures`.
+fn judge(plan: &Plan, figures: &Figures) -> Vec<ThresholdOutcome> {
+    plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, figures)).collect()
+}
+
+/// The thresholds over the run so far, judged as [`build`] judges the
+/// whole run at its end (for the live view and the status API).
+pub fn thresholds_so_far(plan: &Plan, agg: &Aggregator) -> Vec<ThresholdOutcome> {
+    judge(plan, &figures(agg, None, &agg.run))
+}
+
 /// Builds the summary and decides the verdict: the thresholds over the
 /// whole run, and over each step of a `steps` stage (a step that fails
 /// fails the run; a stress stage's steps get verdicts too, but breaking is
@@ -166,10 +177,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
         .enumerate()
         .map(|(i, (p, t))| {
             let figures = figures(agg, Some(i), t);
-            let thresholds: Vec<_> = match p.judged {
-                true => plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &figures)).collect(),
-                false => Vec::new(),
-            };
+            let thresholds = if p.judged { judge(plan, &figures) } else { Vec::new() };
             PhaseSummary {
                 name: p.name().to_string(),
                 start_s: p.start.as_secs_f64(),
@@ -209,8 +217,7 @@ pub fn build(plan: &Plan, agg: &Aggregator, facts: RunFacts) -> Summary {
     };
     summary.figures.workers_lost = facts.workers_lost;
     summary.figures.rebalanced = facts.rebalanced;
-    summary.thresholds =
-        plan.thresholds.iter().map(|(m, cond)| evaluate(*m, *cond, &summary.figures)).collect();
+    summary.thresholds = judge(plan, &summary.figures);
     let pass = summary.aborted.is_none() && summary.thresholds.iter().all(|t| t.pass) && steps_pass;
     summary.verdict = verdict(pass);
     summary

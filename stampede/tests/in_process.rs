@@ -83,6 +83,7 @@ dir = "{}"
 fn options(path: std::path::PathBuf) -> RunOptions {
     RunOptions {
         status_addr: None,
+        tui: false,
         scenario: path,
         overrides: Overrides::default(),
         executable: None,
