@@ -114,6 +114,13 @@ pub struct Line {
     pub r2: f64,
 }
 
+impl Line {
+    /// The line's y at `x`.
+    pub fn at(&self, x: f64) -> f64 {
+        self.intercept + self.slope * x
+    }
+}
+
 /// Fits a line through `points`; `None` for fewer than 3 or a vertical set.
 pub fn fit_line(points: &[(f64, f64)]) -> Option<Line> {
     if points.len() < 3 {

@@ -271,3 +271,189 @@ fn preview_when_asked() {
     nan.errors.iter_mut().for_each(|x| *x = 0.0);
     plots::render_run(&nan, &[], None, &dir.join("nan")).unwrap();
 }
+
+/// Every `<polyline>` of `colour` (`#RRGGBB`) in an SVG: its points in
+/// pixels, in drawing order.
+fn polylines(svg: &str, colour: &str) -> Vec<Vec<(f64, f64)>> {
+    svg.split("<polyline")
+        .skip(1)
+        .filter(|p| p.contains(&format!("stroke=\"{colour}\"")))
+        .filter_map(|p| {
+            let points = p.split("points=\"").nth(1)?.split('"').next()?;
+            Some(
+                points
+                    .split_whitespace()
+                    .filter_map(|xy| {
+                        let (x, y) = xy.split_once(',')?;
+                        Some((x.parse().ok()?, y.parse().ok()?))
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Every `<rect>` filled with `colour`: (x, width) in pixels.
+fn rects(svg: &str, colour: &str) -> Vec<(f64, f64)> {
+    let attr = |r: &str, name: &str| -> Option<f64> {
+        r.split(&format!(" {name}=\"")).nth(1)?.split('"').next()?.parse().ok()
+    };
+    svg.split("<rect")
+        .skip(1)
+        .filter(|r| r.split("/>").next().is_some_and(|r| r.contains(&format!("fill=\"{colour}\""))))
+        .filter_map(|r| Some((attr(r, "x")?, attr(r, "width")?)))
+        .collect()
+}
+
+/// The pixel column of second `t` on a time chart of [`synthetic`], from
+/// its phase bands (warmup starts at 0 s, cooldown ends at 300 s).
+fn time_to_px(svg: &str) -> impl Fn(f64) -> f64 + use<> {
+    let (warmup, cooldown) = (rects(svg, "#ECF2FA")[0], rects(svg, "#F7F7F7")[1]);
+    let per_s = (cooldown.0 + cooldown.1 - warmup.0) / 300.0;
+    move |t: f64| warmup.0 + t * per_s
+}
+
+#[test]
+fn seconds_line_up_with_the_phase_bands_and_finding_spans() {
+    let tl = synthetic("run-a", 1.0);
+    // Connections: second 150 (the drop) ends at 151 s, where its open
+    // connections are drawn, inside the drop's span [150, 151].
+    let svg = plots::svg("connections", &tl, &findings(), None).unwrap();
+    let px = time_to_px(&svg);
+    let active = polylines(&svg, "#1F77B4").into_iter().max_by_key(|l| l.len()).unwrap();
+    let drop_at = active.windows(2).position(|w| w[1].1 - w[0].1 > 20.0).unwrap() + 1;
+    assert!(
+        (active[drop_at].0 - px(151.0)).abs() < 1.0,
+        "drawn at {} px, 151 s is {} px",
+        active[drop_at].0,
+        px(151.0)
+    );
+    assert!((active[0].0 - px(1.0)).abs() < 1.0, "the first second's connections are drawn at its end");
+
+    // Latency: the plateau of seconds 120-139 is drawn at their middles,
+    // inside the spike's span [120, 140].
+    let svg = plots::svg("latency", &tl, &findings(), None).unwrap();
+    let px = time_to_px(&svg);
+    let p95 = polylines(&svg, "#FF7F0E").into_iter().max_by_key(|l| l.len()).unwrap();
+    let top = p95.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let high: Vec<f64> = p95.iter().filter(|p| p.1 < top + 5.0).map(|p| p.0).collect();
+    let (first, last) = (high[0], high[high.len() - 1]);
+    assert!(
+        (first - px(120.5)).abs() < 1.0 && (last - px(139.5)).abs() < 1.0,
+        "plateau at {first}..{last} px"
+    );
+    let span = rects(&svg, "#D62728")[0];
+    assert!(
+        span.0 < first && last < span.0 + span.1,
+        "the plateau {first}..{last} lies in the span {span:?}"
+    );
+}
+
+#[test]
+fn each_finding_is_marked_on_its_own_chart_and_the_memory_chart_names_the_leak() {
+    let tl = synthetic("run-a", 1.0);
+    let svg = |stem| plots::svg(stem, &tl, &findings(), None).unwrap();
+    let (latency, connections, memory) = (svg("latency"), svg("connections"), svg("memory"));
+    assert!(latency.contains("latency spike (finding)"));
+    for other in ["memory growth", "connection drop"] {
+        assert!(!latency.contains(other), "the latency chart marks {other}");
+    }
+    assert!(connections.contains("connection drop (finding)") && !connections.contains("memory growth"));
+    assert!(memory.contains("memory growth (finding)") && !memory.contains("latency spike"));
+    // The leaking series is named, in the title and with its fitted line.
+    assert!(memory.contains("resident memory: workers (sum) growing"), "{memory}");
+    assert!(memory.contains("workers (sum) grows +1.00 MB/min (fitted)"));
+    // The fit of 100 + t/12 MB over 60-279 s, drawn from 61 to 280 s.
+    let fit = polylines(&memory, "#D67800");
+    assert!(!fit.is_empty(), "no fitted line drawn");
+    // Its dashes start at 61 s and end within a dash of 280 s (the legend's
+    // sample dashes are at the left edge, before 61 s).
+    let px = time_to_px(&memory);
+    let xs: Vec<f64> = fit.iter().flatten().map(|p| p.0).collect();
+    let last = xs.iter().copied().fold(0.0, f64::max);
+    assert!(xs.iter().any(|x| (x - px(61.0)).abs() < 1.0), "the fit does not start at 61 s: {xs:?}");
+    assert!(
+        last <= px(280.0) + 1.0 && last >= px(280.0) - 14.0,
+        "the fit ends at {last} px, 280 s is {}",
+        px(280.0)
+    );
+
+    // A per-worker leak is named as its worker.
+    let mut one = findings();
+    one[2].subject = "worker local-2".into();
+    let memory = plots::svg("memory", &tl, &one, None).unwrap();
+    assert!(
+        memory.contains("resident memory: worker local-2 growing") && memory.contains("worker local-2 grows")
+    );
+}
+
+#[test]
+fn the_cdf_gives_the_tail_a_percentile_axis_with_the_nines_marked() {
+    let tl = synthetic("run-a", 1.0);
+    let cdf = plots::svg("latency_cdf", &tl, &[], Some(&distribution("run-a", 1.0))).unwrap();
+    for label in ["0%", "90%", "99%", "99.9%"] {
+        assert!(cdf.contains(&format!("\n{label}\n")), "axis label {label} missing");
+    }
+    assert!(cdf.contains("percentile (axis 1 / (1 - q)"));
+    // The marked values are the distribution's own: the first recorded
+    // value at or above each fraction (`distribution` is 0.5 + 1.5q + 400q^40 ms at q = i/200).
+    let ms = |q: f64| 0.5 + 1.5 * q + 400.0 * q.powi(40);
+    let value = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0} ms")
+        } else if v >= 10.0 {
+            format!("{v:.1} ms")
+        } else {
+            format!("{v:.2} ms")
+        }
+    };
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 1.0), ("max", 1.0)] {
+        let want = format!("{name}  {}", value(ms(q)));
+        assert!(cdf.contains(&want), "{want:?} missing");
+    }
+    // The curve climbs over the axis: the max lies at its right end.
+    let curve = polylines(&cdf, "#1F77B4").into_iter().max_by_key(|l| l.len()).unwrap();
+    let (first, last) = (curve[0], curve[curve.len() - 1]);
+    assert!(last.0 > first.0 + 500.0 && last.1 < first.1 - 200.0, "{first:?} -> {last:?}");
+}
+
+#[test]
+fn full_phase_names_even_for_narrow_phases_and_log_axes_over_decades() {
+    let mut tl = synthetic("run-a", 1.0);
+    tl.phases = (0..20)
+        .map(|i| PhaseSpan {
+            name: format!("step-{}", i + 1),
+            start_s: i as f64 * 15.0,
+            end_s: (i + 1) as f64 * 15.0,
+        })
+        .collect();
+    let svg = plots::svg("latency", &tl, &[], None).unwrap();
+    for i in 1..=20 {
+        assert!(svg.contains(&format!("step-{i}\n")), "step-{i} not named in full");
+    }
+    assert!(!svg.contains('…'), "a phase name was cut");
+
+    // p50 0.02 ms and p99 40 ms: a log axis, where the max needs no cut.
+    let mut wide = synthetic("wide", 1.0);
+    wide.latency_p50_ms.iter_mut().for_each(|v| *v *= 0.01);
+    let svg = plots::svg("latency", &wide, &[], None).unwrap();
+    assert!(svg.contains("latency (ms) (log scale)") && !svg.contains("max cut"), "{svg}");
+    let narrow = plots::svg("latency", &synthetic("narrow", 1.0), &[], None).unwrap();
+    assert!(!narrow.contains("log scale"));
+
+    // Runs 100x apart share the comparison's time panel on a log axis.
+    let (a, b) = (synthetic("fast", 0.01), synthetic("slow", 5.0));
+    let dir = tempfile::tempdir().unwrap();
+    plots::render_comparison(&[(&a, None), (&b, None)], dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join(format!("{COMPARE_CHART}.svg"))).unwrap();
+    assert!(text.contains("p95 latency (ms) (log scale)"));
+}
+
+#[test]
+fn sent_is_drawn_over_received() {
+    let svg = plots::svg("throughput", &synthetic("run-a", 1.0), &[], None).unwrap();
+    assert!(svg.contains("sent (dashed)") && svg.contains("received (echoes)"));
+    let received = svg.find("stroke=\"#1F77B4\" stroke-width=\"4\"").expect("received drawn wide");
+    let sent = svg.rfind("stroke=\"#FF7F0E\"").expect("sent drawn");
+    assert!(sent > received, "sent is drawn after (over) received");
+}

@@ -4,7 +4,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::common::{DrawResult, finite_max, fmt_value, message_chart, palette, run_name};
+use super::common::{DrawResult, finite_max, finite_min, fmt_value, message_chart, palette, run_name};
 use super::timechart::{Line, Mark, Stroke, TimeChart};
 use crate::model::{Finding, FindingKind, Severity, Timeline};
 
@@ -39,25 +39,37 @@ fn kind_label(kind: FindingKind) -> String {
     format!("{} (finding)", kind.name().replace('_', " "))
 }
 
-/// Findings of the `spans` kinds as spans over `[start_s, end_s + 1]`, those
-/// of the `markers` kinds as dashed lines at `start_s`.
-fn marks(findings: &[Finding], spans: &[FindingKind], markers: &[FindingKind]) -> (Vec<Mark>, Vec<Mark>) {
-    let mark = |f: &Finding| Mark {
-        start: f.start_s,
-        end: f.end_s + 1.0,
-        color: kind_color(f.kind),
-        alpha: match f.severity {
-            Severity::Info => 0.12,
-            Severity::Warning => 0.18,
-            Severity::Critical => 0.25,
-        },
-        label: kind_label(f.kind),
-    };
-    let valid = |f: &&Finding| f.start_s.is_finite() && f.end_s.is_finite();
-    let pick = |kinds: &[FindingKind]| -> Vec<Mark> {
-        findings.iter().filter(valid).filter(|f| kinds.contains(&f.kind)).map(mark).collect()
-    };
-    (pick(spans), pick(markers))
+/// The findings of `kinds` as spans over their seconds `[start_s, end_s + 1]`.
+/// Each chart shows only the findings about its own series.
+fn spans(findings: &[Finding], kinds: &[FindingKind]) -> Vec<Mark> {
+    findings
+        .iter()
+        .filter(|f| f.start_s.is_finite() && f.end_s.is_finite() && kinds.contains(&f.kind))
+        .map(|f| Mark {
+            start: f.start_s,
+            end: f.end_s + 1.0,
+            color: kind_color(f.kind),
+            alpha: match f.severity {
+                Severity::Info => 0.12,
+                Severity::Warning => 0.18,
+                Severity::Critical => 0.25,
+            },
+            label: kind_label(f.kind),
+        })
+        .collect()
+}
+
+/// Where a second's figures are drawn. A row describes the second
+/// `[s, s + 1)`: what happened during it (rates, latency) at its middle,
+/// what held at its end (open connections, memory) at `s + 1`, so each lines
+/// up with the phase bands and finding spans, which cover whole seconds.
+fn during(t: &Timeline) -> Vec<f64> {
+    t.elapsed_s.iter().map(|s| s + 0.5).collect()
+}
+
+/// See [`during`].
+fn at_end(t: &Timeline) -> Vec<f64> {
+    t.elapsed_s.iter().map(|s| s + 1.0).collect()
 }
 
 /// The end of the x axis: the last second plus one.
@@ -75,9 +87,9 @@ fn chart<'a>(t: &'a Timeline, what: &str, y_desc: &'a str, lines: Vec<Line>) -> 
         phases: &t.phases,
         lines,
         spans: Vec::new(),
-        markers: Vec::new(),
         empty_top: 1.0,
         note: None,
+        log_y: false,
     }
 }
 
@@ -100,15 +112,22 @@ pub(super) fn latency<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let x = &t.elapsed_s;
-    // One slow round trip can be 100x the p99: then the max line is cut at a
-    // ceiling so the percentiles keep the chart's height.
-    let pct_top =
-        finite_max([&t.latency_p50_ms, &t.latency_p95_ms, &t.latency_p99_ms].into_iter().flatten().copied());
+    let x = &during(t);
+    let pct = || [&t.latency_p50_ms, &t.latency_p95_ms, &t.latency_p99_ms].into_iter().flatten().copied();
+    let pct_top = finite_max(pct());
     let max_top = finite_max(t.latency_max_ms.iter().copied());
+    // Percentiles more than two decades apart get a log axis, where the max
+    // line has room too.
+    let log_y = match (finite_min(pct().filter(|v| *v > 0.0)), pct_top) {
+        (Some(lo), Some(hi)) => hi / lo > 100.0,
+        _ => false,
+    };
+    // Otherwise one slow round trip can be 100x the p99: then the max line
+    // is cut at a ceiling so the percentiles keep the chart's height.
     let mut max_line = t.latency_max_ms.clone();
     let mut note = None;
     if let (Some(p), Some(m)) = (pct_top, max_top)
+        && !log_y
         && p > 0.0
         && m > MAX_CLIP_RATIO * p
     {
@@ -124,9 +143,9 @@ where
     ];
     let mut c = chart(t, "round-trip latency per second", "latency (ms)", lines);
     c.note = note;
-    let others = [FindingKind::MemoryGrowth, FindingKind::ConnectionDrop];
+    c.log_y = log_y;
     // Stalled seconds are shaded too: latency there is the generator's.
-    (c.spans, c.markers) = marks(f, &[FindingKind::LatencySpike, FindingKind::GeneratorStalled], &others);
+    c.spans = spans(f, &[FindingKind::LatencySpike, FindingKind::GeneratorStalled]);
     draw(area, t, &c)
 }
 
@@ -138,13 +157,13 @@ pub(super) fn connections<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let x = &t.elapsed_s;
+    let x = &at_end(t);
     let lines = vec![
         Line::new("target", x, &t.connections_target, MAX, Stroke::Dashed),
         Line::new("active", x, &t.connections_active, P50, Stroke::Solid),
     ];
-    let mut c = chart(t, "open connections", "connections", lines);
-    (c.spans, c.markers) = marks(f, &[FindingKind::ConnectionDrop], &[]);
+    let mut c = chart(t, "open connections (at the end of each second)", "connections", lines);
+    c.spans = spans(f, &[FindingKind::ConnectionDrop]);
     draw(area, t, &c)
 }
 
@@ -152,11 +171,12 @@ pub(super) fn throughput<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, t: &
 where
     DB::ErrorType: 'static,
 {
-    let x = &t.elapsed_s;
-    let lines = vec![
-        Line::new("sent", x, &t.messages_sent, P95, Stroke::Faded),
-        Line::new("received (echoes)", x, &t.messages_received, P50, Stroke::Solid),
-    ];
+    let x = &during(t);
+    // Sent is drawn dashed over received: where they are equal (every
+    // message answered) both stay visible.
+    let mut received = Line::new("received (echoes)", x, &t.messages_received, P50, Stroke::Solid);
+    received.width = 4;
+    let lines = vec![received, Line::new("sent (dashed)", x, &t.messages_sent, P95, Stroke::Dashed)];
     let c = chart(t, "throughput", "messages / s", lines);
     draw(area, t, &c)
 }
@@ -185,7 +205,7 @@ pub(super) fn errors<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, t: &Time
 where
     DB::ErrorType: 'static,
 {
-    let lines = vec![Line::new("errors / attempts", &t.elapsed_s, &error_pct(t), SPIKE, Stroke::Solid)];
+    let lines = vec![Line::new("errors / attempts", &during(t), &error_pct(t), SPIKE, Stroke::Solid)];
     let c = chart(t, "error rate", "error rate (%)", lines);
     draw(area, t, &c)
 }
@@ -198,10 +218,10 @@ pub(super) fn memory<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let x = &t.elapsed_s;
-    let mut lines = vec![Line::new("workers (sum)", x, &t.worker_rss_mb, P50, Stroke::Solid)];
+    let x = &at_end(t);
+    let mut lines = vec![Line::new(SUM_NAME, x, &t.worker_rss_mb, P50, Stroke::Solid)];
     if finite_max(t.target_rss_mb.iter().copied()).is_some() {
-        lines.push(Line::new("target server", x, &t.target_rss_mb, RGBColor(44, 160, 44), Stroke::Solid));
+        lines.push(Line::new(TARGET_NAME, x, &t.target_rss_mb, RGBColor(44, 160, 44), Stroke::Solid));
     }
     let workers = &t.worker_rss;
     let mut note = None;
@@ -222,8 +242,56 @@ where
             lines.push(Line { name, xs: x.clone(), ys: rss.clone(), color, width: 1, stroke: Stroke::Faded });
         }
     }
-    let mut c = chart(t, "resident memory", "memory (MB)", lines);
+    // Each growth finding: its series named, its fitted line drawn over
+    // the seconds it was fitted on.
+    let growth: Vec<&Finding> = f.iter().filter(|f| f.kind == FindingKind::MemoryGrowth).collect();
+    for g in &growth {
+        let Some((name, series)) = memory_series(t, &g.subject) else { continue };
+        let points: Vec<(f64, f64)> = t
+            .elapsed_s
+            .iter()
+            .zip(series)
+            .filter(|(s, v)| (g.start_s..=g.end_s).contains(*s) && v.is_finite())
+            .map(|(s, v)| (*s, *v))
+            .collect();
+        let Some(fit) = crate::stats::fit_line(&points) else { continue };
+        let (a, b) = (g.start_s, g.end_s);
+        let mut line = Line::new(
+            &format!("{name} grows {:+.2} MB/min (fitted)", g.magnitude),
+            &[a + 1.0, b + 1.0],
+            &[fit.at(a), fit.at(b)],
+            GROWTH,
+            Stroke::Dashed,
+        );
+        line.width = 3;
+        lines.push(line);
+    }
+    let mut c = chart(t, "resident memory (at the end of each second)", "memory (MB)", lines);
     c.note = note;
-    (c.spans, c.markers) = marks(f, &[FindingKind::MemoryGrowth], &[]);
+    c.spans = spans(f, &[FindingKind::MemoryGrowth]);
+    if !growth.is_empty() {
+        let leaking: Vec<String> =
+            growth.iter().map(|g| memory_series(t, &g.subject).map_or(g.subject.clone(), |s| s.0)).collect();
+        c.title = format!("{}: resident memory: {} growing", run_name(&t.label), leaking.join(", "));
+    }
     draw(area, t, &c)
+}
+
+/// Legend name of the workers' summed memory.
+const SUM_NAME: &str = "workers (sum)";
+/// Legend name of the target's memory.
+const TARGET_NAME: &str = "target server";
+
+/// The memory series a growth finding's subject names, with its legend
+/// name: `worker_rss_mb`, `target_rss_mb` or `worker <id>`.
+fn memory_series<'a>(t: &'a Timeline, subject: &str) -> Option<(String, &'a [f64])> {
+    match subject {
+        "worker_rss_mb" => Some((SUM_NAME.to_string(), &t.worker_rss_mb)),
+        "target_rss_mb" => Some((TARGET_NAME.to_string(), &t.target_rss_mb)),
+        _ => {
+            let id = subject.strip_prefix("worker ")?;
+            let (_, series) = t.worker_rss.iter().find(|(w, _)| w == id)?;
+            Some((subject.to_string(), series))
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! NaN-broken lines and a legend placed where it hides the least data.
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -48,8 +50,7 @@ impl Line {
     }
 }
 
-/// A finding drawn on a chart: a translucent span over `[start, end]`, or a
-/// thin dashed marker at `start`.
+/// A finding drawn on a chart: a translucent span over `[start, end]`.
 pub(super) struct Mark {
     pub start: f64,
     pub end: f64,
@@ -70,17 +71,22 @@ pub(super) struct TimeChart<'a> {
     pub phases: &'a [PhaseSpan],
     pub lines: Vec<Line>,
     pub spans: Vec<Mark>,
-    pub markers: Vec<Mark>,
     /// Top of the y axis when there is no positive value.
     pub empty_top: f64,
     /// A note under the title's right end (e.g. "per-worker lines omitted").
     pub note: Option<String>,
+    /// A log y axis when the values span more than two decades.
+    pub log_y: bool,
 }
 
 /// Alternating phase band backgrounds.
 const BANDS: [RGBColor; 2] = [RGBColor(236, 242, 250), RGBColor(247, 247, 247)];
-/// Height of the strip above the plot holding the phase names.
-const PHASE_STRIP: i32 = 24;
+/// Height of one row of phase names above the plot.
+const PHASE_ROW: i32 = 17;
+/// Rows of phase names at most (narrow phases take turns).
+const PHASE_ROWS: usize = 3;
+/// Width of the y axis labels.
+const Y_LABEL_AREA: i32 = 72;
 /// The x axis label every time chart uses.
 pub(super) const X_DESC: &str = "time since start (s)";
 
@@ -92,20 +98,73 @@ impl TimeChart<'_> {
     {
         area.fill(&WHITE)?;
         let body = titled(area, &self.title, self.title_size)?;
-        let strip = if self.phases.is_empty() { 6 } else { PHASE_STRIP };
-        let body = body.margin(strip, 6, 8, 28);
         let x_end = if self.x_end.is_finite() && self.x_end > 0.0 { self.x_end } else { 1.0 };
+        // The phase names take as many rows above the plot as they need.
+        let (xr, _) = body.get_pixel_range();
+        let labels = self.phase_labels(area, (xr.start + 6 + Y_LABEL_AREA)..(xr.end - 8), x_end)?;
+        let rows = labels.iter().map(|l| l.row + 1).max().unwrap_or(0) as i32;
+        let strip = if self.phases.is_empty() { 6 } else { 8 + rows.max(1) * PHASE_ROW };
+        let body = body.margin(strip, 6, 8, 28);
 
         let legend_rows = self.legend_rows();
-        let (corner, y_top) = self.layout_legend(x_end, legend_rows, body.dim_in_pixel().1);
+        let (corner, under, legend_frac) = self.layout_legend(x_end, legend_rows, body.dim_in_pixel().1);
+        let values = || self.lines.iter().flat_map(|l| l.ys.iter().copied());
+        let top = match finite_max(values()) {
+            Some(m) if m > 0.0 => m,
+            _ => self.empty_top,
+        };
+        // A log axis when the values span more than two decades: a
+        // sub-millisecond run next to a 100 ms one both stay readable.
+        let low = finite_min(values().filter(|v| *v > 0.0));
+        if self.log_y
+            && let Some(low) = low.filter(|low| top / low > 100.0)
+        {
+            let bottom = low / 1.5;
+            let (lt, lb) = ((top * 1.3).ln(), bottom.ln());
+            // The data in the legend's corner stays below the legend.
+            let needed = lb + (under.max(bottom).ln() - lb) / (1.0 - legend_frac);
+            let y_top = needed.max(lt).min(lt + 0.6 * (lt - lb)).exp();
+            let y: LogCoord<f64> = (bottom..y_top).log_scale().into();
+            return self.draw_on(area, &body, x_end, y, (bottom, y_top), corner, &labels);
+        }
         // From 0, unless a series goes negative.
-        let lowest = finite_min(self.lines.iter().flat_map(|l| l.ys.iter().copied())).unwrap_or(0.0);
+        let lowest = finite_min(values()).unwrap_or(0.0);
         let y_bottom = if lowest < 0.0 { lowest * 1.1 } else { 0.0 };
+        let top = top * 1.1;
+        let needed = under / (1.0 - legend_frac);
+        let y_top = if legend_rows > 0 && needed > top { needed.min(top * 1.6) } else { top };
+        self.draw_on(
+            area,
+            &body,
+            x_end,
+            RangedCoordf64::from(y_bottom..y_top),
+            (y_bottom, y_top),
+            corner,
+            &labels,
+        )
+    }
 
-        let mut chart = ChartBuilder::on(&body)
+    /// Draws the chart on `body` with the y axis `y` spanning `(bottom, top)`.
+    #[allow(clippy::too_many_arguments)]
+    fn draw_on<DB, Y>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        body: &DrawingArea<DB, Shift>,
+        x_end: f64,
+        y: Y,
+        (y_bottom, y_top): (f64, f64),
+        corner: SeriesLabelPosition,
+        labels: &[PhaseLabel],
+    ) -> DrawResult
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        let mut chart = ChartBuilder::on(body)
             .x_label_area_size(46)
-            .y_label_area_size(72)
-            .build_cartesian_2d(0f64..x_end, y_bottom..y_top)?;
+            .y_label_area_size(Y_LABEL_AREA)
+            .build_cartesian_2d(RangedCoordf64::from(0f64..x_end), y)?;
 
         for (i, p) in self.phases.iter().enumerate() {
             let (s, e) = (p.start_s.max(0.0), p.end_s.min(x_end));
@@ -121,7 +180,11 @@ impl TimeChart<'_> {
         chart
             .configure_mesh()
             .x_desc(X_DESC)
-            .y_desc(self.y_desc)
+            .y_desc(if self.log_y && y_bottom > 0.0 {
+                format!("{} (log scale)", self.y_desc)
+            } else {
+                self.y_desc.to_string()
+            })
             .x_labels(10)
             .y_labels(8)
             .x_label_formatter(&fmt)
@@ -160,7 +223,12 @@ impl TimeChart<'_> {
         for line in &self.lines {
             let style = line.style();
             let dashed = line.stroke == Stroke::Dashed;
-            let segs = segments(&line.xs, &line.ys);
+            // On a log axis a value of 0 has no place: it breaks the line.
+            let ys: Vec<f64> = match y_bottom > 0.0 {
+                true => line.ys.iter().map(|&v| if v > 0.0 { v } else { f64::NAN }).collect(),
+                false => line.ys.clone(),
+            };
+            let segs = segments(&line.xs, &ys);
             let empty = segs.is_empty();
             for seg in segs {
                 if seg.len() == 1 {
@@ -189,26 +257,17 @@ impl TimeChart<'_> {
             }
         }
 
-        for m in &self.markers {
-            if !(0.0..=x_end).contains(&m.start) {
-                continue;
-            }
-            let style = m.color.mix(0.85).stroke_width(1);
-            let pts = vec![(m.start, y_bottom), (m.start, y_top)];
-            let anno = chart.draw_series(DashedLineSeries::new(pts, 6, 4, style))?;
-            if !labelled.contains(&m.label) {
-                labelled.push(m.label.clone());
-                anno.label(m.label.clone()).legend(move |(x, y)| {
-                    DashedPathElement::new(vec![(x + 10, y - 7), (x + 10, y + 7)], 4, 3, style)
-                });
-            }
-        }
-
-        if legend_rows > 0 {
+        if self.legend_rows() > 0 {
             draw_legend(&mut chart, corner)?;
         }
 
-        self.draw_phase_names(area, &chart, x_end)?;
+        // The phase names, each centred over its band, in the row it was given.
+        let (_, yr) = chart.plotting_area().get_pixel_range();
+        let style = text(13, MUTED).pos(Pos::new(HPos::Center, VPos::Bottom));
+        for l in labels {
+            let y = yr.start - 4 - l.row as i32 * PHASE_ROW;
+            draw_text_at(area, &l.text, &style, (l.center, y))?;
+        }
         if let Some(note) = &self.note {
             let (xr, yr) = chart.plotting_area().get_pixel_range();
             let style = text(12, MUTED).pos(Pos::new(HPos::Right, VPos::Top));
@@ -220,7 +279,7 @@ impl TimeChart<'_> {
     /// Number of legend entries.
     fn legend_rows(&self) -> usize {
         let mut labels: Vec<&str> = self.lines.iter().filter_map(|l| l.name.as_deref()).collect();
-        for m in self.spans.iter().chain(&self.markers) {
+        for m in &self.spans {
             if !labels.contains(&m.label.as_str()) {
                 labels.push(&m.label);
             }
@@ -228,14 +287,9 @@ impl TimeChart<'_> {
         labels.len()
     }
 
-    /// Picks the upper corner whose data is lower, and raises the y axis
-    /// (by at most 60 %) so that the data there stays below the legend.
-    fn layout_legend(&self, x_end: f64, rows: usize, body_h: u32) -> (SeriesLabelPosition, f64) {
-        let all = self.lines.iter().flat_map(|l| l.ys.iter().copied());
-        let top = match finite_max(all) {
-            Some(m) if m > 0.0 => m * 1.1,
-            _ => self.empty_top,
-        };
+    /// Picks the upper corner whose data is lower: (corner, the highest
+    /// value under it, the share of the plot's height the legend takes).
+    fn layout_legend(&self, x_end: f64, rows: usize, body_h: u32) -> (SeriesLabelPosition, f64, f64) {
         let region_max = |lo: f64, hi: f64| {
             finite_max(self.lines.iter().flat_map(|l| {
                 l.xs.iter().zip(&l.ys).filter(move |(x, _)| **x >= lo && **x <= hi).map(|(_, y)| *y)
@@ -250,46 +304,64 @@ impl TimeChart<'_> {
         } else {
             (SeriesLabelPosition::UpperLeft, left)
         };
-        if rows == 0 {
-            return (corner, top);
-        }
         let plot_h = (f64::from(body_h) - 46.0).max(50.0);
-        let legend_frac = ((rows as f64 * 18.0 + 26.0) / plot_h).min(0.6);
-        let needed = under / (1.0 - legend_frac);
-        (corner, if needed > top { needed.min(top * 1.6) } else { top })
+        let legend_frac = if rows == 0 { 0.0 } else { ((rows as f64 * 18.0 + 26.0) / plot_h).min(0.6) };
+        (corner, under, legend_frac)
     }
 
-    /// Writes each phase's name centred above its band, shortened or left
-    /// out when the band is too narrow for it.
-    fn draw_phase_names<DB: DrawingBackend>(
+    /// Each phase's name in full, centred over its band (`plot_x`: the
+    /// plot's pixel columns), in the first row where it overlaps no other
+    /// name; a name that fits in no row is shortened to its band, and left
+    /// out when even that says nothing.
+    fn phase_labels<DB: DrawingBackend>(
         &self,
         area: &DrawingArea<DB, Shift>,
-        chart: &ChartContext<
-            DB,
-            Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-        >,
+        plot_x: std::ops::Range<i32>,
         x_end: f64,
-    ) -> DrawResult
+    ) -> Result<Vec<PhaseLabel>, Box<dyn std::error::Error>>
     where
         DB::ErrorType: 'static,
     {
-        let (_, yr) = chart.plotting_area().get_pixel_range();
-        let style = text(13, MUTED).pos(Pos::new(HPos::Center, VPos::Bottom));
+        let style = text(13, MUTED);
+        let width = f64::from((plot_x.end - plot_x.start).max(1));
+        let px = |t: f64| plot_x.start + (t / x_end * width).round() as i32;
+        let mut right_edge = [i32::MIN; PHASE_ROWS];
+        let mut out = Vec::new();
         for p in self.phases {
             let (s, e) = (p.start_s.max(0.0), p.end_s.min(x_end));
             if e <= s {
                 continue;
             }
-            let x0 = chart.backend_coord(&(s, 0.0)).0;
-            let x1 = chart.backend_coord(&(e, 0.0)).0;
-            let room = (x1 - x0 - 6).max(0) as u32;
-            let name = fit_text(area, &p.name, &style, room)?;
+            let (x0, x1) = (px(s), px(e));
+            let center = (x0 + x1) / 2;
+            let w = area.estimate_text_size(&p.name, &style)?.0 as i32;
+            // Kept inside the plot's width.
+            let left = (center - w / 2).clamp(plot_x.start, (plot_x.end - w).max(plot_x.start));
+            let free = right_edge.iter().position(|&r| r + 8 <= left);
+            let (text, row, left, w) = match free {
+                Some(row) => (p.name.clone(), row, left, w),
+                None => {
+                    let short = fit_text(area, &p.name, &style, (x1 - x0 - 6).max(0) as u32)?;
+                    let sw = area.estimate_text_size(&short, &style)?.0 as i32;
+                    (short, 0, center - sw / 2, sw)
+                }
+            };
             // A lone letter and an ellipsis says nothing: leave it out.
-            if name.chars().count() < 3 {
+            if text.chars().count() < 3 {
                 continue;
             }
-            draw_text_at(area, &name, &style, ((x0 + x1) / 2, yr.start - 4))?;
+            right_edge[row] = right_edge[row].max(left + w);
+            out.push(PhaseLabel { text, center: left + w / 2, row });
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+/// A phase name placed above the plot.
+struct PhaseLabel {
+    text: String,
+    /// Its centre, backend pixels.
+    center: i32,
+    /// Its row, 0 nearest the plot.
+    row: usize,
 }

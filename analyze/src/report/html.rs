@@ -246,10 +246,12 @@ fn caption(stem: &str) -> &'static str {
         "throughput" => {
             "messages sent and received per second; received below sent means replies are late or lost"
         }
-        "errors" => "errors per second; a burst shows when the target failed",
-        "memory" => "worker and target memory; a steady rise through the sustained phase is a leak",
+        "errors" => "errors per attempt each second; a burst shows when the target failed",
+        "memory" => {
+            "worker and target memory; a steady rise through the sustained phase is a leak: a growing series is named in the title and its fitted line drawn"
+        }
         "latency_cdf" => {
-            "the latency distribution of the run; the tail (p99 and beyond) is the worst experience"
+            "latency by percentile: each step right adds a nine (90 %, 99 %, 99.9 %), so the tail, the worst experience, gets as much room as the median; p50, p90, p99, p99.9 and the max are marked"
         }
         _ => "",
     }
