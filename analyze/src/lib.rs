@@ -1,4 +1,5 @@
 //! Post-mortem analysis of stampede result folders.
+pub mod causes;
 pub mod cli;
 pub mod compare;
 pub mod detect;

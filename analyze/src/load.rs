@@ -117,6 +117,31 @@ pub fn load(dir: &Path) -> Result<Run, LoadError> {
         notes.push("no target server series (no /metrics scraped): target memory not analyzed".into());
     }
 
+    let errors_path = dir.join(files::ERRORS_CSV);
+    if errors_path.is_file() {
+        let causes = crate::causes::read(&errors_path, &timeline.elapsed_s, &timeline.errors)?;
+        if causes.outside > 0 {
+            notes.push(format!(
+                "{}: {} row(s) about seconds {} does not have (ignored)",
+                files::ERRORS_CSV,
+                causes.outside,
+                files::METRICS_CSV
+            ));
+        }
+        if causes.disagree > 0 {
+            notes.push(format!(
+                "{}: the causes of {} second(s) do not add up to {}'s errors (the rest is drawn as \"{}\")",
+                files::ERRORS_CSV,
+                causes.disagree,
+                files::METRICS_CSV,
+                crate::causes::UNRECORDED
+            ));
+        }
+        timeline.errors_by_cause = causes.series;
+    } else if timeline.errors.iter().any(|e| *e > 0.0) {
+        notes.push(format!("{} missing: errors are not broken down by cause per second", files::ERRORS_CSV));
+    }
+
     let workers_path = dir.join(files::WORKERS_CSV);
     let workers = if workers_path.is_file() {
         let df = read_workers(dir, &workers_path, PARQUET_CACHE_ABOVE)?;
@@ -320,6 +345,7 @@ fn timeline(rows: Vec<MetricsRow>) -> Timeline {
         target_rss_mb: f(|r| r.target_rss_mb),
         target_cpu_pct: f(|r| r.target_cpu_pct),
         worker_rss: Vec::new(),
+        errors_by_cause: Vec::new(),
         generator_stalled: rows.iter().map(|r| r.generator_stalled > 0).collect(),
         counters: rows.iter().map(|r| r.counters).collect(),
     }

@@ -62,12 +62,32 @@ fn at_row(path: &Path, row: usize, message: impl Into<String>) -> LoadError {
     LoadError::Row { path: path.to_path_buf(), row, message: message.into() }
 }
 
-fn at_line(path: &Path, line: usize, message: impl Into<String>) -> LoadError {
+pub(crate) fn at_line(path: &Path, line: usize, message: impl Into<String>) -> LoadError {
     LoadError::Line { path: path.to_path_buf(), line, message: message.into() }
 }
 
-fn invalid(path: &Path, message: impl Into<String>) -> LoadError {
+pub(crate) fn invalid(path: &Path, message: impl Into<String>) -> LoadError {
     LoadError::Invalid { path: path.to_path_buf(), message: message.into() }
+}
+
+/// The cells of a CSV line (quotes as stampede writes them); `None` when a
+/// quote is left open.
+pub fn split_csv(line: &str) -> Option<Vec<String>> {
+    let mut cells = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cells.last_mut()?.push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => cells.push(String::new()),
+            (c, _) => cells.last_mut()?.push(c),
+        }
+    }
+    (!quoted).then_some(cells)
 }
 
 /// Reads and checks the file.

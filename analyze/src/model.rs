@@ -65,6 +65,9 @@ pub struct Timeline {
     pub target_cpu_pct: Vec<f64>,
     /// Per worker (from workers.csv): id and resident memory, MB, per second.
     pub worker_rss: Vec<(String, Vec<f64>)>,
+    /// Errors per second by cause (errors.csv), most errors first; empty
+    /// without the file.
+    pub errors_by_cause: Vec<(String, Vec<f64>)>,
     /// Seconds in which the load generator could not keep its schedule
     /// (latency there measures stampede, not the target).
     pub generator_stalled: Vec<bool>,

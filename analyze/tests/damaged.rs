@@ -395,3 +395,58 @@ fn counters_newer_than_the_run_read_as_zero_but_old_ones_are_required() {
     let err = load(&old).err().expect("messages_sent is required").to_string();
     assert!(err.contains("missing columns messages_sent"), "{err}");
 }
+
+#[test]
+fn a_damaged_errors_file_is_an_error_naming_its_line_and_a_good_one_is_drawn() {
+    let root = tempfile::tempdir().unwrap();
+    let header = "elapsed_s,timestamp,revision,cause,errors\n";
+    let cases: [(&str, String, &str); 4] = [
+        (
+            "negative",
+            format!("{header}5,t,0,timeout,1\n6,t,0,timeout,-5\n"),
+            "errors.csv line 3: errors \"-5\"",
+        ),
+        ("short", format!("{header}5,t,0,timeout\n"), "errors.csv line 2: 4 cells, not 5"),
+        (
+            "huge-line",
+            format!("{header}5,t,0,{},1\n", "x".repeat(10_000)),
+            "errors.csv line 2: longer than 4096 bytes",
+        ),
+        ("header", "second,cause\n".to_string(), "errors.csv line 1: the header is not"),
+    ];
+    let mut args = Vec::new();
+    for (name, text, _) in &cases {
+        let dir = root.path().join(name);
+        Synth::clean(200).write(&dir);
+        std::fs::write(dir.join("errors.csv"), text).unwrap();
+        args.push(dir.to_str().unwrap().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = analyze_bin(&args);
+    assert_eq!(code, 2, "{stderr}");
+    for (name, _, want) in &cases {
+        assert!(stderr.contains(&format!("/{name}/{want}")), "{name}: {want:?} not in\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A good one, and one about seconds the run does not have: charts drawn, the latter noted.
+    let good = root.path().join("good");
+    Synth::clean(200).write(&good);
+    std::fs::write(good.join("errors.csv"), format!("{header}5,t,0,timeout,2\n999,t,0,eof,1\n")).unwrap();
+    let out = root.path().join("out");
+    let (code, stdout, stderr) = analyze_bin(&[
+        good.to_str().unwrap(),
+        "--plots",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "markdown",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("errors.csv: 1 row(s) about seconds metrics.csv does not have (ignored)"),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(out.join("errors.svg")).unwrap();
+    assert!(svg.contains("timeout") && svg.contains("error rate by cause"));
+}

@@ -457,3 +457,35 @@ fn sent_is_drawn_over_received() {
     let sent = svg.rfind("stroke=\"#FF7F0E\"").expect("sent drawn");
     assert!(sent > received, "sent is drawn after (over) received");
 }
+
+#[test]
+fn errors_are_stacked_by_cause_up_to_the_error_rate() {
+    let mut tl = synthetic("run-a", 1.0);
+    let share = |k: f64| tl.errors.iter().map(|e| e * k).collect::<Vec<f64>>();
+    tl.errors_by_cause = vec![("timeout".into(), share(0.75)), ("closed_1011".into(), share(0.25))];
+    let svg = plots::svg("errors", &tl, &[], None).unwrap();
+    assert!(svg.contains("error rate by cause"));
+    for name in ["timeout", "closed_1011", "all errors / attempts"] {
+        assert!(svg.contains(&format!("{name}\n")), "{name} not in the legend");
+    }
+    // Two layers, the larger cause at the bottom; the stack's top is the
+    // total line's peak.
+    let polygons: Vec<&str> = svg.split("<polygon").skip(1).collect();
+    assert_eq!(polygons.len(), 2, "one polygon per layer");
+    assert!(polygons[0].contains("fill=\"#D62728\"") && polygons[1].contains("fill=\"#FF7F0E\""));
+    let top_of = |p: &str| {
+        let points = p.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        points
+            .split_whitespace()
+            .filter_map(|xy| xy.split_once(',')?.1.parse::<f64>().ok())
+            .fold(f64::INFINITY, f64::min)
+    };
+    let total = polylines(&svg, "#282828").into_iter().flatten().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    assert!((top_of(polygons[1]) - total).abs() <= 1.0, "stack top {} vs total {total}", top_of(polygons[1]));
+    assert!(top_of(polygons[0]) > top_of(polygons[1]) + 5.0, "the second layer sits on the first");
+
+    // Without errors.csv: one line and a note that says so.
+    tl.errors_by_cause.clear();
+    let svg = plots::svg("errors", &tl, &[], None).unwrap();
+    assert!(svg.contains("no errors.csv: no breakdown by cause") && !svg.contains("<polygon"));
+}

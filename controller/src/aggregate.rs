@@ -274,6 +274,8 @@ struct Second {
     connect: Histogram<u64>,
     connect_split: ConnectSplit,
     errors: u64,
+    /// `errors` by cause (as many causes as the run may have, at most).
+    causes: BTreeMap<String, u64>,
     workers: BTreeMap<usize, Report>,
     /// Corrections written so far.
     revision: u32,
@@ -291,6 +293,7 @@ impl Default for Second {
             connect: new_histogram(),
             connect_split: ConnectSplit::default(),
             errors: 0,
+            causes: BTreeMap::new(),
             workers: BTreeMap::new(),
             revision: 0,
             steps: Vec::new(),
@@ -354,6 +357,8 @@ pub struct Row {
     pub connect_split: ConnectSplit,
     /// The second of each worker (for a correction: the late workers).
     pub workers: Vec<WorkerRow>,
+    /// The second's errors by cause (for a correction: the whole second).
+    pub errors: BTreeMap<String, u64>,
     /// The flow's step names, in order (empty without a flow).
     pub step_names: Arc<[String]>,
     /// Each step's runs in this second, as `step_names` (for a correction:
@@ -576,6 +581,10 @@ impl Aggregator {
         merge(&mut second.connect, &connect)?;
         second.connect_split.merge(&connect_split)?;
         second.errors = second.errors.saturating_add(errors);
+        for (cause, n) in &snap.errors {
+            let e = second.causes.entry(cause.clone()).or_default();
+            *e = e.saturating_add(*n);
+        }
         let r = second.workers.entry(worker).or_default();
         r.counters.add(&report.counters);
         r.errors = r.errors.saturating_add(report.errors);
@@ -840,6 +849,7 @@ impl Aggregator {
             connect: second.connect.clone(),
             connect_split: second.connect_split.clone(),
             workers,
+            errors: second.causes.clone(),
             step_names: self.step_names.clone(),
             steps,
         }
@@ -957,18 +967,27 @@ mod tests {
     #[test]
     fn a_late_snapshot_corrects_its_row_instead_of_vanishing() {
         let mut agg = agg(2);
-        agg.add(0, &snapshot(1, 0, &[500], 1, 1)).unwrap();
+        let mut first = snapshot(1, 0, &[500], 1, 1);
+        first.errors.insert("timeout".into(), 2);
+        agg.add(0, &first).unwrap();
         assert!(agg.ready_rows(1.5, false).is_empty(), "worker 1 has not reported");
         let rows = agg.ready_rows(1.0 + GRACE_S as f64, false);
         assert_eq!(rows.len(), 1, "written without the straggler after the grace period");
         assert_eq!(rows[0].metrics.workers_reporting, 1);
         assert_eq!(rows[0].metrics.revision, 0);
         // The straggler (frozen for 2 s) reports late.
+        assert_eq!(rows[0].errors, [("timeout".to_string(), 2)].into());
         let mut late = snapshot(1, 0, &[700_000], 1, 1);
         late.taken_late_us = 2_000_000;
+        late.errors.insert("timeout".into(), 1);
+        late.errors.insert("refused".into(), 4);
         agg.add(1, &late).unwrap();
         let fixed = agg.take_corrections();
         assert_eq!(fixed.len(), 1);
+        // The correction carries the whole second's causes (errors.csv's
+        // highest revision of a second wins), summing to its `errors`.
+        assert_eq!(fixed[0].errors, [("refused".to_string(), 4), ("timeout".to_string(), 3)].into());
+        assert_eq!(fixed[0].metrics.errors, 7);
         let m = &fixed[0].metrics;
         assert_eq!((m.elapsed_s, m.revision, m.workers_reporting), (0, 1, 2));
         assert_eq!(m.counters.messages_sent, 2, "the row now holds both workers");

@@ -28,8 +28,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use stampede_model::results::{
-    JsonRow, MetricsRow, StepSecond, Summary, WORKER_COLUMNS, WorkerRow, csv_line, files, hlog_tags,
-    metrics_columns, step_columns,
+    ERROR_COLUMNS, JsonRow, MetricsRow, StepSecond, Summary, WORKER_COLUMNS, WorkerRow, csv_line, files,
+    hlog_tags, metrics_columns, step_columns,
 };
 use tokio::sync::mpsc;
 
@@ -59,6 +59,7 @@ enum Record {
         Box<crate::aggregate::ConnectSplit>,
         Vec<WorkerRow>,
         Steps,
+        std::collections::BTreeMap<String, u64>,
     ),
     Log(String),
 }
@@ -133,6 +134,8 @@ impl ResultsWriter {
         writeln!(csv, "{}", metrics_columns().join(",")).map_err(at(&dir.join(files::METRICS_CSV)))?;
         let mut workers = open(files::WORKERS_CSV)?;
         writeln!(workers, "{}", WORKER_COLUMNS.join(",")).map_err(at(&dir.join(files::WORKERS_CSV)))?;
+        let mut errors = open(files::ERRORS_CSV)?;
+        writeln!(errors, "{}", ERROR_COLUMNS.join(",")).map_err(at(&dir.join(files::ERRORS_CSV)))?;
         let hlog_path = dir.join(files::LATENCY_HLOG);
         // Unbuffered: each interval line reaches the file as it is written,
         // so a SIGKILL loses at most the second being written.
@@ -142,6 +145,7 @@ impl ResultsWriter {
             csv,
             ndjson: open(files::METRICS_NDJSON)?,
             workers,
+            errors,
             log: open(files::TEST_LOG)?,
             failed: Vec::new(),
             rows: 0,
@@ -173,6 +177,7 @@ impl ResultsWriter {
                 cells: row.steps.iter().map(crate::aggregate::StepTotals::second).collect(),
                 names: row.step_names,
             },
+            row.errors,
         );
         let _ = self.tx.send(record).await;
     }
@@ -269,6 +274,8 @@ struct Streams {
     /// metrics.ndjson: each row as one JSON line, for tools that tail it.
     ndjson: BufWriter<File>,
     workers: BufWriter<File>,
+    /// errors.csv: each second's errors by cause.
+    errors: BufWriter<File>,
     log: BufWriter<File>,
     /// Files that failed, reported once each.
     failed: Vec<PathBuf>,
@@ -331,7 +338,7 @@ impl Streams {
             .map_err(at(&self.dir.join(files::LATENCY_HLOG)))?;
         while let Some(record) = rx.blocking_recv() {
             match record {
-                Record::Row(row, latency, connect, split, workers, steps) => {
+                Record::Row(row, latency, connect, split, workers, steps, errors) => {
                     if self.rows == 0 && !steps.names.is_empty() {
                         let r = self.step_header(&steps.names);
                         self.check(files::METRICS_CSV, r);
@@ -356,6 +363,21 @@ impl Streams {
                         .try_for_each(|w| self.workers.write_all(csv_line(&w.csv_cells()).as_bytes()))
                         .and_then(|()| self.workers.flush());
                     self.check(files::WORKERS_CSV, r);
+                    let r = errors
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .try_for_each(|(cause, n)| {
+                            let cells = [
+                                row.elapsed_s.to_string(),
+                                row.timestamp.clone(),
+                                row.revision.to_string(),
+                                cause.clone(),
+                                n.to_string(),
+                            ];
+                            self.errors.write_all(csv_line(&cells).as_bytes())
+                        })
+                        .and_then(|()| self.errors.flush());
+                    self.check(files::ERRORS_CSV, r);
                     let start = Duration::from_secs(row.elapsed_s);
                     for (h, tag) in [(&latency, hlog_tags::LATENCY), (&connect, hlog_tags::CONNECT)] {
                         let r = hlog
@@ -409,6 +431,7 @@ mod tests {
             connect: new_histogram(),
             connect_split: ConnectSplit::default(),
             workers: Vec::new(),
+            errors: Default::default(),
             step_names: vec!["established".to_string(), "tunnel_http".to_string()].into(),
             steps,
         }

@@ -32,6 +32,8 @@ pub mod files {
     pub const LATENCY_HLOG: &str = "latency.hlog";
     /// One row per second per worker.
     pub const WORKERS_CSV: &str = "workers.csv";
+    /// One row per second per error cause that second had.
+    pub const ERRORS_CSV: &str = "errors.csv";
 }
 
 /// Tags of the histograms in `latency.hlog`.
@@ -238,6 +240,11 @@ pub struct WorkerRow {
     /// minus worker), ms; refreshed from heartbeats during the run.
     pub clock_offset_ms: f64,
 }
+
+/// Column names of `errors.csv`, in order: a second's errors of one cause.
+/// A second corrected by late data is appended again whole, with its
+/// `revision` (as in metrics.csv): the highest revision of a second wins.
+pub const ERROR_COLUMNS: &[&str] = &["elapsed_s", "timestamp", "revision", "cause", "errors"];
 
 /// Column names of `workers.csv`, in order.
 pub const WORKER_COLUMNS: &[&str] = &[

@@ -83,6 +83,34 @@ workers = 2
     assert!(num(&summary, "errors_total") >= 15.0, "the drop made errors: {}", summary["errors"]);
     let causes: f64 = summary["errors"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
     assert_eq!(causes, num(&summary, "errors_total"), "the error total is the sum of its causes");
+    // errors.csv: each second's causes at its highest revision add up to
+    // summary.json's causes, cause by cause.
+    let (header, lines) = read_csv(&dir.join("errors.csv"));
+    assert_eq!(header, ["elapsed_s", "timestamp", "revision", "cause", "errors"]);
+    let mut latest: std::collections::BTreeMap<u64, (u64, Vec<(String, f64)>)> = Default::default();
+    for l in &lines {
+        let (s, rev) = (l[0].parse::<u64>().unwrap(), l[2].parse::<u64>().unwrap());
+        let entry = latest.entry(s).or_insert((rev, Vec::new()));
+        if rev > entry.0 {
+            *entry = (rev, Vec::new());
+        }
+        if rev == entry.0 {
+            entry.1.push((l[3].clone(), l[4].parse().unwrap()));
+        }
+    }
+    let mut by_cause: std::collections::BTreeMap<String, f64> = Default::default();
+    for (_, (_, causes)) in latest {
+        for (cause, n) in causes {
+            *by_cause.entry(cause).or_default() += n;
+        }
+    }
+    let summary_causes: std::collections::BTreeMap<String, f64> = summary["errors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
+        .collect();
+    assert_eq!(by_cause, summary_causes, "errors.csv by cause = summary.json's errors");
 
     // The whole run: summary.json = metrics.csv = test.log = analyze --include-warmup.
     let rows = row_figures(&dir, |_| true);

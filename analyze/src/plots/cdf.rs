@@ -283,6 +283,7 @@ where
         phases: &[],
         lines,
         spans: Vec::new(),
+        areas: Vec::new(),
         empty_top: 1.0,
         note: None,
         // Runs an order of magnitude apart: each readable.

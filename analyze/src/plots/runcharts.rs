@@ -5,7 +5,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::common::{DrawResult, finite_max, finite_min, fmt_value, message_chart, palette, run_name};
-use super::timechart::{Line, Mark, Stroke, TimeChart};
+use super::timechart::{Area, Line, Mark, Stroke, TimeChart};
 use crate::model::{Finding, FindingKind, Severity, Timeline};
 
 /// Per-worker memory lines are drawn up to this many workers.
@@ -87,6 +87,7 @@ fn chart<'a>(t: &'a Timeline, what: &str, y_desc: &'a str, lines: Vec<Line>) -> 
         phases: &t.phases,
         lines,
         spans: Vec::new(),
+        areas: Vec::new(),
         empty_top: 1.0,
         note: None,
         log_y: false,
@@ -181,6 +182,13 @@ where
     draw(area, t, &c)
 }
 
+/// Attempts per second: connections tried plus messages sent (what an
+/// error rate divides by); `None` where a series is missing.
+fn attempts(t: &Timeline, i: usize) -> Option<f64> {
+    let at = |v: &[f64]| v.get(i).copied().filter(|v| v.is_finite());
+    Some(at(&t.connections_opened)? + at(&t.connections_failed)? + at(&t.messages_sent)?)
+}
+
 /// Errors per attempt in percent; [`Timeline::error_rate`] when the series
 /// are complete, the same formula read defensively otherwise.
 fn error_pct(t: &Timeline) -> Vec<f64> {
@@ -191,22 +199,77 @@ fn error_pct(t: &Timeline) -> Vec<f64> {
     if complete {
         return t.error_rate().into_iter().map(|r| r * 100.0).collect();
     }
-    let at = |v: &[f64], i: usize| v.get(i).copied().unwrap_or(f64::NAN);
     (0..n)
-        .map(|i| {
-            let attempts =
-                at(&t.connections_opened, i) + at(&t.connections_failed, i) + at(&t.messages_sent, i);
-            if attempts > 0.0 { 100.0 * at(&t.errors, i) / attempts } else { 0.0 }
+        .map(|i| match (attempts(t, i), t.errors.get(i)) {
+            (Some(a), Some(e)) if a > 0.0 => 100.0 * e / a,
+            (Some(_), Some(_)) => 0.0,
+            _ => f64::NAN,
         })
         .collect()
 }
+
+/// Causes stacked apart on the errors chart; the rest are stacked as one.
+const STACKED_CAUSES: usize = 6;
+/// Colours of the stacked causes, then of the rest.
+const CAUSE_COLORS: [RGBColor; STACKED_CAUSES + 1] = [
+    RGBColor(214, 39, 40),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
+    RGBColor(150, 150, 150),
+];
 
 pub(super) fn errors<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, t: &Timeline) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
-    let lines = vec![Line::new("errors / attempts", &during(t), &error_pct(t), SPIKE, Stroke::Solid)];
-    let c = chart(t, "error rate", "error rate (%)", lines);
+    let x = during(t);
+    let total = error_pct(t);
+    let mut all = Line::new("all errors / attempts", &x, &total, RGBColor(40, 40, 40), Stroke::Solid);
+    all.width = 1;
+    let mut c = chart(t, "error rate by cause", "error rate (%)", vec![all]);
+    // Each cause's share of the second's attempts, stacked, largest cause
+    // at the bottom: the stack's top is the error rate.
+    let causes = &t.errors_by_cause;
+    if causes.is_empty() {
+        c.title = format!("{}: error rate", run_name(&t.label));
+        if t.errors.iter().any(|e| *e > 0.0) {
+            c.note = Some("no errors.csv: no breakdown by cause".into());
+        }
+    }
+    let mut lower = vec![0.0; t.len()];
+    let (named, rest) = causes.split_at(causes.len().min(STACKED_CAUSES));
+    let mut layers: Vec<(String, Vec<f64>)> = named.to_vec();
+    if let [one] = rest {
+        layers.push(one.clone());
+    } else if !rest.is_empty() {
+        let mut sum = vec![0.0; t.len()];
+        for (_, s) in rest {
+            sum.iter_mut().zip(s).for_each(|(a, v)| *a += v);
+        }
+        layers.push((format!("{} other causes", rest.len()), sum));
+    }
+    for (k, (name, counts)) in layers.into_iter().enumerate() {
+        let upper: Vec<f64> = (0..t.len())
+            .map(|i| {
+                let share = match attempts(t, i) {
+                    Some(a) if a > 0.0 => 100.0 * counts.get(i).copied().unwrap_or(0.0) / a,
+                    _ => 0.0,
+                };
+                lower[i] + share
+            })
+            .collect();
+        c.areas.push(Area {
+            name,
+            xs: x.clone(),
+            lower: lower.clone(),
+            upper: upper.clone(),
+            color: CAUSE_COLORS[k],
+        });
+        lower = upper;
+    }
     draw(area, t, &c)
 }
 

@@ -50,6 +50,18 @@ impl Line {
     }
 }
 
+/// A filled band between two series (a layer of a stacked chart).
+pub(super) struct Area {
+    /// Legend text.
+    pub name: String,
+    /// Seconds since the run start.
+    pub xs: Vec<f64>,
+    /// The band's lower and upper edges (finite).
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+    pub color: RGBColor,
+}
+
 /// A finding drawn on a chart: a translucent span over `[start, end]`.
 pub(super) struct Mark {
     pub start: f64,
@@ -71,6 +83,8 @@ pub(super) struct TimeChart<'a> {
     pub phases: &'a [PhaseSpan],
     pub lines: Vec<Line>,
     pub spans: Vec<Mark>,
+    /// Filled bands under the lines (stacked layers), bottom first.
+    pub areas: Vec<Area>,
     /// Top of the y axis when there is no positive value.
     pub empty_top: f64,
     /// A note under the title's right end (e.g. "per-worker lines omitted").
@@ -220,6 +234,17 @@ impl TimeChart<'_> {
             }
         }
 
+        for a in &self.areas {
+            let edge: Vec<(f64, f64)> = a.xs.iter().zip(&a.upper).map(|(x, y)| (*x, *y)).collect();
+            let back = a.xs.iter().zip(&a.lower).rev().map(|(x, y)| (*x, *y));
+            let outline: Vec<(f64, f64)> = edge.into_iter().chain(back).collect();
+            let fill = a.color.mix(0.85).filled();
+            chart
+                .draw_series(std::iter::once(Polygon::new(outline, fill)))?
+                .label(a.name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 20, y + 6)], fill));
+        }
+
         for line in &self.lines {
             let style = line.style();
             let dashed = line.stroke == Stroke::Dashed;
@@ -279,6 +304,7 @@ impl TimeChart<'_> {
     /// Number of legend entries.
     fn legend_rows(&self) -> usize {
         let mut labels: Vec<&str> = self.lines.iter().filter_map(|l| l.name.as_deref()).collect();
+        labels.extend(self.areas.iter().map(|a| a.name.as_str()));
         for m in &self.spans {
             if !labels.contains(&m.label.as_str()) {
                 labels.push(&m.label);

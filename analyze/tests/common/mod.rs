@@ -371,23 +371,9 @@ pub fn write_hlog_intervals(dir: &Path, intervals: &[(u64, String, Histogram<u64
     std::fs::write(dir.join("latency.hlog"), buf).unwrap();
 }
 
-/// RFC 4180 fields of one CSV line.
+/// RFC 4180 fields of one CSV line (analyze's own reader).
 pub fn split_csv(line: &str) -> Vec<String> {
-    let mut cells = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                cells.last_mut().unwrap().push('"');
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => cells.push(String::new()),
-            (c, _) => cells.last_mut().unwrap().push(c),
-        }
-    }
-    cells
+    stampede_analyze::metrics::split_csv(line).expect("balanced quotes")
 }
 
 /// phases.csv of an analysis folder: the row of phase `phase`, by column.
