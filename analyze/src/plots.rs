@@ -1,9 +1,10 @@
 //! Charts of a run (and of several runs side by side) as PNG and SVG.
 //!
-//! Every chart is drawn by one function generic over the plotters backend,
-//! so the PNG file, the SVG file, the SVG string embedded in the HTML report
-//! and the raw RGB buffer of the tests show the same picture. Text uses the
-//! DejaVu Sans font shipped in `assets/`, registered once per process.
+//! Every chart is drawn once, as SVG (plotters); the PNG file and the raw
+//! RGB buffer of the tests are that SVG rasterized by resvg, antialiased,
+//! so the PNG, the SVG file and the SVG embedded in the HTML report are the
+//! same picture. Text uses the DejaVu Sans font shipped in `assets/`, for
+//! plotters' text measuring and for resvg's drawing alike.
 
 mod cdf;
 mod common;
@@ -113,21 +114,56 @@ where
     Ok(())
 }
 
-/// Writes `<stem>.png` and `<stem>.svg` into `out_dir` with `draw`, which
-/// is called once per backend.
+/// The rasterizer's options: the bundled font as the sans-serif family
+/// (the charts' only one), no system fonts.
+fn raster_options() -> &'static resvg::usvg::Options<'static> {
+    static OPTIONS: OnceLock<resvg::usvg::Options<'static>> = OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        let mut options = resvg::usvg::Options::default();
+        let fonts = options.fontdb_mut();
+        fonts.load_font_data(DEJAVU_SANS.to_vec());
+        fonts.set_sans_serif_family("DejaVu Sans");
+        options
+    })
+}
+
+/// `svg` (of `size` pixels) rasterized, antialiased; `path` names it in errors.
+fn rasterize(svg: &str, size: (u32, u32), path: &Path) -> Result<resvg::tiny_skia::Pixmap, PlotError> {
+    let failed = |message: String| PlotError::Draw { path: path.to_path_buf(), message };
+    let tree = resvg::usvg::Tree::from_str(svg, raster_options()).map_err(|e| failed(e.to_string()))?;
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.0, size.1)
+        .ok_or(PlotError::Size { width: size.0, height: size.1 })?;
+    resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    Ok(pixmap)
+}
+
+/// Draws `draw` as an SVG string of `size` pixels; `path` names it in errors.
+fn draw_svg(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(DrawingArea<SVGBackend, Shift>) -> DrawResult,
+) -> Result<String, PlotError> {
+    let mut svg = String::new();
+    guarded(path, || draw(SVGBackend::with_string(&mut svg, size).into_drawing_area()))?;
+    Ok(svg)
+}
+
+/// Writes `<stem>.svg` drawn by `draw` into `out_dir`, and `<stem>.png`, the
+/// same picture rasterized.
 fn write_pair(
     out_dir: &Path,
     stem: &str,
     size: (u32, u32),
-    draw_png: impl FnOnce(DrawingArea<BitMapBackend, Shift>) -> DrawResult,
-    draw_svg: impl FnOnce(DrawingArea<SVGBackend, Shift>) -> DrawResult,
+    draw: impl FnOnce(DrawingArea<SVGBackend, Shift>) -> DrawResult,
 ) -> Result<Vec<PathBuf>, PlotError> {
-    let png = out_dir.join(format!("{stem}.png"));
-    guarded(&png, || draw_png(BitMapBackend::new(&png, size).into_drawing_area()))?;
     let svg_path = out_dir.join(format!("{stem}.svg"));
-    let mut svg = String::new();
-    guarded(&svg_path, || draw_svg(SVGBackend::with_string(&mut svg, size).into_drawing_area()))?;
+    let png = out_dir.join(format!("{stem}.png"));
+    let svg = draw_svg(&svg_path, size, draw)?;
+    let bytes = rasterize(&svg, size, &png)?
+        .encode_png()
+        .map_err(|e| PlotError::Draw { path: png.clone(), message: e.to_string() })?;
     std::fs::write(&svg_path, svg).map_err(|source| PlotError::Io { path: svg_path.clone(), source })?;
+    std::fs::write(&png, bytes).map_err(|source| PlotError::Io { path: png.clone(), source })?;
     Ok(vec![png, svg_path])
 }
 
@@ -147,13 +183,9 @@ pub fn render_run(
     create_dir(out_dir)?;
     let mut written = Vec::with_capacity(CHARTS.len() * 2);
     for stem in CHARTS {
-        written.extend(write_pair(
-            out_dir,
-            stem,
-            CHART_SIZE,
-            |root| draw_chart(root, stem, timeline, findings, latency),
-            |root| draw_chart(root, stem, timeline, findings, latency),
-        )?);
+        written.extend(write_pair(out_dir, stem, CHART_SIZE, |root| {
+            draw_chart(root, stem, timeline, findings, latency)
+        })?);
     }
     Ok(written)
 }
@@ -177,7 +209,7 @@ pub fn render_comparison(
         root.present()?;
         Ok(())
     }
-    write_pair(out_dir, COMPARE_CHART, COMPARE_SIZE, |root| draw(root, runs), |root| draw(root, runs))
+    write_pair(out_dir, COMPARE_CHART, COMPARE_SIZE, |root| draw(root, runs))
 }
 
 /// One chart as an SVG string (for embedding in a self-contained HTML
@@ -190,17 +222,9 @@ pub fn svg(
 ) -> Result<String, PlotError> {
     check_stem(stem)?;
     ensure_font()?;
-    let mut out = String::new();
-    guarded(Path::new(&format!("{stem}.svg")), || {
-        draw_chart(
-            SVGBackend::with_string(&mut out, CHART_SIZE).into_drawing_area(),
-            stem,
-            timeline,
-            findings,
-            latency,
-        )
-    })?;
-    Ok(out)
+    draw_svg(Path::new(&format!("{stem}.svg")), CHART_SIZE, |root| {
+        draw_chart(root, stem, timeline, findings, latency)
+    })
 }
 
 /// One chart's pixels, `width * height * 3` bytes of RGB rows (what the
@@ -218,10 +242,10 @@ pub fn render_rgb(
         return Err(PlotError::Size { width, height });
     }
     ensure_font()?;
-    let mut buf = vec![0u8; width as usize * height as usize * 3];
-    guarded(Path::new(&format!("{stem}.rgb")), || {
-        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
-        draw_chart(root, stem, timeline, findings, latency)
-    })?;
-    Ok(buf)
+    let path = PathBuf::from(format!("{stem}.rgb"));
+    let svg = draw_svg(&path, (width, height), |root| draw_chart(root, stem, timeline, findings, latency))?;
+    let pixmap = rasterize(&svg, (width, height), &path)?;
+    // Every chart paints a white background first: the pixels are opaque,
+    // so dropping alpha loses nothing.
+    Ok(pixmap.data().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect())
 }
