@@ -369,7 +369,7 @@ impl Streams {
                         .try_for_each(|(cause, n)| {
                             let cells = [
                                 row.elapsed_s.to_string(),
-                                row.timestamp.clone(),
+                                stampede_model::time::spreadsheet_time(&row.timestamp),
                                 row.revision.to_string(),
                                 cause.clone(),
                                 n.to_string(),

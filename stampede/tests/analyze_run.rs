@@ -85,6 +85,9 @@ workers = 2
     // Every timestamp column of every CSV opens as date-times in a spreadsheet.
     common::spreadsheet_reads_dates(&dir.join("metrics.csv"), &["timestamp"]);
     common::spreadsheet_reads_dates(&dir.join("workers.csv"), &["timestamp"]);
+    let (_, error_rows) = common::read_csv(&dir.join("errors.csv"));
+    assert!(!error_rows.is_empty(), "the injected drop's errors are in errors.csv");
+    common::spreadsheet_reads_dates(&dir.join("errors.csv"), &["timestamp"]);
     common::spreadsheet_reads_dates(&analysis.join("anomalies.csv"), &["start_time", "end_time"]);
     common::spreadsheet_reads_dates(&analysis.join("phases.csv"), &["start_time"]);
 }
