@@ -369,10 +369,17 @@ async fn a_peer_that_floods_heartbeats_and_never_reports_is_lost_and_bounded() {
     assert_eq!(lost, ["w6", "w7"], "{lost:?}");
     let log = std::fs::read_to_string(outcome.dir.join("test.log")).unwrap();
     // The deaf one: its answers filled its link, so the next command could
-    // not be delivered. The idle one: heartbeats, but no second reported.
-    assert!(log.contains("worker w6 lost: a phase command could not be delivered"), "{log}");
+    // not be delivered: its assignment, if the link filled before the run
+    // began (the flood starts as it joins), else a phase command, and then
+    // w1 takes its share. The idle one: heartbeats, but no second reported.
+    let at_start = log.contains("worker w6 lost: its assignment could not be delivered");
+    let later = log.contains("worker w6 lost: a phase command could not be delivered");
+    assert!(at_start || later, "{log}");
+    if later {
+        assert!(log.contains("rebalanced after w6 lost"), "w1 takes its share: {log}");
+    }
     assert!(log.contains("worker w7 lost: no snapshot for 6 s (heartbeats only)"), "{log}");
-    assert!(log.contains("rebalanced after w6 lost"), "w1 takes its share: {log}");
+    assert_eq!(s.figures.connections.peak, 20, "w1 held the whole planned level either way");
     assert!(s.figures.messages.received > 0 && s.figures.messages.lost == 0, "{:?}", s.figures.messages);
     // Answers to a peer that does not read are dropped, not queued: the
     // whole test process (controller, worker, relay) stays small.
