@@ -2,7 +2,7 @@
 //! input, exit code 2, and the good folders still analyzed; spreadsheet-clean
 //! CSV outputs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! the rows of the phase set, and every output says what the set is next to
 //! the figures.
 
-mod common;
+use crate::common;
 
 use common::{Synth, analyze_bin, hlog_intervals, metrics_lines, phases_row};
 use stampede_model::figures;

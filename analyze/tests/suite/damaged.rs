@@ -4,7 +4,7 @@
 //! latency.hlog gives percentiles from summary.json marked approximate in
 //! every output, or none; an unknown --phase lists the run's phases.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Every injected anomaly is found at the right time; clean runs give no
 //! findings. Folders are synthetic, written with the controller's schema.
 
-mod common;
+use crate::common;
 
 use clap::Parser;
 use common::Synth;

@@ -3,7 +3,7 @@
 //! findings' links to their charts, and its screenshot's pixels checked
 //! for the verdict's colour and the charts' variety.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
