@@ -22,11 +22,11 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn new(id: &'static str, name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
+    pub fn new(id: &'static str, name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
         Figure { id, name: name.into(), value, unit, goal: None }
     }
 
-    fn goal(mut self, goal: &'static str) -> Figure {
+    pub fn goal(mut self, goal: &'static str) -> Figure {
         self.goal = Some(goal);
         self
     }
@@ -41,8 +41,12 @@ impl Figure {
 type Measure = fn(&Context) -> Result<Vec<Figure>>;
 
 /// Every measurement, with the figures it gives.
-pub const SUITE: &[(&[&str], Measure)] =
-    &[(&["a", "d"], idle_connections), (&["c"], message_cost), (&["f"], accuracy)];
+pub const SUITE: &[(&[&str], Measure)] = &[
+    (&["a", "d"], idle_connections),
+    (&["c"], message_cost),
+    (&["e"], crate::fan_in::fan_in),
+    (&["f"], accuracy),
+];
 
 /// Connections held idle in one worker for (a) and (d).
 const IDLE: u64 = 15_000;
@@ -65,7 +69,7 @@ fn scenario(
 
 /// Fails on a run that did not hold its connections or lost messages: its
 /// figures would describe something else.
-fn clean(run: &RunResult, what: &str) -> Result<()> {
+pub fn clean(run: &RunResult, what: &str) -> Result<()> {
     let s = &run.summary;
     let (failed, lost) = (s["connections"]["failed"].as_u64(), s["messages"]["lost"].as_u64());
     if failed != Some(0) || lost != Some(0) {

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+mod fan_in;
 mod figures;
 mod peers;
 mod runs;
@@ -31,7 +32,7 @@ struct Args {
     /// Where the JSON record of this run goes.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Only these figures (letters as in README: a, c, d, f), comma-separated.
+    /// Only these figures (letters as in README: a, c, d, e, f), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

@@ -1,8 +1,9 @@
 //! Runs of the real `controller` and what they wrote.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -26,26 +27,47 @@ impl Context {
 
     /// Runs `controller run` on `scenario` (TOML text) and reads its results.
     pub fn run(&self, name: &str, scenario: &str) -> Result<RunResult> {
-        let file = self.scratch.join(format!("{name}.toml"));
-        std::fs::write(&file, scenario)?;
-        let out = Command::new(&self.controller)
+        let child = self.spawn(name, scenario, &[])?;
+        self.results(name, child)
+    }
+
+    /// Starts `controller run` on `scenario` with `extra` flags; what it
+    /// prints goes to scratch files (a pipe nobody reads until the end
+    /// could fill and stall it).
+    pub fn spawn(&self, name: &str, scenario: &str, extra: &[&OsStr]) -> Result<Child> {
+        let file = self.write(&format!("{name}.toml"), scenario)?;
+        Command::new(&self.controller)
             .arg("run")
             .arg(&file)
             .args(["--quiet", "--output"])
             .arg(self.scratch.join("results"))
-            .output()
-            .with_context(|| format!("running {}", self.controller.display()))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
+            .args(extra)
+            .stdout(std::fs::File::create(self.scratch.join(format!("{name}.out")))?)
+            .stderr(std::fs::File::create(self.scratch.join(format!("{name}.err")))?)
+            .spawn()
+            .with_context(|| format!("running {}", self.controller.display()))
+    }
+
+    /// Waits for a run [`Context::spawn`] started and reads its results.
+    pub fn results(&self, name: &str, mut child: Child) -> Result<RunResult> {
+        let status = child.wait()?;
+        let printed = |ext: &str| {
+            std::fs::read_to_string(self.scratch.join(format!("{name}.{ext}"))).unwrap_or_default()
+        };
+        let stdout = printed("out");
         let Some(dir) = stdout.lines().last().map(PathBuf::from).filter(|d| d.is_dir()) else {
-            bail!(
-                "{name}: no results folder (exit {:?}): {}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("{name}: no results folder (exit {:?}): {}", status.code(), printed("err"));
         };
         let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
         let rows = read_rows(&dir.join("metrics.csv"))?;
         Ok(RunResult { dir, summary, rows })
+    }
+
+    /// Writes `text` to the scratch file `name`; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let file = self.scratch.join(name);
+        std::fs::write(&file, text)?;
+        Ok(file)
     }
 }
 
@@ -83,6 +105,16 @@ impl RunResult {
             .filter(|r| r.get("phase").map(String::as_str) == Some("sustained"))
             .skip(skip)
             .filter_map(|r| r.get(column)?.parse().ok())
+            .collect()
+    }
+
+    /// When each second of the sustained phase began, s since the Unix
+    /// epoch (metrics.csv `timestamp`, UTC).
+    pub fn sustained_times(&self) -> Vec<f64> {
+        self.rows
+            .iter()
+            .filter(|r| r.get("phase").map(String::as_str) == Some("sustained"))
+            .filter_map(|r| stampede_model::time::parse_iso8601(r.get("timestamp")?))
             .collect()
     }
 

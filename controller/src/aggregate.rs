@@ -8,6 +8,11 @@
 //! held (the last [`CORRECTABLE_S`]), into a corrected row that the results
 //! writer appends (metrics.csv, workers.csv, latency.hlog).
 //!
+//! Snapshots are read as the buckets their histograms recorded and added
+//! bucket by bucket ([`stampede_model::histogram::Decoder`]): no histogram
+//! is allocated or walked whole per snapshot, so 1,000 workers reporting
+//! every second cost the controller little.
+//!
 //! A run with a flow also merges each step's runs (ok, failed, durations)
 //! the same way: per second, per phase and for the run. Only the flow's
 //! step names are taken; a seconds' step histograms are kept encoded once
@@ -19,10 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::serialization::{Serializer, V2Serializer};
 use stampede_model::Counters;
 use stampede_model::clock::RunClock;
-use stampede_model::histogram::new_histogram;
+use stampede_model::histogram::{Buckets, Decoder, add_buckets, from_buckets, new_histogram};
 use stampede_model::results::{
     BrowserFigures, ChannelFigures, MAX_CHANNEL_FIGURES, MetricsRow, Percentiles, StepFigures, StepSecond,
     WorkerRow,
@@ -109,6 +114,15 @@ impl StepTotals {
         }
     }
 
+    /// Adds one snapshot's runs of this step.
+    fn add_sample(&mut self, sample: &StepSample) {
+        self.ok = self.ok.saturating_add(sample.ok);
+        self.failed = self.failed.saturating_add(sample.failed);
+        if !sample.durations.is_empty() {
+            add_buckets(self.durations.get_or_insert_with(new_histogram), &sample.durations);
+        }
+    }
+
     /// Merges `other` into these.
     pub fn merge(&mut self, other: &StepTotals) -> Result<(), AggregateError> {
         self.add(other.ok, other.failed, other.durations.as_ref())
@@ -152,6 +166,12 @@ impl Default for ConnectSplit {
 }
 
 impl ConnectSplit {
+    fn add_sample(&mut self, sample: &Sample) {
+        add_buckets(&mut self.tcp, &sample.tcp);
+        add_buckets(&mut self.tls, &sample.tls);
+        add_buckets(&mut self.upgrade, &sample.upgrade);
+    }
+
     /// Merges `from` into this split.
     pub fn merge(&mut self, from: &ConnectSplit) -> Result<(), AggregateError> {
         merge(&mut self.tcp, &from.tcp)?;
@@ -184,13 +204,47 @@ pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) -> Result<(), Agg
     into.add(from).map_err(|e| AggregateError::Histogram(format!("{e:?}")))
 }
 
-/// Adds a snapshot's steps (by the flow's step index) into `into`, which
-/// holds every step of the flow.
-fn add_steps(into: &mut [StepTotals], steps: &[(usize, StepTotals)]) -> Result<(), AggregateError> {
-    for (index, step) in steps {
-        into[*index].merge(step)?;
+/// A snapshot's histograms as the buckets they recorded; its buffers are
+/// kept from one snapshot to the next.
+#[derive(Debug, Default)]
+struct Sample {
+    latency: Buckets,
+    connect: Buckets,
+    tcp: Buckets,
+    tls: Buckets,
+    upgrade: Buckets,
+}
+
+impl Sample {
+    /// Reads a snapshot's histograms; an error leaves nothing applied.
+    fn decode(&mut self, decoder: &mut Decoder, snap: &Snapshot) -> Result<(), AggregateError> {
+        for (bytes, out) in [
+            (&snap.latency_histogram, &mut self.latency),
+            (&snap.connect_histogram, &mut self.connect),
+            (&snap.connect_tcp_histogram, &mut self.tcp),
+            (&snap.connect_tls_histogram, &mut self.tls),
+            (&snap.connect_upgrade_histogram, &mut self.upgrade),
+        ] {
+            decoder.decode(bytes, out).map_err(AggregateError::Histogram)?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// One snapshot's runs of one flow step (by the flow's step index).
+#[derive(Debug)]
+struct StepSample {
+    index: usize,
+    ok: u64,
+    failed: u64,
+    durations: Buckets,
+}
+
+/// Adds a snapshot's steps into `into`, which holds every step of the flow.
+fn add_steps(into: &mut [StepTotals], steps: &[StepSample]) {
+    for step in steps {
+        into[step.index].add_sample(step);
+    }
 }
 
 /// Percentiles of a microsecond histogram, in milliseconds.
@@ -322,16 +376,22 @@ impl Second {
     }
 
     /// Decodes what [`Second::pack_steps`] encoded.
-    fn unpack_steps(&mut self, decoder: &mut Deserializer) -> Result<(), AggregateError> {
+    fn unpack_steps(&mut self, decoder: &mut Decoder) -> Result<(), AggregateError> {
+        let mut buckets = Buckets::new();
         for (step, bytes) in self.steps.iter_mut().zip(std::mem::take(&mut self.packed)) {
             if !bytes.is_empty() {
-                let h: Histogram<u64> = decoder
-                    .deserialize(&mut &bytes[..])
-                    .map_err(|e| AggregateError::Histogram(format!("{e:?}")))?;
-                step.durations = Some(h);
+                decoder.decode(&bytes, &mut buckets).map_err(AggregateError::Histogram)?;
+                step.durations = Some(from_buckets(&buckets));
             }
         }
         Ok(())
+    }
+
+    /// Adds a snapshot's histograms.
+    fn add_sample(&mut self, sample: &Sample) {
+        add_buckets(&mut self.latency, &sample.latency);
+        add_buckets(&mut self.connect, &sample.connect);
+        self.connect_split.add_sample(sample);
     }
 }
 
@@ -406,7 +466,9 @@ pub struct Aggregator {
     step_names: Arc<[String]>,
     /// Browser sessions: the largest page JS heap any worker reported, bytes.
     js_heap_max: u64,
-    decoder: Deserializer,
+    decoder: Decoder,
+    /// The snapshot being added, decoded (buffers reused).
+    sample: Sample,
 }
 
 impl Aggregator {
@@ -436,7 +498,8 @@ impl Aggregator {
             channels: BTreeMap::new(),
             step_names,
             js_heap_max: 0,
-            decoder: Deserializer::new(),
+            decoder: Decoder::new(),
+            sample: Sample::default(),
         }
     }
 
@@ -487,13 +550,7 @@ impl Aggregator {
         if let Some(name) = snap.subprotocols.keys().find(|name| !offered.contains(name)) {
             return Err(AggregateError::Subprotocol(name.chars().take(64).collect()));
         }
-        let latency = self.decode(&snap.latency_histogram)?;
-        let connect = self.decode(&snap.connect_histogram)?;
-        let connect_split = ConnectSplit {
-            tcp: self.decode(&snap.connect_tcp_histogram)?,
-            tls: self.decode(&snap.connect_tls_histogram)?,
-            upgrade: self.decode(&snap.connect_upgrade_histogram)?,
-        };
+        self.sample.decode(&mut self.decoder, snap)?;
         let steps = self.decode_steps(&snap.steps)?;
         // Broadcast runs of few channels report each: only channel numbers
         // of the run are taken, so a worker cannot grow the map.
@@ -548,14 +605,14 @@ impl Aggregator {
         let phase = self.plan.phase_at(Duration::from_secs(snap.second));
         for totals in [&mut self.run, &mut self.phases[phase]] {
             totals.counters.add(&counters);
-            merge(&mut totals.latency, &latency)?;
-            merge(&mut totals.connect, &connect)?;
-            totals.connect_split.merge(&connect_split)?;
+            add_buckets(&mut totals.latency, &self.sample.latency);
+            add_buckets(&mut totals.connect, &self.sample.connect);
+            totals.connect_split.add_sample(&self.sample);
             for (cause, n) in &snap.errors {
                 let e = totals.errors.entry(cause.clone()).or_default();
                 *e = e.saturating_add(*n);
             }
-            add_steps(&mut totals.steps, &steps)?;
+            add_steps(&mut totals.steps, &steps);
         }
         let s = snap.second;
         let late = s < self.next_row;
@@ -576,10 +633,8 @@ impl Aggregator {
         if second.steps.is_empty() && !steps.is_empty() {
             second.steps = vec![StepTotals::default(); self.step_names.len()];
         }
-        add_steps(&mut second.steps, &steps)?;
-        merge(&mut second.latency, &latency)?;
-        merge(&mut second.connect, &connect)?;
-        second.connect_split.merge(&connect_split)?;
+        add_steps(&mut second.steps, &steps);
+        second.add_sample(&self.sample);
         second.errors = second.errors.saturating_add(errors);
         for (cause, n) in &snap.errors {
             let e = second.causes.entry(cause.clone()).or_default();
@@ -594,9 +649,11 @@ impl Aggregator {
         if late {
             second.revision += 1;
             let mut row = self.build_row(s, &self.written[&s]);
-            row.latency = latency;
-            row.connect = connect;
-            row.connect_split = connect_split;
+            // Only what came late goes to the log.
+            row.latency = from_buckets(&self.sample.latency);
+            row.connect = from_buckets(&self.sample.connect);
+            row.connect_split = ConnectSplit::default();
+            row.connect_split.add_sample(&self.sample);
             row.workers.retain(|w| w.worker == self.workers[worker].id);
             self.rows[s as usize] = row.metrics.clone();
             self.corrections.push(row);
@@ -610,7 +667,7 @@ impl Aggregator {
     fn decode_steps(
         &mut self,
         wire: &std::collections::HashMap<String, StepStats>,
-    ) -> Result<Vec<(usize, StepTotals)>, AggregateError> {
+    ) -> Result<Vec<StepSample>, AggregateError> {
         if self.step_names.is_empty() && !wire.is_empty() {
             return Err(AggregateError::Steps(format!(
                 "{} step entries, and the run has no flow",
@@ -630,11 +687,9 @@ impl Aggregator {
                 let shown: String = name.chars().take(64).collect();
                 return Err(AggregateError::Steps(format!("step {shown:?} is not a step of the run's flow")));
             };
-            let durations = match stats.histogram.is_empty() {
-                true => None,
-                false => Some(self.decode(&stats.histogram)?),
-            };
-            steps.push((index, StepTotals { ok: stats.ok, failed: stats.failed, durations }));
+            let mut durations = Buckets::new();
+            self.decoder.decode(&stats.histogram, &mut durations).map_err(AggregateError::Histogram)?;
+            steps.push(StepSample { index, ok: stats.ok, failed: stats.failed, durations });
         }
         Ok(steps)
     }
@@ -644,20 +699,6 @@ impl Aggregator {
         if second >= self.next_row {
             self.target.insert(second, sample);
         }
-    }
-
-    fn decode(&mut self, bytes: &[u8]) -> Result<Histogram<u64>, AggregateError> {
-        if bytes.is_empty() {
-            return Ok(new_histogram());
-        }
-        stampede_model::histogram::check_encoded(bytes).map_err(AggregateError::Histogram)?;
-        let h: Histogram<u64> = self
-            .decoder
-            .deserialize(&mut &bytes[..])
-            .map_err(|e| AggregateError::Histogram(format!("{e:?}")))?;
-        let mut ours = new_histogram();
-        merge(&mut ours, &h)?;
-        Ok(ours)
     }
 
     /// Rows that are complete: every live worker reported them, or they are

@@ -82,12 +82,12 @@ fn seconds(s: &str) -> Result<f64, String> {
     crate::scenario::Seconds::parse(s).map(|v| v.0)
 }
 
-/// `--message-interval`: 0 (connect only) or at least 1 ms.
+/// `--message-interval`: 0 (connect only) or at least 1 µs.
 fn interval(s: &str) -> Result<f64, String> {
     let v = seconds(s)?;
     if v > 0.0 && v < MIN_INTERVAL_S {
         return Err(format!(
-            "{v} s: give 0 (connect only) or at least {MIN_INTERVAL_S} s (1,000 messages/s per connection)"
+            "{v} s: give 0 (connect only) or at least {MIN_INTERVAL_S} s (1us: a million messages/s per connection)"
         ));
     }
     Ok(v)

@@ -77,7 +77,7 @@ impl Overrides {
             && v > 0.0
             && v < crate::plan::MIN_INTERVAL_S
         {
-            return Err(format!("MESSAGE_INTERVAL: {v} s: give 0 (connect only) or at least 1 ms"));
+            return Err(format!("MESSAGE_INTERVAL: {v} s: give 0 (connect only) or at least 0.001 (1 µs)"));
         }
         Ok(Overrides {
             target,
@@ -204,7 +204,7 @@ mod tests {
         assert!(bad("TARGET_CONNECTIONS", "0").contains("at least 1"));
         assert!(bad("RAMP_UP_TIME", "-5").contains("RAMP_UP_TIME"));
         assert!(bad("WS_SERVER_URL", "http://x/").contains("WS_SERVER_URL"));
-        assert!(bad("MESSAGE_INTERVAL", "0.5").contains("at least 1 ms"));
+        assert!(bad("MESSAGE_INTERVAL", "0.0005").contains("at least 0.001 (1 µs)"));
     }
 
     #[test]

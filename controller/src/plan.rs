@@ -23,8 +23,9 @@ use crate::threshold::{Condition, Metric};
 /// grows by another process (one process may hold ~20,000 open files here).
 pub const CONNECTIONS_PER_LOCAL_WORKER: u64 = 15_000;
 
-/// Shortest message interval, s (1,000 messages per second per connection).
-pub const MIN_INTERVAL_S: f64 = 0.001;
+/// Shortest message interval, s (a million messages per second per
+/// connection).
+pub const MIN_INTERVAL_S: f64 = stampede_model::limits::MIN_INTERVAL_US as f64 / 1e6;
 
 /// Connections one bundled relay process serves at most, for the same reason.
 pub const CONNECTIONS_PER_RELAY: u64 = 15_000;
@@ -347,26 +348,15 @@ impl Plan {
                     "message_rate 0: give messages per second above 0".into(),
                 ));
             }
-            Some(rate) => Some((rate.get_ref().0, rate.span().start)),
+            Some(rate) => Some(rate.get_ref().0),
             None => None,
         };
-        if let Some((rate, at)) = message_rate {
+        // A fleet rate is at most 1,000,000 a second (`Rate`) and a phase
+        // that sends has at least one connection: no phase's interval falls
+        // under MIN_INTERVAL_S (1 us).
+        if let Some(rate) = message_rate {
             for p in &mut phases {
                 p.message_interval = phase_interval(p, rate);
-                if let Some(iv) = p.message_interval
-                    && iv.as_secs_f64() < MIN_INTERVAL_S
-                {
-                    return Err(err(
-                        at,
-                        format!(
-                            "message_rate {rate} over the {} connections of phase {} is more than {} messages \
-                             per second per connection",
-                            p.peak(),
-                            p.name,
-                            1.0 / MIN_INTERVAL_S
-                        ),
-                    ));
-                }
             }
         }
 
@@ -847,7 +837,7 @@ pub(crate) mod tests {
             (
                 "name = \"s\"\n[target]\nbundled = true\n[load]\npayload_bytes = 10\n",
                 "t.toml:5:17",
-                "between 64",
+                "between 32",
             ),
             (
                 "name = \"s\"\n[target]\nbundled = true\n[thresholds]\nerror_rate = \"< x\"\n",
@@ -960,7 +950,7 @@ pub(crate) mod tests {
             ("[load]\nbuffer_bytes = 100", "t.toml:5:", "between 512 and 1048576"),
             ("[load]\nconnect_timeout_s = 0", "t.toml:5:", "above 0"),
             ("[load]\npayload_bytes = \"64\"", "t.toml:5:", "is not a number of bytes"),
-            ("[load]\nmessage_interval_s = 0.0001", "t.toml:5:", "at least 0.001 s"),
+            ("[load]\nmessage_interval_s = 0.0000001", "t.toml:5:", "at least 0.000001 s"),
         ] {
             let err = plan(&format!("{head}{text}\n")).unwrap_err().to_string();
             assert!(err.starts_with(at) && err.contains(says), "{text:?} gave {err}");

@@ -184,7 +184,7 @@ pub struct LoadSection {
     pub connections: Count,
     /// Seconds between two messages on one connection; 0: connect only.
     pub message_interval_s: Seconds,
-    /// Size of each message, bytes (at least 64: the stamp must fit).
+    /// Size of each message, bytes (at least 32: the stamp must fit).
     pub payload_bytes: PayloadBytes,
     /// Limit for TCP connect plus WebSocket upgrade, s (above 0).
     pub connect_timeout_s: Length,
@@ -456,7 +456,7 @@ impl<'de> Deserialize<'de> for LeakRate {
     }
 }
 
-/// A payload size between 64 bytes and 16 MiB.
+/// A payload size between 32 bytes (the stamp must fit) and 16 MiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct PayloadBytes(pub u32);
@@ -467,9 +467,10 @@ impl<'de> Deserialize<'de> for PayloadBytes {
             Value::Int(n) => n,
             other => return Err(serde::de::Error::custom(format!("{other} is not a number of bytes"))),
         };
-        if !(64..=16 << 20).contains(&n) {
+        use stampede_model::limits::{MAX_PAYLOAD_BYTES, MIN_PAYLOAD_BYTES};
+        if !(i64::from(MIN_PAYLOAD_BYTES)..=i64::from(MAX_PAYLOAD_BYTES)).contains(&n) {
             return Err(serde::de::Error::custom(format!(
-                "{n} bytes: give between 64 (the stamp must fit) and 16777216"
+                "{n} bytes: give between {MIN_PAYLOAD_BYTES} (the stamp must fit) and {MAX_PAYLOAD_BYTES}"
             )));
         }
         Ok(PayloadBytes(n as u32))

@@ -15,6 +15,7 @@ pub mod figures;
 pub mod flow;
 pub mod histogram;
 pub mod jsonpath;
+pub mod limits;
 pub mod results;
 pub mod shape;
 pub mod spec;

@@ -81,23 +81,25 @@ mod tests {
 /// words, what was expected.
 pub fn parse_duration(text: &str) -> Result<f64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let split = t.find(char::is_alphabetic).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let scale = match unit.trim() {
-        "" | "s" | "sec" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
+    // Sub-second units divide, so "50us" is exactly what 0.00005 parses to.
+    let (times, per) = match unit.trim() {
+        "" | "s" | "sec" => (1.0, 1.0),
+        "ms" => (1.0, 1e3),
+        "us" | "µs" => (1.0, 1e6),
+        "m" | "min" => (60.0, 1.0),
+        "h" => (3600.0, 1.0),
         _ => {
             return Err(format!(
-                "{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\""
+                "{text:?} is not a duration: write seconds (20) or a duration like \"50us\", \"250ms\", \"20s\", \"5m\", \"2h\""
             ));
         }
     };
     match number.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v * scale),
+        Ok(v) if v.is_finite() => Ok(v * times / per),
         _ => Err(format!(
-            "{text:?} is not a duration: write seconds (20) or a duration like \"250ms\", \"20s\", \"5m\", \"2h\""
+            "{text:?} is not a duration: write seconds (20) or a duration like \"50us\", \"250ms\", \"20s\", \"5m\", \"2h\""
         )),
     }
 }
@@ -111,6 +113,8 @@ mod duration_tests {
         assert_eq!(parse_duration("20"), Ok(20.0));
         assert_eq!(parse_duration("0.5"), Ok(0.5));
         assert_eq!(parse_duration("250ms"), Ok(0.25));
+        assert_eq!(parse_duration("50us"), Ok(0.000_05));
+        assert_eq!(parse_duration("50µs"), Ok(0.000_05));
         assert_eq!(parse_duration("20s"), Ok(20.0));
         assert_eq!(parse_duration("5m"), Ok(300.0));
         assert_eq!(parse_duration("2h"), Ok(7200.0));

@@ -39,3 +39,58 @@ async fn many_tasks_each_wake_once_on_time() {
         assert!(t.await.unwrap());
     }
 }
+
+/// Polls `future` to completion on this thread, outside any tokio runtime.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn outside_a_runtime_the_timer_thread_wakes_it() {
+    for i in 0..20u64 {
+        let deadline = Instant::now() + Duration::from_micros(300 + i * 53);
+        block_on(stampede_timer::sleep_until(deadline));
+        assert!(Instant::now() >= deadline);
+    }
+}
+
+#[test]
+fn each_runtime_gets_a_clock_that_outlives_none_before_it() {
+    // Runtimes one after another on one thread (a runtime that shut down
+    // took its clock with it), and a single-threaded one.
+    for _ in 0..3 {
+        for runtime in [
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+        ] {
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..50u64)
+                    .map(|i| {
+                        tokio::spawn(async move {
+                            let deadline = Instant::now() + Duration::from_micros(500 + i * 97);
+                            stampede_timer::sleep_until(deadline).await;
+                            Instant::now() >= deadline
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    assert!(t.await.unwrap(), "woke before its deadline");
+                }
+            });
+        }
+    }
+}

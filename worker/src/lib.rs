@@ -30,6 +30,7 @@ pub mod request;
 pub mod schedule;
 pub mod sealed;
 pub mod session;
+pub mod shards;
 pub mod slots;
 pub mod target;
 pub mod tls;

@@ -5,6 +5,7 @@
 //! scenario.rs and plan.rs), and connection counts are capped at this
 //! worker's own capacity. A refusal names the field.
 
+use stampede_model::limits::{MAX_PAYLOAD_BYTES as MAX_PAYLOAD, MIN_INTERVAL_US};
 use stampede_model::spec::SessionSpec;
 use stampede_proto::fleet::{Assign, PhaseStart};
 
@@ -13,12 +14,8 @@ const MAX_CHANNELS: u64 = 100_000;
 /// Longest channel prefix the controller makes (`stampede/<µs>`), with room.
 const MAX_PREFIX: usize = 64;
 
-/// Largest message a scenario can ask for (16 MiB).
-const MAX_PAYLOAD: u32 = 16 << 20;
 /// Largest read buffer a scenario can ask for (1 MiB).
 const MAX_BUFFER: u32 = 1 << 20;
-/// Shortest message interval but 0 (connect only): 1 ms.
-const MIN_INTERVAL_US: u64 = 1_000;
 /// Longest duration anywhere: a week.
 const MAX_US: u64 = 7 * 86_400 * 1_000_000;
 /// Fastest churn or arrival rate per second on one worker.
@@ -35,7 +32,7 @@ pub fn check_assign(a: &Assign) -> Result<(), String> {
         return bad("buffer_bytes", a.buffer_bytes.to_string(), "0..=1048576");
     }
     if a.message_interval_us != 0 && !(MIN_INTERVAL_US..=MAX_US).contains(&a.message_interval_us) {
-        return bad("message_interval_us", a.message_interval_us.to_string(), "0 or 1 ms..a week");
+        return bad("message_interval_us", a.message_interval_us.to_string(), "0 or 1 µs..a week");
     }
     if a.connect_timeout_us > MAX_US {
         return bad("connect_timeout_us", a.connect_timeout_us.to_string(), "at most a week");
@@ -114,7 +111,7 @@ pub fn check_phase(p: &mut PhaseStart, capacity: u64) -> Result<(), String> {
         }
     }
     if p.message_interval_us != 0 && !(MIN_INTERVAL_US..=MAX_US).contains(&p.message_interval_us) {
-        return bad("message_interval_us", p.message_interval_us.to_string(), "0 or 1 ms..a week");
+        return bad("message_interval_us", p.message_interval_us.to_string(), "0 or 1 µs..a week");
     }
     if p.name.len() > 200 {
         return bad("name", format!("{} bytes", p.name.len()), "200 bytes");
@@ -144,7 +141,9 @@ mod tests {
         let err = check_assign(&Assign { payload_bytes: u32::MAX, ..Default::default() }).unwrap_err();
         assert!(err.contains("payload_bytes = 4294967295"), "{err}");
         assert!(check_assign(&Assign { buffer_bytes: 1 << 30, ..Default::default() }).is_err());
-        assert!(check_assign(&Assign { message_interval_us: 1, ..Default::default() }).is_err());
+        assert!(check_assign(&Assign { message_interval_us: 1, ..Default::default() }).is_ok(), "1 us");
+        let err = check_assign(&Assign { message_interval_us: u64::MAX, ..Default::default() }).unwrap_err();
+        assert!(err.contains("message_interval_us"), "{err}");
         assert!(check_assign(&Assign { run_id: "r".repeat(201), ..Default::default() }).is_err());
 
         let mut p = PhaseStart { connections: 1_000_000_000_000, wave_low: 5, ..Default::default() };
@@ -159,6 +158,8 @@ mod tests {
         let mut p = PhaseStart { ramp_us: u64::MAX, ..Default::default() };
         assert!(check_phase(&mut p, 10).unwrap_err().contains("ramp_us"));
         let mut p = PhaseStart { message_interval_us: 10, ..Default::default() };
-        assert!(check_phase(&mut p, 10).is_err());
+        assert!(check_phase(&mut p, 10).is_ok(), "10 us");
+        let mut p = PhaseStart { message_interval_us: 8 * 86_400 * 1_000_000, ..Default::default() };
+        assert!(check_phase(&mut p, 10).unwrap_err().contains("message_interval_us"));
     }
 }

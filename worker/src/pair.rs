@@ -311,12 +311,15 @@ impl<'a> Pair<'a> {
     ) -> Pump {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut deadline = stampede_timer::sleep_until(until.unwrap_or(far));
+        // One sleep, moved to each next due time: a new one per event would
+        // register a deadline with the clock every time.
+        let mut timer = stampede_timer::sleep_until(far);
         loop {
             if done(self) {
                 return Pump::Done;
             }
             let due = self.next_due();
-            let mut timer = stampede_timer::sleep_until(due.unwrap_or(far));
+            timer.reset(due.unwrap_or(far));
             let [sa, sb] = &mut self.sides;
             let event = tokio::select! {
                 biased;

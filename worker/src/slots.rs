@@ -31,6 +31,7 @@ use crate::payload::MIN_PAYLOAD;
 use crate::process::{CpuMeter, rss_bytes};
 use crate::recorder::{Recorder, Snapshotter};
 use crate::session::SessionPlan;
+use crate::shards::Shards;
 use crate::target::Target;
 
 /// How often the ramp is re-evaluated.
@@ -258,7 +259,13 @@ impl Slots {
     /// Starts the next slot; cancelling the token closes it.
     fn open(&mut self) -> CancellationToken {
         let token = self.stop.child_token();
-        self.tracker.spawn(run_slot(self.ctx.clone(), self.next, token.clone()));
+        let slot = run_slot(self.ctx.clone(), self.next, token.clone());
+        // Browser sessions stay on the engine's runtime, beside the browser
+        // pool they share; native connections go to their shard.
+        match (&self.ctx.session, Shards::get().for_slot(self.next)) {
+            (SessionPlan::Browser(_), _) | (_, None) => self.tracker.spawn(slot),
+            (_, Some(shard)) => self.tracker.spawn_on(slot, shard),
+        };
         self.next += 1;
         token
     }
@@ -322,8 +329,12 @@ async fn report(
     let mut snapshotter = Snapshotter::new();
     let mut cpu = CpuMeter::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let probe = tokio::spawn(probe_scheduling(recorder.clone()));
-    let _probe = crate::slots::AbortOnDrop(probe);
+    // Every runtime that runs connections is probed: the engine's and
+    // each shard's.
+    let _probes: Vec<AbortOnDrop> = std::iter::once(tokio::spawn(probe_scheduling(recorder.clone())))
+        .chain(Shards::get().all().iter().map(|shard| shard.spawn(probe_scheduling(recorder.clone()))))
+        .map(AbortOnDrop)
+        .collect();
     let mut second = Instant::now().saturating_duration_since(clock.zero()).as_secs();
     let finished = async {
         stop.cancelled().await;
