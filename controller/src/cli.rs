@@ -157,7 +157,7 @@ pub async fn run_command(args: RunArgs, shutdown: CancellationToken) -> i32 {
         Ok(outcome) if outcome.interrupted => EXIT_INTERRUPTED,
         Ok(outcome) if outcome.summary.verdict == "PASS" => EXIT_PASS,
         Ok(_) => EXIT_FAIL,
-        Err(err @ (RunError::Scenario(_) | RunError::Cost(_) | RunError::Flag(_))) => {
+        Err(err @ (RunError::Scenario(_) | RunError::Cost(_) | RunError::Machine(_) | RunError::Flag(_))) => {
             eprintln!("error: {err}");
             EXIT_CONFIG
         }
@@ -177,7 +177,9 @@ pub fn check_command(scenario: &Path) -> i32 {
         .and_then(|(sc, source)| crate::plan::Plan::new(&sc, scenario, &source));
     match checked {
         Ok(plan) => {
-            if let Err(err) = crate::deploy::check_cost(&plan) {
+            let fits = crate::deploy::check_cost(&plan)
+                .and_then(|()| crate::machine::check(&plan, &crate::machine::Machine::read()));
+            if let Err(err) = fits {
                 eprintln!("error: {}: {err}", scenario.display());
                 return EXIT_CONFIG;
             }

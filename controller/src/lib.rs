@@ -16,6 +16,7 @@ pub mod flow;
 pub mod groups;
 pub mod junit;
 pub mod local_fleet;
+pub mod machine;
 pub mod members;
 pub mod messages;
 pub mod overrides;

@@ -68,6 +68,12 @@ impl LocalFleet {
     }
 }
 
+/// Whether `target_url` names an IPv4 loopback address (127.0.0.0/8),
+/// which local workers reach from many 127.0.x.y source addresses.
+pub fn is_loopback(target_url: &str) -> bool {
+    TargetUrl::parse(target_url).is_ok_and(|t| matches!(t.ip(), Some(IpAddr::V4(ip)) if ip.is_loopback()))
+}
+
 /// Loopback source addresses per local worker against a loopback target, so
 /// workers do not share ephemeral ports. Two each: the kernel picks connect
 /// ports among the even half of its ~28,000-port range first, and once one
@@ -76,9 +82,7 @@ impl LocalFleet {
 /// for a second at 14,000 per address, not at 10,000).
 pub fn loopback_sources(target_url: &str, workers: usize) -> Vec<Vec<String>> {
     const PER_WORKER: usize = 2;
-    let loopback_target = TargetUrl::parse(target_url)
-        .is_ok_and(|t| matches!(t.ip(), Some(IpAddr::V4(ip)) if ip.is_loopback()));
-    if !loopback_target {
+    if !is_loopback(target_url) {
         return Vec::new();
     }
     let address = |n: usize| format!("127.0.{}.{}", n / 250, n % 250 + 1);

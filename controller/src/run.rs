@@ -103,6 +103,9 @@ pub enum RunError {
     /// The estimated cost is above the scenario's `max_cost`.
     #[error("{0}")]
     Cost(String),
+    /// A local run this machine cannot hold (memory, ports, kernel tables).
+    #[error("{0}")]
+    Machine(String),
     /// Interrupted before the run began.
     #[error("interrupted before the run started")]
     Interrupted,
@@ -117,6 +120,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let scenario_toml = toml::to_string_pretty(&scenario).unwrap_or_else(|_| source.clone());
     // Refused before anything starts, as `controller check` says.
     crate::deploy::check_cost(&plan).map_err(RunError::Cost)?;
+    crate::machine::check(&plan, &crate::machine::Machine::read()).map_err(RunError::Machine)?;
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
     // The fleet server, its stream readers and the target scraper: stopped

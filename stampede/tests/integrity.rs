@@ -328,7 +328,7 @@ fn a_bad_flag_is_named_not_a_line_of_the_file() {
     for (flag, value, says) in [
         ("--target", "http://example.com/", "not a WebSocket URL"),
         ("--duration", "20x", "is not a duration"),
-        ("--message-interval", "0.0001", "at least 0.001"),
+        ("--message-interval", "0.0000001", "at least 0.000001"),
         ("--connections", "0", "0"),
     ] {
         let run = common::controller(&["run", path.to_str().unwrap(), flag, value], Duration::from_secs(20));

@@ -179,6 +179,31 @@ fn a_malformed_scenario_exits_2_naming_the_line() {
 }
 
 #[test]
+fn a_run_beyond_this_machine_fails_before_it_starts_naming_the_limit() {
+    // Ten million loopback connections: 667 workers and as many relays
+    // would run this machine out of memory halfway up the ramp.
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "huge.toml",
+        "name = \"huge\"\n[target]\nbundled = true\n[load]\nconnections = 10000000\nmessage_interval_s = 0\n",
+    );
+    let started = std::time::Instant::now();
+    let run = controller(&["run", path.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(run.code, 2, "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("10000000 connections need about") && run.stderr.contains("(MemAvailable)"),
+        "names the limit:\n{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("lower [load] connections to about"), "says what to change:\n{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "before any process starts");
+    assert!(!scratch.results_parent().exists(), "no results for a run that never started");
+    let check = controller(&["check", path.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(check.code, 2, "check says the same:\n{}", check.stderr);
+    assert!(check.stderr.contains("(MemAvailable)"), "{}", check.stderr);
+}
+
+#[test]
 fn an_unreachable_target_ends_promptly_with_refused_connections() {
     let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new();
