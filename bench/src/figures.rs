@@ -43,6 +43,7 @@ type Measure = fn(&Context) -> Result<Vec<Figure>>;
 /// Every measurement, with the figures it gives.
 pub const SUITE: &[(&[&str], Measure)] = &[
     (&["a", "d"], idle_connections),
+    (&["b"], peak_connections),
     (&["c"], message_cost),
     (&["e"], crate::fan_in::fan_in),
     (&["f"], accuracy),
@@ -109,6 +110,58 @@ fn idle_connections(ctx: &Context) -> Result<Vec<Figure>> {
             "MB",
         ),
         Figure::new("d", "worker CPU per 1,000 idle connections", cpu / (held / 1000.0), "% of a core"),
+    ])
+}
+
+/// Connections (b) holds for a minute.
+const PEAK: u64 = 300_000;
+
+/// (b) 300,000 idle connections to the bundled relay on this machine,
+/// opened over a minute and held for a minute (the controller picks the
+/// worker processes, their 127.0.x.y source addresses and the relay
+/// processes), every one of them open the whole minute.
+fn peak_connections(ctx: &Context) -> Result<Vec<Figure>> {
+    let scenario = scenario("peak", "bundled = true", PEAK, 0.0, 60, 60).replace("workers = 1\n", "");
+    let mut child = ctx.spawn("peak", &scenario, &[])?;
+    let peaks = crate::procs::watch(&mut child);
+    let run = ctx.results("peak", child)?;
+    clean(&run, "peak")?;
+    let held = run.sustained_column("connections_active", 0);
+    let least = held.iter().copied().fold(f64::INFINITY, f64::min);
+    if held.len() < 55 || least < PEAK as f64 {
+        bail!(
+            "peak: {} sustained seconds, at least {least} connections open ({})",
+            held.len(),
+            run.dir.display()
+        );
+    }
+    let per_connection = |mb: f64| mb * 1024.0 / PEAK as f64;
+    Ok(vec![
+        Figure::new(
+            "b",
+            "connections held 60 s with zero failures (fewest open in any second)",
+            least,
+            "connections",
+        )
+        .goal(">= 300000"),
+        Figure::new(
+            "b",
+            format!("workers' RSS per connection at {PEAK} (all workers)"),
+            per_connection(peaks.workers_mb),
+            "KiB",
+        ),
+        Figure::new(
+            "b",
+            format!("bundled relays' RSS per connection at {PEAK}"),
+            per_connection(peaks.relays_mb),
+            "KiB",
+        ),
+        Figure::new(
+            "b",
+            format!("machine memory per connection at {PEAK} (MemAvailable's fall: processes and kernel)"),
+            per_connection(peaks.machine_mb),
+            "KiB",
+        ),
     ])
 }
 

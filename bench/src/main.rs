@@ -16,6 +16,7 @@ use clap::Parser;
 mod fan_in;
 mod figures;
 mod peers;
+mod procs;
 mod runs;
 
 use figures::Figure;
@@ -32,7 +33,7 @@ struct Args {
     /// Where the JSON record of this run goes.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Only these figures (letters as in README: a, c, d, e, f), comma-separated.
+    /// Only these figures (letters as in README: a to f), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

@@ -227,7 +227,29 @@ async fn the_tunnel_flow_runs_over_wss_with_http_steps_on_tls_too() {
     for (name, n) in [("connect", 2), ("established", 2), ("publish", 10), ("message", 10), ("close", 2)] {
         assert_eq!(r.step(name), (n, 0), "{name}: {:?}", r.errors());
     }
+
     assert!(r.errors().is_empty(), "{:?}", r.errors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flows_open_connections_are_counted_while_open() {
+    let (relay, shutdown) = relay().await;
+    let mut f = Flow::default();
+    let steps = vec![
+        f.step("connect", StepKind::Connect),
+        f.step("established", expect(op_is("connection_established"), 2000, vec![])),
+        f.step("hold", sleep_ms(60_000)),
+        f.step("close", StepKind::Close),
+    ];
+    let r = run(&relay.pubsub_url(), f.spec(steps), 2, Duration::from_millis(2500)).await;
+    shutdown.cancel();
+    let active: Vec<u64> = r.snaps.iter().map(|s| s.gauges.unwrap().connections_active).collect();
+    // Both open from the first second to the stop, then none.
+    assert!(active.len() >= 3, "{active:?}");
+    assert!(active[..active.len() - 1].iter().skip(1).all(|&n| n == 2), "{active:?}");
+    assert_eq!(active.last(), Some(&0), "none left open: {active:?}");
+    assert_eq!(r.step("connect"), (2, 0));
+    assert_eq!(r.c.connections_closed_by_client, 2, "both closed when the run stopped: {:?}", r.c);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,8 +278,8 @@ async fn tunnel_sessions_repeat_and_every_frame_is_matched_or_unmatched() {
     assert_eq!(c.connections_closed_by_client, c.connections_opened, "every connection closed by us");
     let last = r.snaps.last().unwrap().gauges.unwrap();
     assert_eq!(last.connections_active, 0, "no connection left open");
-    let peak = r.snaps.iter().map(|s| s.gauges.unwrap().connections_active).max().unwrap();
-    assert!((1..=slots).contains(&peak), "open connections are counted while open: {peak}");
+    // (Sessions here last about a millisecond, so a once-a-second gauge may
+    // catch none open: a_flows_open_connections_are_counted_while_open.)
     let matched = r.step("established").0 + r.step("message").0;
     assert_eq!(c.messages_received, matched + c.messages_unmatched, "{c:?}");
     assert!(c.messages_unmatched <= slots, "only a stopped session leaves a frame behind: {c:?}");
