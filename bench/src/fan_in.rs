@@ -95,10 +95,16 @@ pub fn fan_in(ctx: &Context) -> Result<Vec<Figure>> {
         bail!("fan-in: no sustained seconds in metrics.csv ({})", run.dir.display());
     };
     let (from, to) = (first + SETTLE_S, last + 1.0);
-    let cpu_at = |t: f64| readings.iter().find(|r| r.at >= t).map(|r| (r.at, r.cpu_s));
-    let (Some((t0, c0)), Some((t1, c1))) = (cpu_at(from), cpu_at(to)) else {
+    // The readings inside the window: the first at or after its start, the
+    // last at or before its end (the controller exits as the run ends).
+    let inside: Vec<&Reading> = readings.iter().filter(|r| (from..=to).contains(&r.at)).collect();
+    let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
         bail!("fan-in: the controller was not watched over its sustained phase");
     };
+    let (t0, c0, t1, c1) = (first.at, first.cpu_s, last.at, last.cpu_s);
+    if t1 - t0 < 10.0 {
+        bail!("fan-in: only {:.1} s of the sustained phase watched", t1 - t0);
+    }
     let cpu_pct = (c1 - c0) / (t1 - t0) * 100.0;
     let peak = readings.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max);
     let joined = run.summary["workers"].as_u64().unwrap_or(0);
