@@ -89,6 +89,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::websocket::WebSocket;
 use futures_util::StreamExt;
 use serde_json::Value;
 use stampede_model::flow::MAX_HTTP_BODY;
@@ -96,13 +97,12 @@ use stampede_model::jsonpath;
 use stampede_model::template::Var;
 use stampede_model::{Cause, Template};
 use tokio::time::timeout;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Io, Outbox, RunContext, classify, open, poll_io, stagger};
+use crate::connection::{Io, RunContext, classify, open, poll_io, stagger};
 use crate::opening::Vars;
 use crate::recorder::Recorder;
 use crate::session::SessionPlan;
@@ -163,8 +163,7 @@ impl Inbox {
 /// An open WebSocket of a session. Counted in `connections_active` while
 /// it exists; frames still buffered when it goes are counted unmatched.
 struct Conn {
-    ws: WebSocketStream<Stream>,
-    out: Outbox,
+    ws: WebSocket<Stream>,
     inbox: Inbox,
     recorder: Arc<Recorder>,
 }
@@ -188,9 +187,9 @@ enum Ending {
 }
 
 impl Conn {
-    fn new(ws: WebSocketStream<Stream>, recorder: Arc<Recorder>) -> Conn {
+    fn new(ws: WebSocket<Stream>, recorder: Arc<Recorder>) -> Conn {
         recorder.active.fetch_add(1, Relaxed);
-        Conn { ws, out: Outbox::default(), inbox: Inbox::default(), recorder }
+        Conn { ws, inbox: Inbox::default(), recorder }
     }
 
     /// Reads frames (answering pings) and writes what is pending until
@@ -199,15 +198,11 @@ impl Conn {
         // Control frames are handled here; after this many in a row, let
         // others run (a ping flood must not hold the thread).
         for _ in 0..64 {
-            let wake = match std::task::ready!(poll_io(&mut self.ws, &mut self.out, cx)) {
+            let wake = match std::task::ready!(poll_io(&mut self.ws, cx)) {
                 Io::Read(Some(Ok(Message::Text(t)))) => self.received(t.as_bytes()),
                 Io::Read(Some(Ok(Message::Binary(b)))) => self.received(&b),
-                // tungstenite queues the pong; it goes out with the next flush.
-                Io::Read(Some(Ok(Message::Ping(_)))) => {
-                    self.out.unflushed = true;
-                    continue;
-                }
-                Io::Read(Some(Ok(Message::Pong(_) | Message::Frame(_)))) => continue,
+                // The codec queued the pong; it goes out as we read or flush.
+                Io::Read(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
                 Io::Read(Some(Ok(Message::Close(frame)))) => {
                     Wake::Ended(Ending::Closed(frame.map_or(1005, |f| u16::from(f.code))))
                 }
@@ -494,12 +489,12 @@ impl<'a> Session<'a> {
         self.seq += 1;
         let len = text.len() as u64;
         let conn = self.conn.as_deref_mut().ok_or(Cause::Eof)?;
-        conn.out.pending =
-            Some(if binary { Message::binary(text.into_bytes()) } else { Message::text(text) });
+        let message = if binary { Message::binary(text.into_bytes()) } else { Message::text(text) };
+        conn.ws.queue(message).map_err(|e| classify(&e))?;
         let ending = loop {
             match std::future::poll_fn(|cx| conn.poll(cx)).await {
                 Wake::Ended(e) => break Some(e),
-                Wake::Data | Wake::Written if !conn.out.busy() => break None,
+                Wake::Data | Wake::Written if !conn.ws.busy() => break None,
                 Wake::Data | Wake::Written => {}
             }
         };
@@ -698,7 +693,7 @@ impl<'a> Session<'a> {
         let Some(mut conn) = self.conn.take() else { return Closing::NotOpen };
         self.ctx.recorder.counters.connections_closed_by_client.fetch_add(1, Relaxed);
         // A send the step could not finish never leaves.
-        conn.out.pending = None;
+        conn.ws.discard_unsent();
         let answered = timeout(CLOSE_WAIT, async {
             let frame = CloseFrame { code: CloseCode::Normal, reason: "stampede: done".into() };
             if conn.ws.close(Some(frame)).await.is_err() {

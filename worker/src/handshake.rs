@@ -1,17 +1,17 @@
 //! The client side of the WebSocket opening handshake (RFC 6455 section 4.1),
-//! done by hand on the TCP stream. Doing it ourselves instead of through
-//! `connect_async` lets the connection keep a small read buffer: tungstenite
-//! reuses its 4 KiB handshake buffer for the whole life of the connection.
+//! done by hand on the byte stream; the connection then speaks frames
+//! through our own codec ([`crate::websocket`]), which keeps no buffer while
+//! the connection is idle.
 
 use std::time::Duration;
 
+use crate::websocket::WebSocket;
 use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::opening::Opening;
 use crate::target::Target;
@@ -34,7 +34,7 @@ pub async fn upgrade<T: Transport>(
     key: &str,
     opening: &Opening,
     config: WebSocketConfig,
-) -> Result<(WebSocketStream<T>, Option<String>), Cause> {
+) -> Result<(WebSocket<T>, Option<String>), Cause> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: stampede\r\n{}\r\n",
@@ -60,7 +60,7 @@ pub async fn upgrade<T: Transport>(
     };
     let picked = check_response(&head[..end], key, &opening.protocols)?;
     let leftover = head[end..].to_vec();
-    let mut ws = WebSocketStream::from_partially_read(tcp, leftover, Role::Client, Some(config)).await;
+    let mut ws = WebSocket::new(tcp, leftover, &config);
     if let Some(first) = &opening.first_message {
         ws.send(Message::text(first.as_str())).await.map_err(|e| match e {
             tokio_tungstenite::tungstenite::Error::Io(e) => Cause::from_io(&e),

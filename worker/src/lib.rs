@@ -34,6 +34,7 @@ pub mod shards;
 pub mod slots;
 pub mod target;
 pub mod tls;
+pub mod websocket;
 
 use std::net::IpAddr;
 

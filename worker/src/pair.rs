@@ -31,17 +31,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use crate::websocket::WebSocket;
 use serde_json::Value;
 use stampede_model::Cause;
 use stampede_model::spec::{PairsMode, PairsSpec};
 use tokio::time::{sleep, timeout};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Io, Outbox, RunContext, classify, open, poll_io, stagger};
+use crate::connection::{Io, RunContext, classify, open, poll_io, stagger};
 use crate::delivery::{Delivery, Echo};
 use crate::schedule::{Schedule, record_lag, record_unsent};
 use crate::sealed::{Envelope, PairCipher, Side};
@@ -104,8 +104,7 @@ enum End {
 
 /// One side's connection.
 struct Link {
-    ws: WebSocketStream<Stream>,
-    out: Outbox,
+    ws: WebSocket<Stream>,
     /// The relay confirmed the inbox subscription.
     subscribed: bool,
 }
@@ -285,8 +284,10 @@ impl<'a> Pair<'a> {
         ctx.recorder.active.fetch_add(1, Relaxed);
         let s = &mut self.sides[i];
         let subscribe = serde_json::json!({"op": "subscribe", "channel": s.inbox, "since": since});
-        let out = Outbox { pending: Some(Message::text(subscribe.to_string())), unflushed: false };
-        s.link = Some(Link { ws, out, subscribed: false });
+        let mut ws = ws;
+        // Queued on a connection just opened: cannot be refused.
+        let _ = ws.queue(Message::text(subscribe.to_string()));
+        s.link = Some(Link { ws, subscribed: false });
         s.relay_seq = since;
         let deadline = Instant::now() + SUBSCRIBE_WAIT;
         let subscribed = |p: &Pair| p.sides[i].link.as_ref().is_some_and(|l| l.subscribed);
@@ -359,7 +360,7 @@ impl<'a> Pair<'a> {
                 let Some((intended, _)) = schedule.advance(ctx) else { break };
                 me.to_send -= 1;
                 let seq = me.sent.next_seq();
-                let Some(link) = me.link.as_mut().filter(|l| !l.out.busy()) else {
+                let Some(link) = me.link.as_mut().filter(|l| !l.ws.busy()) else {
                     me.sent.skipped(seq);
                     record_unsent(rec);
                     continue;
@@ -370,9 +371,14 @@ impl<'a> Pair<'a> {
                 let publish =
                     serde_json::json!({"op": "publish", "channel": other.inbox, "data": envelope.to_json()});
                 let text = publish.to_string();
+                let len = text.len() as u64;
+                if link.ws.queue(Message::text(text)).is_err() {
+                    me.sent.skipped(seq);
+                    record_unsent(rec);
+                    continue;
+                }
                 rec.counters.messages_sent.fetch_add(1, Relaxed);
-                rec.counters.bytes_sent.fetch_add(text.len() as u64, Relaxed);
-                link.out.pending = Some(Message::text(text));
+                rec.counters.bytes_sent.fetch_add(len, Relaxed);
             }
         }
     }
@@ -383,12 +389,9 @@ impl<'a> Pair<'a> {
         match io {
             Io::Read(Some(Ok(Message::Text(t)))) => self.received(i, t.as_bytes()),
             Io::Read(Some(Ok(Message::Binary(b)))) => self.received(i, &b),
-            Io::Read(Some(Ok(Message::Ping(_)))) => {
-                if let Some(link) = self.sides[i].link.as_mut() {
-                    link.out.unflushed = true;
-                }
-            }
-            Io::Read(Some(Ok(Message::Pong(_) | Message::Frame(_)))) | Io::Written(Ok(())) => {}
+            // The codec queued the pong; it goes out as we read or flush.
+            Io::Read(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))))
+            | Io::Written(Ok(())) => {}
             Io::Read(Some(Ok(Message::Close(frame)))) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                 rec.counters.connections_closed_by_server.fetch_add(1, Relaxed);
@@ -552,7 +555,7 @@ enum Pump {
 /// The next thing side's connection does; pending forever without one.
 async fn io_of(link: &mut Option<Link>) -> Io {
     match link {
-        Some(l) => std::future::poll_fn(|cx| poll_io(&mut l.ws, &mut l.out, cx)).await,
+        Some(l) => std::future::poll_fn(|cx| poll_io(&mut l.ws, cx)).await,
         None => std::future::pending().await,
     }
 }
