@@ -400,7 +400,7 @@ impl Running {
                     return;
                 }
                 self.agg.add_worker(&id);
-                self.members.push(member);
+                self.add_member(member);
                 self.progress.line(format!("worker {id} joined at {:.1} s", self.elapsed_s()));
                 self.log(format!("worker {id} joined the run late")).await;
                 self.unbalanced.push(format!("{id} joined"));

@@ -328,6 +328,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<RunOut
     let mut run = Running {
         stress: plan.stress.as_ref().map(|s| StressWatch::new(s, &plan.thresholds)),
         plan: plan.clone(),
+        member_index: members.iter().enumerate().map(|(i, m)| (m.hello.worker_id.clone(), i)).collect(),
         members,
         agg: Aggregator::new(&plan, &ids, clock),
         target_rx,

@@ -3,6 +3,7 @@
 //! rebalancing), rows written as seconds complete, and the checks that end
 //! a run early. All of it in one task, so no state is shared.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use stampede_model::results::Rebalance;
@@ -35,6 +36,9 @@ pub(crate) struct Running {
     /// The stress stage, judged second by second.
     pub(crate) stress: Option<StressWatch>,
     pub(crate) members: Vec<Member>,
+    /// Where each worker id is in `members` (members are only added during
+    /// a run): every message is looked up by its worker, 1,000 a second.
+    pub(crate) member_index: HashMap<String, usize>,
     pub(crate) agg: Aggregator,
     pub(crate) target_rx: mpsc::Receiver<(u64, TargetSample)>,
     pub(crate) writer: ResultsWriter,
@@ -264,7 +268,13 @@ impl Running {
     }
 
     pub(crate) fn member(&self, id: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.hello.worker_id == id)
+        self.member_index.get(id).copied()
+    }
+
+    /// Adds a worker that joined during the run.
+    pub(crate) fn add_member(&mut self, member: Member) {
+        self.member_index.insert(member.hello.worker_id.clone(), self.members.len());
+        self.members.push(member);
     }
 
     async fn write_rows(&mut self, flush: bool) {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use hdrhistogram::serialization::{Serializer, V2Serializer};
 use stampede_model::{AtomicCounters, Cause, Counters};
 use stampede_proto::{counters_to_wire, fleet};
 
@@ -199,7 +199,10 @@ pub struct Snapshotter {
     last: Counters,
     last_errors: BTreeMap<Cause, u64>,
     last_subprotocols: BTreeMap<String, u64>,
-    serializer: V2DeflateSerializer,
+    /// Plain V2, not deflated: a second's histogram is small either way,
+    /// and inflating cost the controller most of its CPU with 1,000
+    /// workers (a fresh inflate state per histogram; bench (e)).
+    serializer: V2Serializer,
     seq: u64,
 }
 
@@ -211,7 +214,7 @@ impl Snapshotter {
             last: Counters::default(),
             last_errors: BTreeMap::new(),
             last_subprotocols: BTreeMap::new(),
-            serializer: V2DeflateSerializer::new(),
+            serializer: V2Serializer::new(),
             seq: 0,
         }
     }
@@ -226,7 +229,7 @@ impl Snapshotter {
         process: fleet::Gauges,
     ) -> fleet::Snapshot {
         // Swap under the lock, encode outside it: recording never waits
-        // for compression.
+        // for encoding.
         std::mem::swap(&mut *recorder.histograms.lock().expect("poisoned"), &mut self.spare);
         let errors_now = recorder.errors.lock().expect("poisoned").clone();
         let errors = errors_now
@@ -295,7 +298,7 @@ impl Snapshotter {
 }
 
 /// Encodes `h` and empties it for reuse.
-fn encode(serializer: &mut V2DeflateSerializer, h: &mut Histogram<u64>) -> Vec<u8> {
+fn encode(serializer: &mut V2Serializer, h: &mut Histogram<u64>) -> Vec<u8> {
     let mut buf = Vec::new();
     serializer.serialize(h, &mut buf).expect("serializing into a Vec cannot fail");
     h.reset();
