@@ -21,10 +21,13 @@ pub const CA_ENV: &str = "STAMPEDE_FLEET_CA";
 /// The CA whose worker certificates the controller accepts.
 pub const CLIENT_CA_ENV: &str = "STAMPEDE_FLEET_CLIENT_CA";
 
-/// How often each end of the HTTP/2 connection pings the other, and how
-/// long it waits for the answer: a stalled link is noticed in about 3 s
-/// even when no message is due.
-pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// After how long without a frame from the other end each end of the
+/// HTTP/2 connection pings it, and how long it waits for the answer: a
+/// stalled link is noticed in about 4 s even when no message is due. Two
+/// seconds, not one: during a run snapshots and their acknowledgements
+/// cross every second, so no ping is needed, where one second made a ping
+/// and its answer on about every other second of every link (bench (e)).
+pub const KEEPALIVE: Duration = Duration::from_secs(2);
 /// See [`KEEPALIVE`].
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
