@@ -270,6 +270,34 @@ mod tests {
         claims_payload[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(check_encoded(&claims_payload).unwrap_err().contains("payload"));
     }
+
+    #[test]
+    fn a_deflate_bomb_inflates_no_further_than_the_largest_payload() {
+        use std::io::Write;
+        // A valid header claiming the largest payload, then 64 MiB of
+        // zeros that deflate to ~64 KB: what a hostile worker could send.
+        let mut plain = encoded(&new_histogram(), false)[..40].to_vec();
+        plain[4..8].copy_from_slice(&MAX_PAYLOAD.to_be_bytes());
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        zlib.write_all(&plain).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            zlib.write_all(&zeros).unwrap();
+        }
+        let deflated = zlib.finish().unwrap();
+        let mut bomb = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
+        bomb.extend_from_slice(&(deflated.len() as u32).to_be_bytes());
+        bomb.extend_from_slice(&deflated);
+        assert!(bomb.len() < 100_000, "{} bytes on the wire", bomb.len());
+        let mut decoder = Decoder::new();
+        let mut buckets = Buckets::new();
+        // Zero counts record nothing: an empty histogram, read from the
+        // first 1 MiB only.
+        decoder.decode(&bomb, &mut buckets).unwrap();
+        assert!(buckets.is_empty());
+        assert_eq!(decoder.inflated.len(), 40 + MAX_PAYLOAD as usize, "inflation stopped at the bound");
+    }
+
     fn decoded(bytes: &[u8]) -> Result<Histogram<u64>, String> {
         let mut buckets = Buckets::new();
         Decoder::new().decode(bytes, &mut buckets)?;
