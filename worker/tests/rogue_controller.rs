@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use stampede_proto::fleet::fleet_server::{Fleet, FleetServer};
 use stampede_proto::fleet::{
-    Assign, ControllerMessage, PhaseStart, WorkerMessage, controller_message::Body as Cmd,
-    worker_message::Body,
+    Assign, ControllerMessage, Heartbeat, PhaseStart, SnapshotAck, WorkerMessage,
+    controller_message::Body as Cmd, worker_message::Body,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 /// A controller that sends `script` to the first worker that joins and
-/// passes on everything the worker says.
+/// passes on everything the worker says; `answers`: it also acknowledges
+/// snapshots and answers heartbeats, as the real one does.
 struct Rogue {
     script: std::sync::Mutex<Option<Vec<Cmd>>>,
     heard: mpsc::Sender<Body>,
+    answers: bool,
 }
 
 #[tonic::async_trait]
@@ -36,9 +38,20 @@ impl Fleet for Rogue {
         for cmd in script {
             tx.send(Ok(ControllerMessage { body: Some(cmd) })).await.unwrap();
         }
-        let heard = self.heard.clone();
+        let (heard, answers) = (self.heard.clone(), self.answers);
         tokio::spawn(async move {
             while let Ok(Some(WorkerMessage { body: Some(body) })) = inbound.message().await {
+                let answer = match &body {
+                    Body::Snapshot(s) if answers => Some(Cmd::SnapshotAck(SnapshotAck { seq: s.seq })),
+                    Body::Heartbeat(b) if answers => Some(Cmd::Heartbeat(Heartbeat {
+                        worker_sent_at_unix_us: b.worker_sent_at_unix_us,
+                        controller_at_unix_us: stampede_model::clock::unix_us(std::time::SystemTime::now()),
+                    })),
+                    _ => None,
+                };
+                if let Some(cmd) = answer {
+                    let _ = tx.send(Ok(ControllerMessage { body: Some(cmd) })).await;
+                }
                 if heard.send(body).await.is_err() {
                     break;
                 }
@@ -50,10 +63,14 @@ impl Fleet for Rogue {
 }
 
 async fn rogue(script: Vec<Cmd>) -> (String, mpsc::Receiver<Body>) {
+    controller(script, false).await
+}
+
+async fn controller(script: Vec<Cmd>, answers: bool) -> (String, mpsc::Receiver<Body>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (heard, rx) = mpsc::channel(1024);
-    let service = FleetServer::new(Rogue { script: std::sync::Mutex::new(Some(script)), heard });
+    let service = FleetServer::new(Rogue { script: std::sync::Mutex::new(Some(script)), heard, answers });
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -163,4 +180,44 @@ async fn a_broadcast_of_a_trillion_channels_per_connection_is_refused() {
     assert_eq!(relay.stats().connections_total.load(Relaxed), 0, "nothing was opened");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+}
+
+/// Snapshots and heartbeats a worker sends in `span` to a controller that
+/// answers (or not), running 5 connections.
+async fn messages_in(span: Duration, answers: bool) -> (usize, usize) {
+    let shutdown = CancellationToken::new();
+    let relay = stampede_relay::Relay::start(Default::default(), shutdown.clone()).await.unwrap();
+    let phase = PhaseStart { index: 0, name: "hold".into(), connections: 5, ..Default::default() };
+    let script = vec![Cmd::Assign(assign(&relay.ws_url())), Cmd::PhaseStart(phase)];
+    let (url, mut heard) = controller(script, answers).await;
+    let worker = tokio::spawn(stampede_worker::run(options(&url), shutdown.clone()));
+    let (mut snapshots, mut heartbeats) = (0, 0);
+    let end = tokio::time::Instant::now() + span;
+    while let Ok(Some(body)) = tokio::time::timeout_at(end, heard.recv()).await {
+        match body {
+            Body::Snapshot(_) => snapshots += 1,
+            Body::Heartbeat(_) => heartbeats += 1,
+            _ => {}
+        }
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    (snapshots, heartbeats)
+}
+
+#[tokio::test]
+async fn heartbeats_thin_out_while_snapshots_are_acknowledged() {
+    // Acknowledged snapshots show both ends alive: a heartbeat only every
+    // 5 s (for the clock offset), the first at once.
+    let (snapshots, heartbeats) = messages_in(Duration::from_millis(7500), true).await;
+    assert!(snapshots >= 6, "{snapshots} snapshots in 7.5 s");
+    assert!((1..=3).contains(&heartbeats), "{heartbeats} heartbeats in 7.5 s beside {snapshots} snapshots");
+}
+
+#[tokio::test]
+async fn heartbeats_go_every_second_to_a_controller_that_does_not_answer() {
+    // Nothing comes back: each second's heartbeat goes, so the silence is
+    // noticed on time (and the link given up after 3 s).
+    let (_, heartbeats) = messages_in(Duration::from_millis(2500), false).await;
+    assert!(heartbeats >= 3, "{heartbeats} heartbeats in 2.5 s");
 }
