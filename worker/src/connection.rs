@@ -254,7 +254,7 @@ fn live<'a, S: Session, T: Transport>(
                         let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                         rec.counters.connections_closed_by_server.fetch_add(1, Relaxed);
                         rec.record_error(Cause::ClosedByServer(code));
-                        // tungstenite has queued our reply; flush it and let the
+                        // The codec has queued our reply; flush it and let the
                         // server close TCP (RFC 6455 section 7.1.1).
                         let _ = Box::pin(timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = ws.next().await {} })).await;
                         break End::Dropped { lived: opened.elapsed() };

@@ -665,7 +665,7 @@ impl<'a> Session<'a> {
         match ending {
             Ending::Closed(code) => {
                 counters.connections_closed_by_server.fetch_add(1, Relaxed);
-                // tungstenite has queued our reply; flush it and let the
+                // The codec has queued our reply; flush it and let the
                 // server close TCP (RFC 6455 section 7.1.1).
                 let _ = timeout(CLOSE_WAIT, async {
                     while let Some(Ok(msg)) = conn.ws.next().await {
