@@ -119,6 +119,22 @@ async fn a_bad_accept_key_is_not_a_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_response_head_is_refused_at_8_kib() {
+    // 350 KB of header lines and never the blank line that ends them: read
+    // up to 8 KiB, then refused, not buffered.
+    let url = scripted_server(|_| {
+        Some(format!(
+            "HTTP/1.1 101 Switching Protocols\r\n{}",
+            "X-Padding: abcdefghijklmnopqrstuvwxyz\r\n".repeat(10_000)
+        ))
+    })
+    .await;
+    let snaps = drive(&assign(&url, 0, false), 2, Duration::from_millis(500), async || {}).await;
+    assert_eq!(errors(&snaps, "bad_handshake"), 2);
+    assert_eq!(total(&snaps, |c| c.connections_opened), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_times_out() {
     let url = scripted_server(|_| None).await;
     let mut a = assign(&url, 0, false);
