@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use stampede_worker::WorkerOptions;
+use stampede_worker::process::{cpu_time_us_of, status_bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::figures::{Figure, clean};
+use crate::procs::MB;
 use crate::runs::Context;
 
 const WORKERS: usize = 1_000;
@@ -126,38 +128,20 @@ pub fn fan_in(ctx: &Context) -> Result<Vec<Figure>> {
 /// Reads the controller's CPU time and peak RSS four times a second until
 /// it exits.
 fn watch(child: &mut Child) -> Vec<Reading> {
-    let pid = child.id();
-    let tick = 1.0 / clock_ticks_per_s();
+    let pid = child.id().to_string();
     let mut readings = Vec::new();
     let started = Instant::now();
     while child.try_wait().ok().flatten().is_none() && started.elapsed() < Duration::from_secs(600) {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime is
-        // the 14th field of the line, stime the 15th.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-        let hwm_kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-        if let (Some(utime), Some(stime), Some(hwm)) = (ticks(11), ticks(12), hwm_kb) {
+        if let (Some(cpu_us), Some(hwm)) = (cpu_time_us_of(&pid), status_bytes(&pid, "VmHWM")) {
             readings.push(Reading {
                 at: unix_now(),
-                cpu_s: (utime + stime) * tick,
-                peak_rss_mb: hwm / 1024.0,
+                cpu_s: cpu_us as f64 / 1e6,
+                peak_rss_mb: hwm as f64 / MB,
             });
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     readings
-}
-
-fn clock_ticks_per_s() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn unix_now() -> f64 {

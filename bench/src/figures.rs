@@ -47,6 +47,7 @@ pub const SUITE: &[(&[&str], Measure)] = &[
     (&["c"], message_cost),
     (&["e"], crate::fan_in::fan_in),
     (&["f"], accuracy),
+    (&["g"], crate::artillery::side_by_side),
 ];
 
 /// Connections held idle in one worker for (a) and (d).
@@ -174,33 +175,52 @@ fn peak_connections(ctx: &Context) -> Result<Vec<Figure>> {
     ])
 }
 
+/// What one run of the (c) shape measured: 100 connections, 64 B, at a
+/// fixed rate against an echo server.
+pub struct Shape {
+    /// The generator's CPU per 10,000 msg/s, % of a core.
+    pub cpu_per_10k: f64,
+    /// Latency percentiles, ms.
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+/// Seconds the (c) shape's sustained phase lasts.
+pub const SHAPE_S: u64 = 20;
+
+/// Runs the (c) shape with stampede at `rate` msg/s against `url`.
+pub fn stampede_at(ctx: &Context, url: &str, rate: u64) -> Result<Shape> {
+    let name = format!("rate-{rate}");
+    let target = format!("url = \"{url}\"");
+    let run = ctx.run(&name, &scenario(&name, &target, 100, 100.0 / rate as f64, 2, SHAPE_S))?;
+    clean(&run, &name)?;
+    let cpu = mean(&run.sustained_column("worker_cpu_pct", 3));
+    Ok(Shape {
+        cpu_per_10k: cpu / (rate as f64 / 10_000.0),
+        p50: run.sustained("latency_ms.p50")?,
+        p99: run.sustained("latency_ms.p99")?,
+        p999: run.sustained("latency_ms.p999")?,
+    })
+}
+
 /// (c) the generator's CPU per 10,000 msg/s and its latency percentiles,
 /// 100 connections against a Node `ws` echo server at four rates (the
 /// fastest: a message per connection per millisecond).
 fn message_cost(ctx: &Context) -> Result<Vec<Figure>> {
     let server = NodeEcho::start(&ctx.node)?;
-    let target = format!("url = \"{}\"", server.url());
     let mut out = Vec::new();
     for rate in [1_000u64, 10_000, 20_000, 100_000] {
-        let interval = 100.0 / rate as f64;
-        let name = format!("rate-{rate}");
-        let run = ctx.run(&name, &scenario(&name, &target, 100, interval, 2, 20))?;
-        clean(&run, &name)?;
-        let cpu = mean(&run.sustained_column("worker_cpu_pct", 3));
-        let per_10k = cpu / (rate as f64 / 10_000.0);
+        let shape = stampede_at(ctx, &server.url(), rate)?;
         let label = |what: &str| format!("{what} at {rate} msg/s (100 connections, 64 B, Node ws)");
-        let mut cost = Figure::new("c", label("generator CPU per 10,000 msg/s"), per_10k, "% of a core");
+        let mut cost =
+            Figure::new("c", label("generator CPU per 10,000 msg/s"), shape.cpu_per_10k, "% of a core");
         if rate == 100_000 {
             cost = cost.goal("<= 5.2 (half of 10.4)");
         }
         out.push(cost);
-        for (p, key) in [("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")] {
-            let mut f = Figure::new(
-                "c",
-                label(&format!("latency {p}")),
-                run.sustained(&format!("latency_ms.{key}"))?,
-                "ms",
-            );
+        for (p, value) in [("p50", shape.p50), ("p99", shape.p99), ("p99.9", shape.p999)] {
+            let mut f = Figure::new("c", label(&format!("latency {p}")), value, "ms");
             if rate == 1_000 && p == "p99" {
                 f = f.goal("<= 0.3");
             }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+mod artillery;
 mod fan_in;
 mod figures;
 mod peers;
@@ -33,7 +34,7 @@ struct Args {
     /// Where the JSON record of this run goes.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Only these figures (letters as in README: a to f), comma-separated.
+    /// Only these figures (letters as in README: a to g), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

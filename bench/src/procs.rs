@@ -5,6 +5,9 @@
 use std::process::Child;
 use std::time::Duration;
 
+/// The bench's MB: 2^20 bytes (/proc's kB are 2^10).
+pub const MB: f64 = 1024.0 * 1024.0;
+
 /// The largest readings over a run.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Peaks {
@@ -54,14 +57,34 @@ fn rss_by_role() -> (f64, f64) {
             Some(b"relay") => &mut relays,
             _ => continue,
         };
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        {
-            *total += kb / 1024.0;
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if let Some(rss) = stampede_worker::process::status_bytes(&pid, "VmRSS") {
+            *total += rss as f64 / MB;
         }
     }
     (workers, relays)
+}
+
+/// CPU seconds used so far by process `pid` and every process descended
+/// from it (a peer tool may run its load in child processes).
+pub fn tree_cpu_s(pid: u32) -> f64 {
+    use stampede_worker::process::{cpu_time_us_of, parent_of};
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let pids: Vec<u64> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let descends = |mut p: u64| {
+        // A chain of parents ends at 1 (or 0 for the kernel's own).
+        for _ in 0..64 {
+            if p == u64::from(pid) {
+                return true;
+            }
+            match parent_of(&p.to_string()) {
+                Some(parent) if parent > 1 => p = parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let us: u64 =
+        pids.into_iter().filter(|&p| descends(p)).filter_map(|p| cpu_time_us_of(&p.to_string())).sum();
+    us as f64 / 1e6
 }
