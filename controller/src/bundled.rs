@@ -64,7 +64,9 @@ impl Bundled {
     ) -> Result<(Bundled, String), BundledError> {
         if processes == 0 {
             let faults = Faults { external_clock: true, ..config.faults.clone() };
-            let relay = Relay::start(RelayConfig { faults, ..config }, shutdown).await?;
+            // Its process is ours: our memory and CPU are not the target's.
+            let relay =
+                Relay::start(RelayConfig { faults, process_figures: false, ..config }, shutdown).await?;
             let url = relay.ws_url();
             return Ok((Bundled::InProcess(relay), url));
         }
@@ -84,14 +86,19 @@ impl Bundled {
 
     /// The Prometheus endpoint, when there is one process to ask (behind a
     /// shared port, each scrape would reach a random process) and it speaks
-    /// plain HTTP (the scraper does not do TLS).
+    /// plain HTTP (the scraper does not do TLS). An in-process relay gives
+    /// its counts but not the process's memory and CPU (they are ours); a
+    /// relay process of its own gives all.
     pub fn metrics_url(&self) -> Option<String> {
         match self {
             Bundled::InProcess(relay) if relay.ws_url().starts_with("ws://") => {
                 Some(format!("http://{}/metrics", relay.local_addr()))
             }
-            Bundled::InProcess(_) => None,
-            Bundled::Processes(_) => None,
+            Bundled::Processes(relays) if relays.count() == 1 => {
+                let addr = relays.ws_url().strip_prefix("ws://")?.split('/').next()?;
+                Some(format!("http://{addr}/metrics"))
+            }
+            Bundled::InProcess(_) | Bundled::Processes(_) => None,
         }
     }
 

@@ -32,6 +32,10 @@ pub struct RelayConfig {
     /// Channels (`/pubsub`, `POST /publish/<channel>`): history, limits and
     /// their test faults.
     pub pubsub: PubsubConfig,
+    /// Whether /metrics gives this process's memory and CPU. Off for a
+    /// relay inside another program (the controller's bundled relay): those
+    /// figures would be the program's, not the relay's.
+    pub process_figures: bool,
 }
 
 impl Default for RelayConfig {
@@ -45,6 +49,7 @@ impl Default for RelayConfig {
             tls: None,
             jwt_secret: None,
             pubsub: PubsubConfig::default(),
+            process_figures: true,
         }
     }
 }
@@ -421,6 +426,8 @@ impl RelayArgs {
                 fault_duplicate: self.fault_duplicate,
                 fault_reorder: self.fault_reorder,
             },
+            // A relay process of its own.
+            process_figures: true,
         }
     }
 

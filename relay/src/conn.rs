@@ -118,7 +118,9 @@ pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, shutdown: Cancell
             return publish(stream, request, buf, &shared, &shutdown).await;
         }
         Route::Health => http::response("200 OK", TEXT, "", "ok\n"),
-        Route::Metrics => http::response("200 OK", METRICS, "", &shared.stats.render_metrics()),
+        Route::Metrics => {
+            http::response("200 OK", METRICS, "", &shared.stats.render_metrics(shared.process_figures))
+        }
         Route::App => {
             http::response("200 OK", "text/html; charset=utf-8", "Cache-Control: no-store\r\n", APP)
         }

@@ -79,6 +79,11 @@ impl RelayProcesses {
         &self.url
     }
 
+    /// How many processes there are.
+    pub fn count(&self) -> usize {
+        self.children.len()
+    }
+
     /// Starts the fault clock of every process at `epoch` (wall clock);
     /// without faults nothing happens.
     pub async fn start_fault_clock(&mut self, epoch: SystemTime) {

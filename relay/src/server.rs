@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     /// `--fault-duplicate`, `--fault-reorder`.
     pub(crate) delivery_faults: DeliveryFaults,
+    /// /metrics gives the process's memory and CPU.
+    pub(crate) process_figures: bool,
 }
 
 /// A running relay. Dropping it does not stop it; cancel the token passed
@@ -85,6 +87,7 @@ impl Relay {
             tls,
             hub: hub.clone(),
             delivery_faults: DeliveryFaults::new(&config.pubsub),
+            process_figures: config.process_figures,
         });
 
         let tracker = TaskTracker::new();

@@ -143,7 +143,8 @@ impl Stats {
     }
 
     /// Renders the Prometheus text exposition (format 0.0.4).
-    pub fn render_metrics(&self) -> String {
+    /// The Prometheus text; `process`: with this process's memory and CPU.
+    pub fn render_metrics(&self, process: bool) -> String {
         let s = self.snapshot();
         let mut out = String::with_capacity(4096);
         let rows: [(&str, &str, &str, u64); 6] = [
@@ -156,6 +157,9 @@ impl Stats {
         ];
         for (name, kind, help, value) in rows.into_iter().chain(self.pubsub.snapshot().rows()) {
             metric(&mut out, name, kind, help, value);
+        }
+        if !process {
+            return out;
         }
         if let Some(rss) = resident_memory_bytes() {
             metric(&mut out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss);
@@ -242,12 +246,20 @@ mod tests {
 
     #[test]
     fn metrics_have_help_and_type() {
-        let text = Stats::default().render_metrics();
+        let text = Stats::default().render_metrics(true);
         assert!(text.contains("# TYPE relay_connections_active gauge\n"));
         assert!(text.contains("relay_bytes_sent_total 0\n"));
         assert!(text.contains("# TYPE relay_pubsub_channels gauge\n"));
         assert!(
             text.contains("# TYPE relay_pubsub_reordered_total counter\nrelay_pubsub_reordered_total 0\n")
         );
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+    }
+
+    #[test]
+    fn a_relay_inside_another_program_gives_no_process_figures() {
+        let text = Stats::default().render_metrics(false);
+        assert!(text.contains("relay_connections_active 0\n"));
+        assert!(!text.contains("process_"), "{text}");
     }
 }
