@@ -4,7 +4,7 @@
 //! A clean run yields no findings.
 
 use crate::model::{Finding, FindingKind, Severity, Timeline};
-use crate::stats::fit_line;
+use crate::trend::trend;
 
 /// Parameters of the detectors (`analyze --help` lists them).
 #[derive(Debug, Clone, clap::Args)]
@@ -28,18 +28,31 @@ pub struct DetectorParams {
     /// Latency spikes: quiet seconds that still join two spikes into one.
     #[arg(long, default_value_t = 2, value_name = "SECS")]
     pub spike_merge_gap_s: usize,
-    /// Memory growth: smallest slope reported, MB per minute.
-    #[arg(long, default_value_t = 1.0, value_name = "MB_PER_MIN")]
-    pub leak_min_mb_per_min: f64,
-    /// Memory growth: smallest goodness of fit (R^2) of the linear rise.
-    #[arg(long, default_value_t = 0.8, value_name = "R2")]
-    pub leak_min_r2: f64,
+    /// Latency blips: a spike shorter than the shortest spike is still
+    /// reported (as a blip, info) when at least this many times the baseline.
+    #[arg(long, default_value_t = 10.0, value_name = "RATIO")]
+    pub blip_min_ratio: f64,
+    /// Memory growth: the Mann-Kendall significance a rise must reach (its
+    /// one-sided p-value at most this).
+    #[arg(long, default_value_t = 0.001, value_name = "P")]
+    pub leak_alpha: f64,
+    /// Memory growth: the longest block whose lowest value stands for it, s
+    /// (make it longer than the allocator's or GC's cycle).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub leak_block_s: f64,
+    /// Memory growth: smallest projected growth reported, MB per hour.
+    #[arg(long, default_value_t = 6.0, value_name = "MB_PER_HOUR")]
+    pub leak_min_mb_per_hour: f64,
     /// Memory growth: shortest window analysed, s.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub leak_min_duration_s: usize,
     /// Connection drops: smallest loss reported, as a fraction of the open connections.
-    #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
+    #[arg(long, default_value_t = 0.03, value_name = "FRACTION")]
     pub drop_min_fraction: f64,
+    /// Connection drops: how many robust deviations (1.4826 x MAD) of the
+    /// run's own second-to-second losses a drop must exceed.
+    #[arg(long, default_value_t = 8.0, value_name = "K")]
+    pub drop_mad: f64,
     /// Connection drops: smallest loss reported, connections.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub drop_min_connections: u64,
@@ -57,10 +70,13 @@ impl Default for DetectorParams {
             spike_min_ms: 1.0,
             spike_min_duration_s: 3,
             spike_merge_gap_s: 2,
-            leak_min_mb_per_min: 1.0,
-            leak_min_r2: 0.8,
+            blip_min_ratio: 10.0,
+            leak_alpha: 0.001,
+            leak_block_s: 60.0,
+            leak_min_mb_per_hour: 6.0,
             leak_min_duration_s: 60,
-            drop_min_fraction: 0.1,
+            drop_min_fraction: 0.03,
+            drop_mad: 8.0,
             drop_min_connections: 5,
             drop_window_s: 3,
         }
@@ -117,6 +133,8 @@ pub fn latency_spikes(
     let n = series.len();
     let half = p.spike_window_s / 2;
     let mut baseline = vec![f64::NAN; n];
+    // The robust deviation at each second (never below what the 1 ms floor implies).
+    let mut spread = vec![f64::NAN; n];
     let mut flags = vec![false; n];
     let mut window = Vec::with_capacity(p.spike_window_s + 1);
     for i in 0..n {
@@ -135,27 +153,52 @@ pub fn latency_spikes(
         }
         let mad = median(&mut window) * 1.4826;
         baseline[i] = med;
+        spread[i] = mad.max(p.spike_min_ms / p.spike_mad.max(1e-9));
         let limit = med + (p.spike_mad * mad).max(p.spike_min_ms);
         flags[i] = v > limit && v > med * p.spike_min_ratio;
     }
     spans(&flags, p.spike_merge_gap_s)
         .into_iter()
-        .filter(|(s, e)| e - s + 1 >= p.spike_min_duration_s)
-        .map(|(s, e)| {
+        .filter_map(|(s, e)| {
             let (peak_i, peak) = (s..=e)
                 .filter(|&i| !series[i].is_nan())
                 .map(|i| (i, series[i]))
                 .fold((s, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
             let base = baseline[peak_i];
             let ratio = peak / base.max(1e-9);
+            // Seconds above the limit, not the span: two lone blips a gap
+            // apart are not a spike.
+            let blip = (s..=e).filter(|&i| flags[i]).count() < p.spike_min_duration_s;
+            if blip && ratio < p.blip_min_ratio {
+                return None;
+            }
             let severity = match ratio {
+                _ if blip => Severity::Info,
                 r if r >= 10.0 => Severity::Critical,
                 r if r >= 3.0 => Severity::Warning,
                 _ => Severity::Info,
             };
+            let (kind, rule) = if blip {
+                (
+                    FindingKind::LatencyBlip,
+                    format!(
+                        "latency_blip: shorter than {} s, at least {}x the rolling median of {} s",
+                        p.spike_min_duration_s, p.blip_min_ratio, p.spike_window_s
+                    ),
+                )
+            } else {
+                (
+                    FindingKind::LatencySpike,
+                    format!(
+                        "latency_spike: >= {} s above the rolling median of {} s by {} robust deviations, {} ms and {}x",
+                        p.spike_min_duration_s, p.spike_window_s, p.spike_mad, p.spike_min_ms, p.spike_min_ratio
+                    ),
+                )
+            };
             let mut description = format!(
-                "{subject} rose to {peak:.2} ms ({ratio:.1}x the baseline of {base:.2} ms) for {} s",
-                e - s + 1
+                "{subject} rose to {peak:.2} ms ({ratio:.1}x the baseline of {base:.2} ms) for {} s{}",
+                e - s + 1,
+                if blip { ": a blip" } else { "" }
             );
             // A stalled generator sends late and measures its own delay:
             // the spike then says nothing about the target.
@@ -170,9 +213,9 @@ pub fn latency_spikes(
                     stalled.join(", ")
                 );
             }
-            Finding {
+            Some(Finding {
                 run: t.label.clone(),
-                kind: FindingKind::LatencySpike,
+                kind,
                 subject: subject.to_string(),
                 start_s: t.elapsed_s[s],
                 end_s: t.elapsed_s[e],
@@ -180,10 +223,20 @@ pub fn latency_spikes(
                 magnitude: peak - base,
                 unit: "ms".into(),
                 severity,
+                confidence: confidence(peak - base, spread[peak_i]),
+                rule,
                 description,
-            }
+            })
         })
         .collect()
+}
+
+/// 1 minus the one-sided normal tail at `excess / spread` robust
+/// deviations: how unlikely the run's own noise makes an excess this large.
+/// (The noise is not exactly normal; the figure ranks findings, it is not
+/// a calibrated probability.)
+fn confidence(excess: f64, spread: f64) -> f64 {
+    1.0 - crate::trend::upper_tail(excess / spread.max(1e-9))
 }
 
 /// Runs `[first, last]` (indices) of seconds flagged `generator_stalled`.
@@ -219,6 +272,9 @@ pub fn generator_stalls(t: &Timeline, include_warmup: bool) -> Vec<Finding> {
             magnitude: (e - s + 1) as f64,
             unit: "s".into(),
             severity: Severity::Warning,
+            // Not inferred: the worker says it could not keep its schedule.
+            confidence: 1.0,
+            rule: "generator_stalled: the rows' generator_stalled flag, set by the workers".into(),
             description: format!(
                 "generator stalled in seconds {}: latency there measures the load generator, not the target",
                 seconds_text(t, s, e)
@@ -240,61 +296,136 @@ pub fn steady_window(t: &Timeline) -> Option<(usize, usize)> {
         .or_else(|| (!t.is_empty()).then(|| (0, t.len() - 1)))
 }
 
-/// Memory growth of `series` (MB per second sample) over the steady window:
-/// a linear fit after the best change point (flat, then rising), reported
-/// when its slope and fit are beyond the thresholds.
+/// Memory growth of `series` (MB per second sample) over the steady window,
+/// from the best change point on (flat, then rising): see [`growth`].
 pub fn memory_growth(t: &Timeline, subject: &str, series: &[f64], p: &DetectorParams) -> Option<Finding> {
     let (first, last) = steady_window(t)?;
     let points: Vec<(f64, f64)> =
         (first..=last).filter(|&i| !series[i].is_nan()).map(|i| (t.elapsed_s[i], series[i])).collect();
-    if points.len() < p.leak_min_duration_s.max(3) {
+    if points.len() < p.leak_min_duration_s.max(8) {
         return None;
     }
-    let onset = change_point(&points);
-    let rising = &points[onset..];
-    let fit = fit_line(rising)?;
-    let per_min = fit.slope * 60.0;
-    let span_s = rising.last()?.0 - rising.first()?.0;
-    if per_min < p.leak_min_mb_per_min
-        || fit.r2 < p.leak_min_r2
-        || span_s + 1.0 < p.leak_min_duration_s as f64
+    let rising = &points[onset(&points, block_s(points.last()?.0 - points[0].0, p) / 2.0)..];
+    let (start, end) = (rising.first()?.0, rising.last()?.0);
+    let i_start = t.elapsed_s.iter().position(|&e| e == start).unwrap_or(first);
+    let blocks = block_minima(rising, block_s(end - start, p));
+    growth(&t.label, subject, &phase_of(t, i_start), &blocks, (start, end), p)
+}
+
+/// The block length for a window of `span_s`: a twentieth of it, between
+/// 5 s and `--leak-block-s`.
+pub fn block_s(span_s: f64, p: &DetectorParams) -> f64 {
+    (span_s / 20.0).clamp(5.0, p.leak_block_s.max(5.0))
+}
+
+/// The lowest point of each `block_s` block of `points` (x ascending), at
+/// the block's first x. A sawtooth (an allocator or a GC filling and
+/// freeing) has the same floor in every block; a leak raises the floor.
+pub fn block_minima(points: &[(f64, f64)], block_s: f64) -> Vec<(f64, f64)> {
+    let Some(&(x0, _)) = points.first() else { return Vec::new() };
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let mut current = f64::NAN;
+    for &(x, y) in points {
+        let block = ((x - x0) / block_s).floor();
+        match out.last_mut() {
+            Some(last) if block == current => last.1 = last.1.min(y),
+            _ => {
+                current = block;
+                out.push((x0 + block * block_s, y));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `blocks` (block minima, MB, of `subject` over `span`) rise
+/// beyond their noise: a Mann-Kendall p-value of at most `--leak-alpha`,
+/// a Theil-Sen slope whose 95 % interval excludes zero, the later half of
+/// the blocks rising too (p < 0.05) at half the pace or more (a leak goes
+/// on; a one-off step up does not, nor a process warming up, whose growth
+/// slows), and at least `--leak-min-mb-per-hour` projected. Graded by the
+/// growth an hour against the memory held: half of it or more is
+/// critical, a tenth a warning.
+pub fn growth(
+    run: &str,
+    subject: &str,
+    phase: &str,
+    blocks: &[(f64, f64)],
+    span: (f64, f64),
+    p: &DetectorParams,
+) -> Option<Finding> {
+    let span_s = span.1 - span.0 + 1.0;
+    if span_s < p.leak_min_duration_s as f64 || blocks.len() < 8 {
+        return None;
+    }
+    let all = trend(blocks)?;
+    let later = trend(&blocks[blocks.len() / 2..])?;
+    let per_hour = all.slope * 3600.0;
+    if all.p_rising > p.leak_alpha
+        || all.slope_low <= 0.0
+        || later.p_rising >= 0.05
+        || later.slope < all.slope / 2.0
+        || per_hour < p.leak_min_mb_per_hour
     {
         return None;
     }
-    let per_hour = per_min * 60.0;
-    let severity = match per_hour {
-        h if h >= 500.0 => Severity::Critical,
-        h if h >= 100.0 => Severity::Warning,
+    let mut levels: Vec<f64> = blocks.iter().map(|b| b.1).collect();
+    let held = median(&mut levels).max(1e-9);
+    let share = per_hour / held;
+    let severity = match share {
+        s if s >= 0.5 => Severity::Critical,
+        s if s >= 0.1 => Severity::Warning,
         _ => Severity::Info,
     };
-    let start = rising.first()?.0;
-    let i_start = t.elapsed_s.iter().position(|&e| e == start).unwrap_or(first);
+    let per_min = all.slope * 60.0;
+    let block = blocks.get(1).map_or(0.0, |b| b.0 - blocks[0].0);
     Some(Finding {
-        run: t.label.clone(),
+        run: run.to_string(),
         kind: FindingKind::MemoryGrowth,
         subject: subject.to_string(),
-        start_s: start,
-        end_s: rising.last()?.0,
-        phase: phase_of(t, i_start),
+        start_s: span.0,
+        end_s: span.1,
+        phase: phase.to_string(),
         magnitude: per_min,
         unit: "MB/min".into(),
         severity,
+        confidence: 1.0 - all.p_rising,
+        rule: format!(
+            "memory_growth: Mann-Kendall p <= {} over the lowest value of each {block:.0} s, Theil-Sen 95 % interval above 0, later half rising (p < 0.05) at half the pace or more, >= {} MB per hour",
+            p.leak_alpha, p.leak_min_mb_per_hour
+        ),
         description: format!(
-            "{subject} grows {per_min:.2} MB/min (R^2 {:.2}) over {:.0} s: {per_hour:.0} MB per hour if it goes on; likely leak",
-            fit.r2, span_s
+            "{subject} grows {per_min:.2} MB/min (95 %: {:.2} to {:.2}) over {span_s:.0} s: {per_hour:.0} MB per hour if it goes on, {:.0} % of the {held:.0} MB it holds; Mann-Kendall p = {:.1e}; likely leak",
+            all.slope_low * 60.0,
+            all.slope_high * 60.0,
+            share * 100.0,
+            all.p_rising,
         ),
     })
 }
 
 /// Index where a flat start turns into a linear rise: the hinge
 /// `y = c + s * max(0, x - x_b)` with the least squared error over every
-/// candidate `b`; 0 when one straight line explains the points as well.
-/// Suffix sums keep it linear in the number of points.
-fn change_point(points: &[(f64, f64)]) -> usize {
+/// candidate `b` at least `min_len` from either end; 0 when one straight
+/// line explains the points as well.
+fn change_point(points: &[(f64, f64)], min_len: usize) -> usize {
     let n = points.len();
     if n < 4 {
         return 0;
     }
+    let sse = hinge_errors(points);
+    let min_len = min_len.min(n / 2).max(2);
+    let best = (min_len..n - min_len).map(|b| (sse[b], b)).min_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((e, b)) if e < sse[0] * 0.98 => b,
+        _ => 0,
+    }
+}
+
+/// The hinge's squared error for each candidate `b` (index 0: one straight
+/// line). Suffix sums keep it linear in the number of points.
+fn hinge_errors(points: &[(f64, f64)]) -> Vec<f64> {
+    let n = points.len();
     // Suffix sums over i >= b of x, x^2, y, xy.
     let mut suf = vec![[0.0f64; 4]; n + 1];
     for i in (0..n).rev() {
@@ -306,28 +437,43 @@ fn change_point(points: &[(f64, f64)]) -> usize {
     let sy: f64 = points.iter().map(|p| p.1).sum();
     let syy: f64 = points.iter().map(|p| p.1 * p.1).sum();
     let var_y = syy - sy * sy / k;
-    let sse = |b: usize| {
-        let xb = points[b].0;
-        let m = (n - b) as f64;
-        let [tx, txx, ty, txy] = suf[b];
-        let su = tx - m * xb;
-        let suu = txx - 2.0 * xb * tx + m * xb * xb;
-        let suy = txy - xb * ty;
-        let var_u = suu - su * su / k;
-        let cov = suy - su * sy / k;
-        if var_u <= 0.0 { var_y } else { var_y - cov * cov / var_u }
-    };
-    let line = sse(0);
-    let min_len = 10.min(n / 2).max(2);
-    let best = (min_len..n - min_len).map(|b| (sse(b), b)).min_by(|a, b| a.0.total_cmp(&b.0));
-    match best {
-        Some((e, b)) if e < line * 0.98 => b,
-        _ => 0,
+    (0..n)
+        .map(|b| {
+            let xb = points[b].0;
+            let m = (n - b) as f64;
+            let [tx, txx, ty, txy] = suf[b];
+            let su = tx - m * xb;
+            let suu = txx - 2.0 * xb * tx + m * xb * xb;
+            let suy = txy - xb * ty;
+            let var_u = suu - su * su / k;
+            let cov = suy - su * sy / k;
+            if var_u <= 0.0 { var_y } else { var_y - cov * cov / var_u }
+        })
+        .collect()
+}
+
+/// The onset of a rise in `points` (per second), to the second: found on
+/// block minima first (on raw seconds a sawtooth's teeth outweigh a slow
+/// rise), then placed by the hinge on the seconds within a block of it.
+fn onset(points: &[(f64, f64)], block_s: f64) -> usize {
+    let coarse = block_minima(points, block_s);
+    let b = change_point(&coarse, 3);
+    if b == 0 {
+        return 0;
     }
+    let at = coarse[b].0;
+    let near = |i: &usize| (points[*i].0 - at).abs() <= block_s;
+    let sse = hinge_errors(points);
+    (1..points.len()).filter(near).min_by(|a, b| sse[*a].total_cmp(&sse[*b])).unwrap_or(0)
 }
 
 /// Connection drops: open connections falling short of the plan within a
-/// few seconds, or bursts of server closes and failures.
+/// few seconds, or connections the server ended (close frames, resets),
+/// beyond both a floor (`--drop-min-connections`, `--drop-min-fraction` of
+/// those open) and the run's own churn: `--drop-mad` robust deviations of
+/// its second-to-second losses. Failed attempts to (re)connect are not
+/// connections lost: they are counted beside, so a target that restarts
+/// reads as the connections it dropped plus the attempts it refused.
 pub fn connection_drops(
     t: &Timeline,
     causes: &str,
@@ -337,7 +483,8 @@ pub fn connection_drops(
     let n = t.len();
     let w = p.drop_window_s.max(1);
     // Shortfall against the plan now, minus the smallest shortfall a moment
-    // ago; or the closes and failures of the second, whichever is larger.
+    // ago; or the connections the server ended in the second (close
+    // frames, resets, EOF), whichever is larger.
     let short = |j: usize| (t.connections_target[j] - t.connections_active[j]).max(0.0);
     let lost: Vec<f64> = (0..n)
         .map(|i| {
@@ -346,29 +493,43 @@ pub fn connection_drops(
             }
             let before = (i.saturating_sub(w)..i).map(short).fold(f64::INFINITY, f64::min);
             let fell = if before.is_finite() { short(i) - before } else { 0.0 };
-            // Server close frames, and connections that ended without one
-            // (reset, EOF): both are the server's doing.
             let dropped = t.connections_dropped.get(i).copied().unwrap_or(0.0);
-            fell.max(t.connections_closed_by_server[i] + dropped + t.connections_failed[i])
+            fell.max(t.connections_closed_by_server[i] + dropped)
         })
         .collect();
+    // The run's own churn: the median and robust deviation of the losses
+    // of the seconds in scope.
+    let mut usual: Vec<f64> = (0..n).filter(|&i| in_scope(t, i, include_warmup)).map(|i| lost[i]).collect();
+    let churn = median(&mut usual.clone());
+    for v in usual.iter_mut() {
+        *v = (*v - churn).abs();
+    }
+    // At least one connection's worth, so a run without churn does not
+    // make every loss infinitely unlikely.
+    let spread = (median(&mut usual) * 1.4826).max(1.0);
+    let open_before = |i: usize| t.connections_active[i.saturating_sub(1)].max(1.0);
     let flags: Vec<bool> = (0..n)
         .map(|i| {
             let base = (t.connections_active[i] + lost[i]).max(t.connections_target[i]).max(1.0);
-            lost[i] >= p.drop_min_connections as f64 && lost[i] >= p.drop_min_fraction * base
+            lost[i] >= p.drop_min_connections as f64
+                && lost[i] >= p.drop_min_fraction * base
+                && lost[i] > churn + p.drop_mad * spread
         })
         .collect();
     spans(&flags, 1)
         .into_iter()
         .map(|(s, e)| {
             let peak = (s..=e).map(|i| lost[i]).fold(0.0, f64::max);
-            let before = t.connections_active[s.saturating_sub(1)].max(t.connections_target[s]).max(1.0);
-            let fraction = peak / before;
+            let before = open_before(s).max(t.connections_target[s]).max(1.0);
+            let fraction = (peak / before).min(1.0);
             let severity = match fraction {
                 f if f >= 0.5 => Severity::Critical,
                 f if f >= 0.2 => Severity::Warning,
                 _ => Severity::Info,
             };
+            let failed: f64 = (s..=e).map(|i| t.connections_failed[i]).sum();
+            let failed_text =
+                if failed > 0.0 { format!("; {failed:.0} attempts to connect failed meanwhile") } else { String::new() };
             let cause_text =
                 if causes.is_empty() { String::new() } else { format!("; causes in the phase: {causes}") };
             Finding {
@@ -381,8 +542,15 @@ pub fn connection_drops(
                 magnitude: peak,
                 unit: "connections".into(),
                 severity,
+                confidence: confidence(peak - churn, spread),
+                rule: format!(
+                    "connection_drop: lost within {w} s beyond the plan, >= {} connections, >= {} % of those open and {} robust deviations above the run's churn ({churn:.1} +- {spread:.1} a second)",
+                    p.drop_min_connections,
+                    p.drop_min_fraction * 100.0,
+                    p.drop_mad
+                ),
                 description: format!(
-                    "{peak:.0} connections lost ({:.0}% of {before:.0}) within {} s{cause_text}",
+                    "{peak:.0} connections lost ({:.0}% of {before:.0}) within {} s{failed_text}{cause_text}",
                     fraction * 100.0,
                     e - s + 1
                 ),
@@ -406,9 +574,9 @@ mod tests {
     fn change_point_finds_the_onset() {
         let points: Vec<(f64, f64)> =
             (0..200).map(|i| (i as f64, if i < 80 { 50.0 } else { 50.0 + (i - 80) as f64 * 0.5 })).collect();
-        let b = change_point(&points);
+        let b = change_point(&points, 10);
         assert!((78..=82).contains(&b), "{b}");
         let line: Vec<(f64, f64)> = (0..200).map(|i| (i as f64, i as f64)).collect();
-        assert_eq!(change_point(&line), 0);
+        assert_eq!(change_point(&line, 10), 0);
     }
 }

@@ -10,4 +10,5 @@ pub mod model;
 pub mod plots;
 pub mod report;
 pub mod stats;
+pub mod trend;
 pub mod workers;

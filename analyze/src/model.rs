@@ -126,6 +126,8 @@ impl Timeline {
 pub enum FindingKind {
     /// Latency far above the run's baseline for a while.
     LatencySpike,
+    /// Latency very far above the baseline for a second or two.
+    LatencyBlip,
     /// Resident memory that keeps growing.
     MemoryGrowth,
     /// Connections lost at once.
@@ -139,6 +141,7 @@ impl FindingKind {
     pub fn name(self) -> &'static str {
         match self {
             FindingKind::LatencySpike => "latency_spike",
+            FindingKind::LatencyBlip => "latency_blip",
             FindingKind::MemoryGrowth => "memory_growth",
             FindingKind::ConnectionDrop => "connection_drop",
             FindingKind::GeneratorStalled => "generator_stalled",
@@ -190,6 +193,11 @@ pub struct Finding {
     pub unit: String,
     /// How bad.
     pub severity: Severity,
+    /// How sure the detector is that this is not the run's own noise, 0..1
+    /// (1 minus the chance that noise alone gives a finding this strong).
+    pub confidence: f64,
+    /// The rule that fired, with its parameters.
+    pub rule: String,
     /// One sentence for a human.
     pub description: String,
 }

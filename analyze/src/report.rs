@@ -87,6 +87,8 @@ pub const ANOMALY_COLUMNS: &[&str] = &[
     "phase",
     "magnitude",
     "unit",
+    "confidence",
+    "rule",
     "description",
 ];
 
@@ -107,6 +109,8 @@ pub fn anomalies_csv(reports: &[&RunReport]) -> String {
                 f.phase.clone(),
                 cell(f.magnitude, 3),
                 f.unit.clone(),
+                cell(f.confidence, 6),
+                f.rule.clone(),
                 f.description.clone(),
             ]);
         }
@@ -330,14 +334,16 @@ pub fn markdown(r: &RunReport) -> String {
     for f in &r.findings {
         let _ = writeln!(
             s,
-            "- **{}** {} ({}), {:.0}-{:.0} s, {}: {}",
+            "- **{}** {} ({}), {:.0}-{:.0} s, {}: {} (confidence {:.4}; rule {})",
             f.severity.name(),
             f.kind.name(),
             f.subject,
             f.start_s,
             f.end_s,
             f.phase,
-            f.description
+            f.description,
+            f.confidence,
+            f.rule
         );
     }
     if !r.notes.is_empty() {

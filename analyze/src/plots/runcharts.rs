@@ -27,7 +27,7 @@ const STALL: RGBColor = RGBColor(90, 90, 90);
 /// The colour findings of a kind are marked with.
 fn kind_color(kind: FindingKind) -> RGBColor {
     match kind {
-        FindingKind::LatencySpike => SPIKE,
+        FindingKind::LatencySpike | FindingKind::LatencyBlip => SPIKE,
         FindingKind::MemoryGrowth => GROWTH,
         FindingKind::ConnectionDrop => DROP,
         FindingKind::GeneratorStalled => STALL,
@@ -146,7 +146,7 @@ where
     c.note = note;
     c.log_y = log_y;
     // Stalled seconds are shaded too: latency there is the generator's.
-    c.spans = spans(f, &[FindingKind::LatencySpike, FindingKind::GeneratorStalled]);
+    c.spans = spans(f, &[FindingKind::LatencySpike, FindingKind::LatencyBlip, FindingKind::GeneratorStalled]);
     draw(area, t, &c)
 }
 
@@ -317,12 +317,20 @@ where
             .filter(|(s, v)| (g.start_s..=g.end_s).contains(*s) && v.is_finite())
             .map(|(s, v)| (*s, *v))
             .collect();
-        let Some(fit) = crate::stats::fit_line(&points) else { continue };
+        // The finding's own (Theil-Sen) slope, through the median of the
+        // points' offsets from it: the line the figure describes.
+        let slope = g.magnitude / 60.0;
+        let mut offsets: Vec<f64> = points.iter().map(|(x, y)| y - slope * x).collect();
+        if offsets.is_empty() {
+            continue;
+        }
+        offsets.sort_by(f64::total_cmp);
+        let intercept = offsets[offsets.len() / 2];
         let (a, b) = (g.start_s, g.end_s);
         let mut line = Line::new(
             &format!("{name} grows {:+.2} MB/min (fitted)", g.magnitude),
             &[a + 1.0, b + 1.0],
-            &[fit.at(a), fit.at(b)],
+            &[intercept + slope * a, intercept + slope * b],
             GROWTH,
             Stroke::Dashed,
         );

@@ -108,13 +108,16 @@ pub fn html(r: &RunReport, charts: &[(String, String)]) -> String {
             let _ = write!(
                 s,
                 "<li class=\"finding {}\"><span class=\"severity\">{}</span> {:.0}-{:.0} s ({}): {} \
-                 <a href=\"#chart-{chart}\">see the {chart} chart</a></li>",
+                 <a href=\"#chart-{chart}\">see the {chart} chart</a> \
+                 <span class=\"rule\" title=\"{}\">confidence {:.4}</span></li>",
                 f.severity.name(),
                 f.severity.name(),
                 f.start_s,
                 f.end_s,
                 esc(&f.phase),
-                esc(&f.description)
+                esc(&f.description),
+                esc(&f.rule),
+                f.confidence
             );
         }
         s.push_str("</ul>");
@@ -228,7 +231,7 @@ figure{margin:1.5em 0}figure svg{width:100%;height:auto}figcaption{color:#444;ma
 /// The chart a finding is marked on.
 fn chart_of(kind: FindingKind) -> &'static str {
     match kind {
-        FindingKind::LatencySpike | FindingKind::GeneratorStalled => "latency",
+        FindingKind::LatencySpike | FindingKind::LatencyBlip | FindingKind::GeneratorStalled => "latency",
         FindingKind::MemoryGrowth => "memory",
         FindingKind::ConnectionDrop => "connections",
     }

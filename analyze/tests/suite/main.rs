@@ -7,6 +7,7 @@ mod common;
 mod damaged;
 mod detectors;
 mod figures;
+mod generated;
 mod inputs;
 mod plots;
 mod report_page;

@@ -86,6 +86,8 @@ fn finding(kind: FindingKind, subject: &str, start_s: f64, end_s: f64) -> Findin
         magnitude: 1.0,
         unit: "ms".to_string(),
         severity: Severity::Warning,
+        confidence: 0.999,
+        rule: "synthetic".to_string(),
         description: "synthetic".to_string(),
     }
 }

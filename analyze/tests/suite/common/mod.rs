@@ -61,6 +61,19 @@ pub fn phase_of(s: usize, total: usize) -> &'static str {
     }
 }
 
+/// The connections the plan asks for at second `s` of `total`: up to 100
+/// in warmup, to 1,000 over the ramp, held, down to 0 in cooldown.
+pub fn planned(s: usize, total: usize) -> f64 {
+    match phase_of(s, total) {
+        "warmup" => 100.0 * (s as f64 + 1.0) / 30.0,
+        "ramp-up" => 100.0 + 900.0 * (s as f64 - 29.0) / 60.0,
+        "sustained" => CONNECTIONS,
+        _ => CONNECTIONS * (total - s - 1) as f64 / 30.0,
+    }
+    .round()
+    .min(CONNECTIONS)
+}
+
 fn iso(s: usize) -> String {
     let t = STARTED_UNIX + s as u64;
     let (h, m, sec) = (t / 3600 % 24, t / 60 % 60, t % 60);
@@ -83,14 +96,7 @@ impl Synth {
         let mut lost = 0.0;
         for s in 0..n {
             let phase = phase_of(s, n);
-            let target = match phase {
-                "warmup" => 100.0 * (s as f64 + 1.0) / 30.0,
-                "ramp-up" => 100.0 + 900.0 * (s as f64 - 29.0) / 60.0,
-                "sustained" => CONNECTIONS,
-                _ => CONNECTIONS * (n - s - 1) as f64 / 30.0,
-            }
-            .round()
-            .min(CONNECTIONS);
+            let target = planned(s, n);
             if let Some((at, fraction)) = self.drop
                 && s == at
             {
