@@ -14,13 +14,13 @@ pub struct DetectorParams {
     pub spike_window_s: usize,
     /// Latency spikes: how many robust deviations (1.4826 x MAD) above the
     /// baseline a second must be.
-    #[arg(long, default_value_t = 6.0, value_name = "K")]
+    #[arg(long, default_value_t = 6.0, value_name = "K", value_parser = non_negative)]
     pub spike_mad: f64,
     /// Latency spikes: and at least this many times the baseline.
-    #[arg(long, default_value_t = 1.5, value_name = "RATIO")]
+    #[arg(long, default_value_t = 1.5, value_name = "RATIO", value_parser = non_negative)]
     pub spike_min_ratio: f64,
     /// Latency spikes: and at least this much above it, ms.
-    #[arg(long, default_value_t = 1.0, value_name = "MS")]
+    #[arg(long, default_value_t = 1.0, value_name = "MS", value_parser = non_negative)]
     pub spike_min_ms: f64,
     /// Latency spikes: shortest spike reported, s (single-second noise is ignored).
     #[arg(long, default_value_t = 3, value_name = "SECS")]
@@ -30,28 +30,28 @@ pub struct DetectorParams {
     pub spike_merge_gap_s: usize,
     /// Latency blips: a spike shorter than the shortest spike is still
     /// reported (as a blip, info) when at least this many times the baseline.
-    #[arg(long, default_value_t = 10.0, value_name = "RATIO")]
+    #[arg(long, default_value_t = 10.0, value_name = "RATIO", value_parser = non_negative)]
     pub blip_min_ratio: f64,
     /// Memory growth: the Mann-Kendall significance a rise must reach (its
     /// one-sided p-value at most this).
-    #[arg(long, default_value_t = 0.001, value_name = "P")]
+    #[arg(long, default_value_t = 0.001, value_name = "P", value_parser = probability)]
     pub leak_alpha: f64,
     /// Memory growth: the longest block whose lowest value stands for it, s
     /// (make it longer than the allocator's or GC's cycle).
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 60.0, value_name = "SECS", value_parser = positive)]
     pub leak_block_s: f64,
     /// Memory growth: smallest projected growth reported, MB per hour.
-    #[arg(long, default_value_t = 6.0, value_name = "MB_PER_HOUR")]
+    #[arg(long, default_value_t = 6.0, value_name = "MB_PER_HOUR", value_parser = non_negative)]
     pub leak_min_mb_per_hour: f64,
     /// Memory growth: shortest window analysed, s.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub leak_min_duration_s: usize,
     /// Connection drops: smallest loss reported, as a fraction of the open connections.
-    #[arg(long, default_value_t = 0.03, value_name = "FRACTION")]
+    #[arg(long, default_value_t = 0.03, value_name = "FRACTION", value_parser = fraction)]
     pub drop_min_fraction: f64,
     /// Connection drops: how many robust deviations (1.4826 x MAD) of the
     /// run's own second-to-second losses a drop must exceed.
-    #[arg(long, default_value_t = 8.0, value_name = "K")]
+    #[arg(long, default_value_t = 8.0, value_name = "K", value_parser = non_negative)]
     pub drop_mad: f64,
     /// Connection drops: smallest loss reported, connections.
     #[arg(long, default_value_t = 5, value_name = "N")]
@@ -81,6 +81,30 @@ impl Default for DetectorParams {
             drop_window_s: 3,
         }
     }
+}
+
+/// A number a flag takes: finite, and `ok` for it, else what to give.
+fn number(text: &str, ok: impl Fn(f64) -> bool, what: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(format!("{text:?}: give {what}")),
+    }
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    number(text, |v| v >= 0.0, "a number of 0 or more")
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    number(text, |v| v > 0.0, "a number above 0")
+}
+
+fn fraction(text: &str) -> Result<f64, String> {
+    number(text, |v| (0.0..=1.0).contains(&v), "a fraction from 0 to 1")
+}
+
+fn probability(text: &str) -> Result<f64, String> {
+    number(text, |v| v > 0.0 && v < 1.0, "a p-value above 0 and below 1, such as 0.001")
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -312,10 +336,14 @@ pub fn memory_growth(t: &Timeline, subject: &str, series: &[f64], p: &DetectorPa
     growth(&t.label, subject, &phase_of(t, i_start), &blocks, (start, end), p)
 }
 
+/// Most blocks a window is cut into: the trend test is quadratic in them
+/// (1,000 blocks: 500,000 pairs, 4 MB), whatever the run's length.
+const MAX_BLOCKS: f64 = 1000.0;
+
 /// The block length for a window of `span_s`: a twentieth of it, between
-/// 5 s and `--leak-block-s`.
+/// 5 s and `--leak-block-s`, and never more than [`MAX_BLOCKS`] blocks.
 pub fn block_s(span_s: f64, p: &DetectorParams) -> f64 {
-    (span_s / 20.0).clamp(5.0, p.leak_block_s.max(5.0))
+    (span_s / 20.0).clamp(5.0, p.leak_block_s.max(5.0)).max(span_s / MAX_BLOCKS)
 }
 
 /// The lowest point of each `block_s` block of `points` (x ascending), at
@@ -568,6 +596,17 @@ mod tests {
         let f = [false, true, true, false, false, true, false, false, false, true];
         assert_eq!(spans(&f, 2), vec![(1, 5), (9, 9)]);
         assert_eq!(spans(&f, 0), vec![(1, 2), (5, 5), (9, 9)]);
+    }
+
+    #[test]
+    fn a_week_long_window_is_cut_into_at_most_1000_blocks() {
+        let p = DetectorParams::default();
+        let week = 7.0 * 86_400.0;
+        assert!(week / block_s(week, &p) <= MAX_BLOCKS + 1e-9);
+        assert_eq!(block_s(1200.0, &p), 60.0, "20 minutes: a minute");
+        assert_eq!(block_s(60.0, &p), 5.0, "a minute: 5 s");
+        let points: Vec<(f64, f64)> = (0..604_800).map(|s| (s as f64, 50.0)).collect();
+        assert!(block_minima(&points, block_s(week, &p)).len() <= 1000);
     }
 
     #[test]

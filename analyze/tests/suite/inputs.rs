@@ -225,3 +225,29 @@ fn the_oldest_run_is_the_baseline_and_different_tests_are_flagged() {
     assert_eq!(p95["runs"][0]["run"], "a-late");
     assert_eq!(p95["runs"][0]["regression"], false, "{p95}");
 }
+
+#[test]
+fn detector_flags_out_of_range_are_refused_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("run-20261123T040000Z");
+    Synth::clean(200).write(&run);
+    let run = run.to_str().unwrap();
+    for (flag, value, says) in [
+        ("--leak-alpha", "2", "above 0 and below 1"),
+        ("--leak-alpha", "0", "above 0 and below 1"),
+        ("--leak-block-s", "inf", "above 0"),
+        ("--drop-mad", "NaN", "0 or more"),
+        ("--spike-mad", "-1", "0 or more"),
+        ("--drop-min-fraction", "1.5", "from 0 to 1"),
+        ("--blip-min-ratio", "1e999", "0 or more"),
+    ] {
+        // One token, as a negative value must be given (`--spike-mad=-1`).
+        let (code, _, stderr) = analyze(&[run, &format!("{flag}={value}")]);
+        assert_eq!(code, 2, "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+    // In range: analyzed.
+    let (code, _, stderr) =
+        analyze(&[run, "--leak-alpha", "0.01", "--drop-mad", "0", "--leak-block-s", "30"]);
+    assert_eq!(code, 0, "{stderr}");
+}
