@@ -99,7 +99,8 @@ workers = 2
 
 /// Faults at the small end, as issue "find the subtle anomalies" asks: the
 /// echo 2x slower for 6 s, 6 % of the connections dropped, the relay
-/// leaking 3 MB/min. Each must be found where it was, and nothing else.
+/// leaking 0.8 MB/min (1.3 MB over the run). Each must be found where it was,
+/// and nothing else.
 #[test]
 fn analyze_finds_small_faults_of_a_real_run() {
     let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -113,7 +114,7 @@ bundled = true
 bundled_delay_ms = 2
 bundled_fault_slow = { start_s = 30, length_s = 6, extra_ms = 2 }
 bundled_fault_drop = { at_s = 60.5, fraction = 0.06 }
-bundled_fault_leak_mb_per_min = 3
+bundled_fault_leak_mb_per_min = 0.8
 # A relay process of its own: an in-process relay's memory is the
 # controller's, which fills its 60 s of correctable rows at first.
 bundled_processes = 1
@@ -171,7 +172,9 @@ workers = 2
     let leaks = of("memory_growth");
     assert!(leaks.iter().any(|l| l["subject"] == "target_rss_mb"), "{findings:#?}");
     let leak = leaks.iter().find(|l| l["subject"] == "target_rss_mb").unwrap();
-    assert!((at(&leak["magnitude"]) - 3.0).abs() <= 0.75, "3 MB/min: {leak:#?}");
+    // The leak, plus the relay's own growth under this load (0.2-0.3 MB/min
+    // over such a run: 3.2 measured for a 3 MB/min leak, 1.07-1.09 for 0.8).
+    assert!((0.7..=1.3).contains(&at(&leak["magnitude"])), "0.8 MB/min: {leak:#?}");
     // Growth elsewhere must be in the data too: the series' lowest value in
     // its last 10 s at least half the reported rise above that of its first
     // 10 s. (The workers' RSS does rise ~0.13 MB/min over such a run.)
