@@ -3,6 +3,7 @@ pub mod causes;
 pub mod cli;
 pub mod compare;
 pub mod detect;
+pub mod growth;
 pub mod hlog;
 pub mod load;
 pub mod metrics;
