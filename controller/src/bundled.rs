@@ -33,6 +33,9 @@ pub enum BundledError {
     /// The certificates for `wss://`.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The in-process relay's runtime (threads) did not start.
+    #[error("starting the bundled relay's threads: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// The bundled relay's TLS for one run: a fresh CA and a server certificate
@@ -46,7 +49,7 @@ pub fn make_tls() -> Result<(String, TlsSettings), BundledError> {
 /// A running bundled relay.
 pub enum Bundled {
     /// Inside the controller.
-    InProcess(Relay),
+    InProcess(InProcess),
     /// Child processes sharing a port.
     Processes(RelayProcesses),
 }
@@ -66,8 +69,8 @@ impl Bundled {
             let faults = Faults { external_clock: true, ..config.faults.clone() };
             // Its process is ours: our memory and CPU are not the target's.
             let relay =
-                Relay::start(RelayConfig { faults, process_figures: false, ..config }, shutdown).await?;
-            let url = relay.ws_url();
+                InProcess::start(RelayConfig { faults, process_figures: false, ..config }, shutdown).await?;
+            let url = relay.relay.ws_url();
             return Ok((Bundled::InProcess(relay), url));
         }
         let relays = RelayProcesses::start(executable, processes, &config).await?;
@@ -79,7 +82,7 @@ impl Bundled {
     /// the wall clock for relay processes); without faults nothing happens.
     pub async fn start_fault_clock(&mut self, epoch: Instant, epoch_wall: SystemTime) {
         match self {
-            Bundled::InProcess(relay) => relay.start_fault_clock(epoch),
+            Bundled::InProcess(relay) => relay.relay.start_fault_clock(epoch),
             Bundled::Processes(relays) => relays.start_fault_clock(epoch_wall).await,
         }
     }
@@ -91,7 +94,7 @@ impl Bundled {
     /// relay process of its own gives all.
     pub fn metrics_url(&self) -> Option<String> {
         match self {
-            Bundled::InProcess(relay) if relay.ws_url().starts_with("ws://") => {
+            Bundled::InProcess(InProcess { relay, .. }) if relay.ws_url().starts_with("ws://") => {
                 Some(format!("http://{}/metrics", relay.local_addr()))
             }
             Bundled::Processes(relays) if relays.count() == 1 => {
@@ -106,8 +109,53 @@ impl Bundled {
     /// processes are stopped (SIGTERM, then SIGKILL after a grace period).
     pub async fn finish(self) {
         match self {
-            Bundled::InProcess(relay) => relay.wait().await,
+            Bundled::InProcess(mut relay) => relay.finish().await,
             Bundled::Processes(relays) => relays.stop().await,
         }
+    }
+}
+
+/// A relay inside the controller, on a runtime of its own: the
+/// controller's single thread stays free for the fleet, and the relay
+/// uses every core as a relay process does.
+pub struct InProcess {
+    relay: Relay,
+    /// `None` once shut down.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl InProcess {
+    async fn start(config: RelayConfig, shutdown: CancellationToken) -> Result<InProcess, BundledError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("relay")
+            .enable_all()
+            .build()
+            .map_err(BundledError::Runtime)?;
+        let relay = runtime
+            .spawn(Relay::start(config, shutdown))
+            .await
+            .map_err(|e| BundledError::Runtime(std::io::Error::other(e)))??;
+        Ok(InProcess { relay, runtime: Some(runtime) })
+    }
+
+    /// Waits for its connections to end (its shutdown token fired), then
+    /// stops its threads.
+    async fn finish(&mut self) {
+        self.relay.wait().await;
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        // Not a blocking shutdown: this may run inside the controller's
+        // runtime, where blocking is refused.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

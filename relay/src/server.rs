@@ -155,7 +155,7 @@ impl Relay {
 
     /// Resolves once shutdown was requested and the accept loop and every
     /// connection task have finished (each closes within a bounded grace).
-    pub async fn wait(self) {
+    pub async fn wait(&self) {
         self.tracker.wait().await;
     }
 }
