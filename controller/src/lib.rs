@@ -33,6 +33,7 @@ pub mod summary;
 pub mod target_metrics;
 pub mod threshold;
 pub mod tls;
+pub mod totals;
 pub mod tui;
 
 /// Exit code of a run whose verdict is PASS.

@@ -10,8 +10,9 @@ use std::collections::VecDeque;
 use hdrhistogram::Histogram;
 use stampede_model::results::MetricsRow;
 
-use crate::aggregate::{Row, StepTotals, Totals, step_names};
+use crate::aggregate::Row;
 use crate::plan::Plan;
+use crate::totals::{StepTotals, Totals, step_names};
 
 /// Seconds between two progress lines.
 const EVERY_S: u64 = 5;

@@ -56,7 +56,7 @@ enum Record {
         Box<MetricsRow>,
         Box<Histogram<u64>>,
         Box<Histogram<u64>>,
-        Box<crate::aggregate::ConnectSplit>,
+        Box<crate::totals::ConnectSplit>,
         Vec<WorkerRow>,
         Steps,
         std::collections::BTreeMap<String, u64>,
@@ -174,7 +174,7 @@ impl ResultsWriter {
             Box::new(row.connect_split),
             row.workers,
             Steps {
-                cells: row.steps.iter().map(crate::aggregate::StepTotals::second).collect(),
+                cells: row.steps.iter().map(crate::totals::StepTotals::second).collect(),
                 names: row.step_names,
             },
             row.errors,
@@ -416,7 +416,8 @@ mod tests {
     use stampede_model::results::{Figures, SUMMARY_SCHEMA_VERSION};
 
     use super::*;
-    use crate::aggregate::{ConnectSplit, Row, StepTotals};
+    use crate::aggregate::Row;
+    use crate::totals::{ConnectSplit, StepTotals};
 
     fn row(second: u64, revision: u32, steps: Vec<StepTotals>) -> Row {
         Row {

@@ -11,9 +11,10 @@ use stampede_model::results::{
 
 use stampede_model::figures::{error_rate, throughput};
 
-use crate::aggregate::{Aggregator, Row, StepTotals, Totals, percentiles};
+use crate::aggregate::{Aggregator, Row};
 use crate::plan::Plan;
 use crate::threshold::evaluate;
+use crate::totals::{StepTotals, Totals, percentiles};
 
 /// What the run was, besides its measurements.
 pub struct RunFacts {
