@@ -48,6 +48,7 @@ pub const SUITE: &[(&[&str], Measure)] = &[
     (&["e"], crate::fan_in::fan_in),
     (&["f"], accuracy),
     (&["g"], crate::artillery::side_by_side),
+    (&["h"], crate::wake::wake_cost),
 ];
 
 /// Connections held idle in one worker for (a) and (d).

@@ -19,6 +19,7 @@ mod figures;
 mod peers;
 mod procs;
 mod runs;
+mod wake;
 
 use figures::Figure;
 
@@ -34,7 +35,7 @@ struct Args {
     /// Where the JSON record of this run goes.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Only these figures (letters as in README: a to g), comma-separated.
+    /// Only these figures (letters as in README: a to h), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
