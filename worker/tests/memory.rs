@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::{assign, drive, totals};
@@ -16,40 +13,8 @@ use common::{assign, drive, totals};
 use stampede_relay::{Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 
-/// Counts the bytes live on every thread but the ones that opt out.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-thread_local! {
-    static UNCOUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn counted() -> bool {
-    !UNCOUNTED.try_with(Cell::get).unwrap_or(true)
-}
-
-// SAFETY: every call goes straight to `System`; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counted() {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-        }
-        // SAFETY: the caller's layout, passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if counted() {
-            LIVE.fetch_sub(layout.size() as isize, Relaxed);
-        }
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static HEAP: stampede_heap::Counting = stampede_heap::Counting;
 
 /// Most heap bytes the worker may hold per idle connection. A tokio task
 /// with the slot's future is most of it (a_connection_slot_stays_small);
@@ -63,7 +28,7 @@ fn an_idle_connection_costs_the_worker_little_heap() {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let relay = std::thread::spawn(move || {
-        UNCOUNTED.set(true);
+        stampede_heap::uncounted();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let relay = Relay::start(RelayConfig::default(), stop.clone()).await.unwrap();
@@ -78,7 +43,7 @@ fn an_idle_connection_costs_the_worker_little_heap() {
         rt.block_on(async {
             let mut live = 0;
             let snaps = drive(&assign(&url, 0, 0, false), connections, Duration::from_secs(3), async || {
-                live = LIVE.load(Relaxed);
+                live = stampede_heap::live();
             })
             .await;
             assert_eq!(totals(&snaps).connections_opened, connections, "all opened");
