@@ -6,8 +6,9 @@
 //! every round trip, and on a shared machine that tail moves from run to run
 //! (CI once read p99 23.6 ms). So a minimal reference client (two plain
 //! threads, blocking sockets, hand-made frames: nothing of ours) measures the
-//! same relay at the same time, and stampede's tail is judged against the
-//! tighter of the fixed bound and what the reference saw plus 1 ms.
+//! same relay at the same time, and stampede is judged against the looser
+//! of the fixed bounds (p50 21 ms, p99 23 ms) and what the reference saw
+//! (its p50 plus 0.5 ms, its p99 plus 1 ms).
 
 mod common;
 
@@ -63,13 +64,20 @@ workers = 2
     );
     assert_eq!(reference.count, sent, "the reference got every echo");
     assert!(reference.count >= 1500, "{} reference samples", reference.count);
+    // The relay really delays (an echo before 20 ms would be a relay bug);
+    // how far past 20 ms its echoes land is the host's, read by the
+    // reference (CI once saw its p50 at 21.007 ms and p99 at 43.6 ms on a
+    // busy host).
+    assert!(reference.p50 >= 20.0, "the relay echoes after 20 ms: reference p50 {}", reference.p50);
+    assert!(num(&summary, "latency_ms.count") > 15_000.0);
+    // Our p50 adds at most 0.5 ms (README's accuracy goal) to what a
+    // client with nothing of ours measured at the same time.
+    let middle = 21.0_f64.max(reference.p50 + 0.5);
     assert!(
-        (20.0..=21.0).contains(&reference.p50),
-        "the relay echoes after 20 ms: reference p50 {}",
+        (20.0..=middle).contains(&p50),
+        "p50 {p50} ms, over {middle} ms (reference p50 {} ms)",
         reference.p50
     );
-    assert!(num(&summary, "latency_ms.count") > 15_000.0);
-    assert!((20.0..=21.0).contains(&p50), "p50 {p50} ms");
     let tail = 23.0_f64.max(reference.p99 + 1.0);
     assert!(p99 < tail, "p99 {p99} ms, over {tail} ms (reference p99 {} ms)", reference.p99);
     assert!(num(&summary, "latency_ms.max") >= 20.0, "never below the injected delay");
