@@ -87,7 +87,10 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
             }
             msg = ws.next(), if can_read => match msg {
                 None => return,
-                Some(Err(e)) => return tracing::debug!("websocket read: {e}"),
+                Some(Err(e)) => match refused(&e) {
+                    Some(frame) => break frame,
+                    None => return tracing::debug!("websocket read: {e}"),
+                },
                 Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
                     let len = msg.len();
                     stats.received(len);
@@ -133,6 +136,20 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
         }
     };
     close_session(ws, close).await;
+}
+
+/// The close a peer's bad frame earns (RFC 6455 section 7.4.1): 1009 for
+/// a message over the limit (refused from its header, never read), 1002
+/// for a protocol violation. Other errors (the socket's) end the session
+/// without one.
+pub(crate) fn refused(e: &tokio_tungstenite::tungstenite::Error) -> Option<CloseFrame> {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        // Fixed reasons: a close frame's reason must fit in 123 bytes.
+        Error::Capacity(_) => Some(CloseFrame { code: CloseCode::Size, reason: "message too big".into() }),
+        Error::Protocol(_) => Some(CloseFrame { code: CloseCode::Protocol, reason: "protocol error".into() }),
+        _ => None,
+    }
 }
 
 pub(crate) fn going_away() -> CloseFrame {

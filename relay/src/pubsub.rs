@@ -69,7 +69,10 @@ pub(crate) async fn run(mut ws: Ws, shared: &Shared, shutdown: &CancellationToke
         Ok(own) => {
             session.member.channels.insert(own.channel);
             match session.start(&mut ws, &id, shutdown).await {
-                Err(e) => return tracing::debug!("pubsub session: {e}"),
+                Err(e) => match crate::echo::refused(&e) {
+                    Some(frame) => Some(frame),
+                    None => return tracing::debug!("pubsub session: {e}"),
+                },
                 Ok(close) => close,
             }
         }

@@ -220,3 +220,85 @@ async fn shutdown_sends_going_away_and_wait_returns() {
     assert!(timeout(STEP, ws.next()).await.unwrap().is_none());
     timeout(STEP, relay.wait()).await.expect("relay stops after shutdown");
 }
+
+/// Upgrades a raw socket and reads the 101 answer, leaving the socket at
+/// the first WebSocket byte.
+async fn raw_upgraded(relay: &Relay) -> TcpStream {
+    let mut tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
+    tcp.write_all(upgrade_request("13").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = timeout(STEP, tcp.read(&mut byte)).await.unwrap().unwrap();
+        assert!(n > 0, "closed during the upgrade: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+/// A masked binary frame header for `len` bytes (64-bit length form).
+fn binary_header(len: u64, mask: [u8; 4]) -> Vec<u8> {
+    let mut h = vec![0x82, 0x80 | 127];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&mask);
+    h
+}
+
+#[tokio::test]
+async fn a_large_frame_dribbled_in_odd_pieces_comes_back_whole() {
+    // 300 KiB: the relay reads 1 KiB a call, so this spans ~300 reads, and
+    // the pieces below (7 and 1,021 bytes by turns) never line up with them.
+    let (relay, _token) = start_default().await;
+    let mut tcp = raw_upgraded(&relay).await;
+    let payload: Vec<u8> = (0..300 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mask = [0x5a, 0x13, 0xc7, 0x88];
+    let mut frame = binary_header(payload.len() as u64, mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let (mut rd, mut wr) = tcp.split();
+    let write = async {
+        for (i, piece) in frame
+            .chunks(1028)
+            .flat_map(|c| {
+                let (a, b) = c.split_at(c.len().min(7));
+                [a, b]
+            })
+            .enumerate()
+        {
+            wr.write_all(piece).await.unwrap();
+            if i % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let read = async {
+        // The echo: an unmasked header (2 + 8 bytes) and the payload.
+        let mut echo = vec![0u8; 10 + payload.len()];
+        timeout(STEP, rd.read_exact(&mut echo)).await.unwrap().unwrap();
+        echo
+    };
+    let ((), echo) = tokio::join!(write, read);
+    assert_eq!(echo[..2], [0x82, 127]);
+    assert_eq!(u64::from_be_bytes(echo[2..10].try_into().unwrap()), payload.len() as u64);
+    assert!(echo[10..] == payload[..], "the echo differs from what was sent");
+}
+
+#[tokio::test]
+async fn a_frame_declaring_more_than_the_limit_is_refused_unread() {
+    // 1 TiB declared, 4 bytes sent: the relay must refuse it from the
+    // header (close 1009, message too big), not reserve or wait for it.
+    let (relay, _token) = start_default().await;
+    let mut tcp = raw_upgraded(&relay).await;
+    let mut frame = binary_header(1 << 40, [1, 2, 3, 4]);
+    frame.extend_from_slice(b"abcd");
+    tcp.write_all(&frame).await.unwrap();
+    let mut got = Vec::new();
+    let read = timeout(STEP, tcp.read_to_end(&mut got)).await.expect("the relay answers within 5 s");
+    read.expect("a clean close");
+    assert!(got.len() >= 4 && got[0] == 0x88, "a close frame first: {got:?}");
+    assert_eq!(u16::from_be_bytes([got[2], got[3]]), 1009, "message too big: {got:?}");
+    // Still serving others.
+    let mut ws = connect(&relay).await;
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::text("after"));
+}
