@@ -44,7 +44,6 @@ pub fn wake_cost(_ctx: &Context) -> Result<Vec<Figure>> {
     Ok(vec![
         Figure::new("h", "CPU a thread is charged per sleep and wake (100 us sleeps)", per_wake_us, "us"),
         Figure::new("h", "wakes a second in that loop", per_s, "1/s"),
-        Figure::new("h", "CPU of 10,000 such wakes a second", per_wake_us * 1e4 / 1e6 * 100.0, "% of a core"),
     ])
 }
 
