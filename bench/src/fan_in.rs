@@ -69,6 +69,7 @@ pub fn fan_in(ctx: &Context) -> Result<Vec<Figure>> {
                 fleet_ca: None,
                 fleet_cert: None,
                 fleet_key: None,
+                threads: None,
             };
             let stop = shutdown.clone();
             runtime.spawn(async move { stampede_worker::run(opts, stop).await })

@@ -178,6 +178,7 @@ fn peak_connections(ctx: &Context) -> Result<Vec<Figure>> {
 
 /// What one run of the (c) shape measured: 100 connections, 64 B, at a
 /// fixed rate against an echo server.
+#[derive(Debug)]
 pub struct Shape {
     /// The generator's CPU per 10,000 msg/s, % of a core.
     pub cpu_per_10k: f64,
@@ -207,12 +208,15 @@ pub fn stampede_at(ctx: &Context, url: &str, rate: u64) -> Result<Shape> {
 
 /// (c) the generator's CPU per 10,000 msg/s and its latency percentiles,
 /// 100 connections against a Node `ws` echo server at four rates (the
-/// fastest: a message per connection per millisecond).
+/// fastest: a message per connection per millisecond), each beside the
+/// yardstick's (the least a client can do, [`crate::yardstick`]) in the
+/// same minute against the same server: what this machine allows.
 fn message_cost(ctx: &Context) -> Result<Vec<Figure>> {
     let server = NodeEcho::start(&ctx.node)?;
     let mut out = Vec::new();
     for rate in [1_000u64, 10_000, 20_000, 100_000] {
         let shape = stampede_at(ctx, &server.url(), rate)?;
+        let floor = crate::yardstick::measure(&server.url(), rate, SHAPE_S)?;
         let label = |what: &str| format!("{what} at {rate} msg/s (100 connections, 64 B, Node ws)");
         let mut cost =
             Figure::new("c", label("generator CPU per 10,000 msg/s"), shape.cpu_per_10k, "% of a core");
@@ -220,12 +224,16 @@ fn message_cost(ctx: &Context) -> Result<Vec<Figure>> {
             cost = cost.goal("<= 5.2 (half of 10.4)");
         }
         out.push(cost);
-        for (p, value) in [("p50", shape.p50), ("p99", shape.p99), ("p99.9", shape.p999)] {
+        out.push(Figure::new("c", label("yardstick CPU per 10,000 msg/s"), floor.cpu_per_10k, "% of a core"));
+        for (p, value, least) in
+            [("p50", shape.p50, floor.p50), ("p99", shape.p99, floor.p99), ("p99.9", shape.p999, floor.p999)]
+        {
             let mut f = Figure::new("c", label(&format!("latency {p}")), value, "ms");
             if rate == 1_000 && p == "p99" {
                 f = f.goal("<= 0.3");
             }
             out.push(f);
+            out.push(Figure::new("c", label(&format!("yardstick latency {p}")), least, "ms"));
         }
     }
     Ok(out)

@@ -20,6 +20,7 @@ mod peers;
 mod procs;
 mod runs;
 mod wake;
+mod yardstick;
 
 use figures::Figure;
 

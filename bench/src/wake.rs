@@ -49,7 +49,7 @@ pub fn wake_cost(_ctx: &Context) -> Result<Vec<Figure>> {
 
 /// This thread's CPU time (user and system), from the scheduler's own
 /// nanosecond account (not ticks).
-fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec for the call to fill.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };

@@ -45,6 +45,7 @@ fn worker_with_token(
         fleet_ca: None,
         fleet_cert: None,
         fleet_key: None,
+        threads: None,
     };
     tokio::spawn(async move {
         let _ = stampede_worker::run(opts, stop).await;

@@ -94,6 +94,12 @@ pub struct WorkerOptions {
     /// The private key of --fleet-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "fleet_cert")]
     pub fleet_key: Option<std::path::PathBuf>,
+    /// Threads that run connections, 1 to 256 (default: one per core). Use
+    /// fewer when the server under test shares this machine, so the two do
+    /// not take turns on every core (the controller does so for its local
+    /// workers against a loopback target).
+    #[arg(long, value_name = "N", env = "STAMPEDE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
 }
 
 /// `--grace`: 0 to 3600 seconds.
@@ -144,9 +150,15 @@ pub async fn run(mut opts: WorkerOptions, shutdown: CancellationToken) -> Result
     )
     .map_err(WorkerError::Token)?;
     let endpoint = stampede_proto::transport::endpoint(&opts.controller, &tls).map_err(WorkerError::Token)?;
+    if let Some(n) = opts.threads
+        && !shards::Shards::configure(n.into())
+    {
+        tracing::warn!("--threads {n}: this process's connection threads had already started");
+    }
     tracing::info!(
-        "worker {worker_id}: {} cores, room for {} connections",
+        "worker {worker_id}: {} cores, {} connection threads, room for {} connections",
         capacity.cores,
+        shards::Shards::get().threads(),
         capacity.max_connections
     );
     let hello = Hello {
@@ -195,4 +207,38 @@ pub fn init_tracing_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: super::WorkerOptions,
+    }
+
+    fn parse(extra: &[&str]) -> Result<super::WorkerOptions, String> {
+        let args = ["worker", "--controller", "http://127.0.0.1:1"].iter().chain(extra);
+        Cli::try_parse_from(args).map(|c| c.opts).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn threads_and_grace_outside_their_range_are_refused_naming_it() {
+        assert_eq!(parse(&["--threads", "3"]).unwrap().threads, Some(3));
+        assert_eq!(parse(&[]).unwrap().threads, None);
+        for bad in ["0", "257", "99999999999", "-1", "two", ""] {
+            let err = parse(&[&format!("--threads={bad}")])
+                .err()
+                .unwrap_or_else(|| panic!("--threads {bad:?} taken"));
+            assert!(err.contains("--threads"), "{bad:?}: {err}");
+        }
+        assert!(parse(&["--threads", "0"]).unwrap_err().contains("1..=256"));
+        for bad in ["-1", "3601", "NaN", "inf"] {
+            let err =
+                parse(&[&format!("--grace={bad}")]).err().unwrap_or_else(|| panic!("--grace {bad:?} taken"));
+            assert!(err.contains("0 to 3600"), "{bad:?}: {err}");
+        }
+    }
 }
