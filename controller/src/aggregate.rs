@@ -19,18 +19,16 @@
 //! its row is written (a flow has up to 32 steps, and a decoded histogram
 //! takes ~190 KB: 60 correctable seconds would hold ~370 MB).
 
+mod second;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Serializer, V2Serializer};
 use stampede_model::Counters;
 use stampede_model::clock::RunClock;
-use stampede_model::histogram::{Buckets, Decoder, add_buckets, from_buckets, new_histogram};
-use stampede_model::results::{
-    BrowserFigures, ChannelFigures, MAX_CHANNEL_FIGURES, MetricsRow, StepSecond, WorkerRow,
-};
+use stampede_model::histogram::{Buckets, Decoder, add_buckets, from_buckets};
+use stampede_model::results::{BrowserFigures, ChannelFigures, MAX_CHANNEL_FIGURES, MetricsRow, WorkerRow};
 use stampede_model::spec::SessionSpec;
 use stampede_proto::fleet::{Gauges, Snapshot, StepStats};
 
@@ -39,6 +37,8 @@ use crate::target_metrics::TargetSample;
 use crate::totals::{
     ConnectSplit, Sample, StepSample, StepTotals, Totals, add_steps, percentiles, step_names,
 };
+pub use second::Row;
+use second::{Report, Second};
 
 /// Seconds a row waits for a late worker before it is written without it.
 pub const GRACE_S: u64 = 3;
@@ -96,16 +96,6 @@ const MAX_CAUSE_LEN: usize = 64;
 /// stop grace, closing drains, a slow link).
 const AFTER_END_S: u64 = 120;
 
-/// One worker's report for one second.
-#[derive(Debug, Default, Clone, Copy)]
-struct Report {
-    counters: Counters,
-    errors: u64,
-    gauges: Gauges,
-    stalled: bool,
-    clock_offset_us: i64,
-}
-
 /// A worker's scheduling lag at which its second is flagged: every
 /// latency it measured then may include this much of its own.
 pub const SATURATED_LAG: Duration = Duration::from_millis(50);
@@ -120,79 +110,6 @@ pub fn saturated(g: &Gauges) -> bool {
     g.sched_lag_us >= SATURATED_LAG.as_micros() as u64 || busy
 }
 
-/// A second: what the workers reported for it so far.
-struct Second {
-    latency: Histogram<u64>,
-    connect: Histogram<u64>,
-    connect_split: ConnectSplit,
-    errors: u64,
-    /// `errors` by cause (as many causes as the run may have, at most).
-    causes: BTreeMap<String, u64>,
-    workers: BTreeMap<usize, Report>,
-    /// Corrections written so far.
-    revision: u32,
-    /// The flow's steps (empty until one is reported). Once the row is
-    /// written, their histograms are kept encoded in `packed`.
-    steps: Vec<StepTotals>,
-    /// Encoded step histograms of a written second, by step (empty: none).
-    packed: Vec<Vec<u8>>,
-}
-
-impl Default for Second {
-    fn default() -> Self {
-        Second {
-            latency: new_histogram(),
-            connect: new_histogram(),
-            connect_split: ConnectSplit::default(),
-            errors: 0,
-            causes: BTreeMap::new(),
-            workers: BTreeMap::new(),
-            revision: 0,
-            steps: Vec::new(),
-            packed: Vec::new(),
-        }
-    }
-}
-
-impl Second {
-    /// Encodes the step histograms (the row is written; they are needed
-    /// again only if late data corrects it).
-    fn pack_steps(&mut self) {
-        let mut serializer = V2Serializer::new();
-        self.packed = self
-            .steps
-            .iter_mut()
-            .map(|step| {
-                let mut bytes = Vec::new();
-                if let Some(h) = step.durations.take() {
-                    // Our own histogram into a Vec: cannot fail.
-                    serializer.serialize(&h, &mut bytes).expect("a histogram encodes into memory");
-                }
-                bytes
-            })
-            .collect();
-    }
-
-    /// Decodes what [`Second::pack_steps`] encoded.
-    fn unpack_steps(&mut self, decoder: &mut Decoder) -> Result<(), AggregateError> {
-        let mut buckets = Buckets::new();
-        for (step, bytes) in self.steps.iter_mut().zip(std::mem::take(&mut self.packed)) {
-            if !bytes.is_empty() {
-                decoder.decode(&bytes, &mut buckets).map_err(AggregateError::Histogram)?;
-                step.durations = Some(from_buckets(&buckets));
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds a snapshot's histograms.
-    fn add_sample(&mut self, sample: &Sample) {
-        add_buckets(&mut self.latency, &sample.latency);
-        add_buckets(&mut self.connect, &sample.connect);
-        self.connect_split.add_sample(sample);
-    }
-}
-
 /// What the aggregator knows of one worker.
 #[derive(Debug, Default, Clone)]
 struct WorkerState {
@@ -200,35 +117,6 @@ struct WorkerState {
     applied_seq: u64,
     reported_up_to: Option<u64>,
     live: bool,
-}
-
-/// A finished row with the histograms it was computed from (for the log).
-pub struct Row {
-    /// The CSV/JSON row.
-    pub metrics: MetricsRow,
-    /// Round trips to add to the log for this second (for a correction:
-    /// only the late ones).
-    pub latency: Histogram<u64>,
-    /// Connect times to add likewise.
-    pub connect: Histogram<u64>,
-    /// Their parts, likewise.
-    pub connect_split: ConnectSplit,
-    /// The second of each worker (for a correction: the late workers).
-    pub workers: Vec<WorkerRow>,
-    /// The second's errors by cause (for a correction: the whole second).
-    pub errors: BTreeMap<String, u64>,
-    /// The flow's step names, in order (empty without a flow).
-    pub step_names: Arc<[String]>,
-    /// Each step's runs in this second, as `step_names` (for a correction:
-    /// the whole second, as its row).
-    pub steps: Vec<StepTotals>,
-}
-
-impl Row {
-    /// The steps' cells of this row in metrics.csv, as `step_names`.
-    pub fn step_cells(&self) -> Vec<StepSecond> {
-        self.steps.iter().map(StepTotals::second).collect()
-    }
 }
 
 /// The controller's one aggregator.

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+mod common;
+
 use stampede_relay::{Relay, RelayConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -32,21 +32,7 @@ fn clients(
         rt.block_on(async move {
             let mut held = Vec::with_capacity(n);
             for _ in 0..n {
-                let mut tcp = TcpStream::connect(addr).await.unwrap();
-                tcp.write_all(
-                    b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                let mut answer = Vec::new();
-                let mut buf = [0u8; 512];
-                while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let got = tcp.read(&mut buf).await.unwrap();
-                    assert!(got > 0, "the relay closed during the upgrade");
-                    answer.extend_from_slice(&buf[..got]);
-                }
-                assert!(answer.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&answer));
+                let tcp = common::raw_upgraded(addr).await;
                 held.push(tcp);
             }
             ready_tx.send(()).unwrap();

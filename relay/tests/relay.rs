@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{STEP, connect, recv, start};
+use common::{STEP, connect, raw_upgraded, recv, start, upgrade_request};
 use futures_util::{SinkExt, StreamExt};
 use stampede_relay::{Relay, RelayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,9 +15,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
-
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
 async fn start_default() -> (Relay, CancellationToken) {
     start(RelayConfig::default()).await
 }
@@ -33,13 +30,6 @@ async fn raw(relay: &Relay, request: &str) -> String {
 
 async fn get(relay: &Relay, path: &str) -> String {
     raw(relay, &format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n")).await
-}
-
-fn upgrade_request(version: &str) -> String {
-    format!(
-        "GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
-    )
 }
 
 #[tokio::test]
@@ -221,22 +211,6 @@ async fn shutdown_sends_going_away_and_wait_returns() {
     timeout(STEP, relay.wait()).await.expect("relay stops after shutdown");
 }
 
-/// Upgrades a raw socket and reads the 101 answer, leaving the socket at
-/// the first WebSocket byte.
-async fn raw_upgraded(relay: &Relay) -> TcpStream {
-    let mut tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
-    tcp.write_all(upgrade_request("13").as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = timeout(STEP, tcp.read(&mut byte)).await.unwrap().unwrap();
-        assert!(n > 0, "closed during the upgrade: {}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    tcp
-}
-
 /// A masked binary frame header for `len` bytes (64-bit length form).
 fn binary_header(len: u64, mask: [u8; 4]) -> Vec<u8> {
     let mut h = vec![0x82, 0x80 | 127];
@@ -250,7 +224,7 @@ async fn a_large_frame_dribbled_in_odd_pieces_comes_back_whole() {
     // 300 KiB: the relay reads 1 KiB a call, so this spans ~300 reads, and
     // the pieces below (7 and 1,021 bytes by turns) never line up with them.
     let (relay, _token) = start_default().await;
-    let mut tcp = raw_upgraded(&relay).await;
+    let mut tcp = raw_upgraded(relay.local_addr()).await;
     let payload: Vec<u8> = (0..300 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
     let mask = [0x5a, 0x13, 0xc7, 0x88];
     let mut frame = binary_header(payload.len() as u64, mask);
@@ -288,7 +262,7 @@ async fn a_frame_declaring_more_than_the_limit_is_refused_unread() {
     // 1 TiB declared, 4 bytes sent: the relay must refuse it from the
     // header (close 1009, message too big), not reserve or wait for it.
     let (relay, _token) = start_default().await;
-    let mut tcp = raw_upgraded(&relay).await;
+    let mut tcp = raw_upgraded(relay.local_addr()).await;
     let mut frame = binary_header(1 << 40, [1, 2, 3, 4]);
     frame.extend_from_slice(b"abcd");
     tcp.write_all(&frame).await.unwrap();

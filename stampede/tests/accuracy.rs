@@ -8,7 +8,12 @@
 //! threads, blocking sockets, hand-made frames: nothing of ours) measures the
 //! same relay at the same time, and stampede is judged against the looser
 //! of the fixed bounds (p50 21 ms, p99 23 ms) and what the reference saw
-//! (its p50 plus 0.5 ms, its p99 plus 1 ms).
+//! plus README's accuracy goal (its p50 plus 0.5 ms, its p99 plus 2 ms).
+//! CI once read our p99 1.5 ms over the reference's (25.487 against 23.983
+//! ms, p50s 20.303 and 20.319) where three reruns on the same machine
+//! gave -0.45 to +0.29 ms: one connection on its own thread and 200 on two
+//! workers do not meet a host's hiccup alike, so the tail is held to the
+//! goal, not to less.
 
 mod common;
 
@@ -78,7 +83,8 @@ workers = 2
         "p50 {p50} ms, over {middle} ms (reference p50 {} ms)",
         reference.p50
     );
-    let tail = 23.0_f64.max(reference.p99 + 1.0);
+    // p99 within 2 ms of the reference's (README's accuracy goal).
+    let tail = 23.0_f64.max(reference.p99 + 2.0);
     assert!(p99 < tail, "p99 {p99} ms, over {tail} ms (reference p99 {} ms)", reference.p99);
     assert!(num(&summary, "latency_ms.max") >= 20.0, "never below the injected delay");
     assert_eq!(num(&summary, "messages.lost"), 0.0);

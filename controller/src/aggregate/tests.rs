@@ -1,5 +1,6 @@
 use super::*;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use stampede_model::histogram::new_histogram;
 use stampede_proto::counters_to_wire;
 use std::path::Path;
 

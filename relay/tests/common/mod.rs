@@ -38,3 +38,28 @@ pub async fn connect(relay: &Relay) -> Client {
 pub async fn recv(ws: &mut Client) -> Message {
     timeout(STEP, ws.next()).await.expect("timely").expect("open").expect("ok")
 }
+
+/// An upgrade request for `/ws` with WebSocket version `version`.
+pub fn upgrade_request(version: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// Upgrades a raw socket to `addr` and reads the 101 answer byte by byte,
+/// leaving the socket at the first WebSocket byte.
+pub async fn raw_upgraded(addr: std::net::SocketAddr) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(upgrade_request("13").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = timeout(STEP, tcp.read(&mut byte)).await.unwrap().unwrap();
+        assert!(n > 0, "closed during the upgrade: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
