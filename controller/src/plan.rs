@@ -3,21 +3,23 @@
 //! (phase start times and connection levels), plus how a phase's connections
 //! are split across workers.
 
+mod phase;
+mod target;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stampede_model::{Arrivals, Churn, ConnectSpec, Phase, Ramp, Shape, StageKind, TargetUrl, Wave};
+use stampede_model::{ConnectSpec, Phase, Ramp, Shape};
 use stampede_proto::fleet::PhaseStart;
-use stampede_proto::{us, us_or_zero};
-use stampede_relay::config::{DropAt, Faults, PubsubConfig, SlowWindow};
+
+use crate::scenario::{PhasesSection, Scenario, ScenarioError, Seconds};
+use crate::stages::{self, StressPlan};
+use crate::threshold::{Condition, Metric};
 
 pub use crate::fleet_plan::{FleetPlan, LostPolicy, split};
 pub use crate::overrides::Overrides;
-use toml::Spanned;
-
-use crate::scenario::{Count, PhasesSection, Scenario, ScenarioError, Seconds, TargetSection};
-use crate::stages::{self, StressPlan};
-use crate::threshold::{Condition, Metric};
+pub use phase::PhasePlan;
+pub use target::TargetPlan;
 
 /// Connections one local worker process takes at most before the fleet
 /// grows by another process (one process may hold ~20,000 open files here).
@@ -29,180 +31,6 @@ pub const MIN_INTERVAL_S: f64 = stampede_model::limits::MIN_INTERVAL_US as f64 /
 
 /// Connections one bundled relay process serves at most, for the same reason.
 pub const CONNECTIONS_PER_RELAY: u64 = 15_000;
-
-/// What the run loads.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TargetPlan {
-    /// The bundled relay, started in-process, with this injected echo delay.
-    Bundled {
-        /// Injected echo delay.
-        delay: Duration,
-        /// Relay child processes to start; 0: one relay inside the controller.
-        processes: u64,
-        /// Faults to inject; their times count from the run's start.
-        faults: Faults,
-        /// Upgrades beyond this many open connections get 503; 0: no limit.
-        max_connections: u64,
-        /// Its channels: history and delivery faults.
-        pubsub: PubsubConfig,
-    },
-    /// A server at this URL.
-    Url(String),
-}
-
-/// One phase of the schedule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PhasePlan {
-    /// Its name in metrics.csv, summary.json and logs (unique in the run).
-    pub name: String,
-    /// The stage kind that made it; `None`: the fixed `[phases]` table.
-    pub kind: Option<StageKind>,
-    /// Offset from the run start.
-    pub start: Duration,
-    /// Length.
-    pub duration: Duration,
-    /// How the connection count moves, from the phase's start (what its
-    /// workers follow).
-    pub shape: Shape,
-    /// Connections replaced per second while the level holds.
-    pub churn: Option<Churn>,
-    /// Gets its own verdict from the thresholds over its seconds (the steps
-    /// of `steps` and `stress` stages).
-    pub judged: bool,
-    /// The per-connection message interval of the phase under an open
-    /// message model (`load.message_rate`); `None`: the run's.
-    pub message_interval: Option<Duration>,
-}
-
-impl PhasePlan {
-    /// Its name in files and logs.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// End offset from the run start.
-    pub fn end(&self) -> Duration {
-        self.start + self.duration
-    }
-
-    fn level_at(&self, t: Duration) -> u64 {
-        self.shape.level_at(t.saturating_sub(self.start))
-    }
-
-    /// Connections planned at the phase's start.
-    pub fn from(&self) -> u64 {
-        self.shape.level_at(Duration::ZERO)
-    }
-
-    /// Connections planned at the phase's end.
-    pub fn to(&self) -> u64 {
-        self.shape.level_at(self.duration)
-    }
-
-    /// Most connections the phase plans at once.
-    pub fn peak(&self) -> u64 {
-        self.shape.peak()
-    }
-
-    /// The part of this phase that group `g` of groups weighing `weights`
-    /// runs: counts split by weight ([`crate::groups::by_weight`], so the
-    /// groups' parts add up to the phase's), rates by the same fraction.
-    pub fn part(&self, weights: &[u64], g: usize) -> PhasePlan {
-        if weights.len() <= 1 {
-            return self.clone();
-        }
-        let count = |n: u64| crate::groups::by_weight(n, weights)[g];
-        let fraction = weights[g] as f64 / weights.iter().map(|w| *w as f64).sum::<f64>();
-        let shape = match self.shape {
-            Shape::Ramp(r) => Shape::Ramp(Ramp { from: count(r.from), to: count(r.to), ..r }),
-            Shape::Wave(w) => Shape::Wave(Wave { from: count(w.from), to: count(w.to), ..w }),
-            Shape::Arrivals(a) => Shape::Arrivals(Arrivals {
-                from_rate: a.from_rate * fraction,
-                rate: a.rate * fraction,
-                max: count(a.max),
-                ..a
-            }),
-        };
-        let churn = self.churn.map(|c| Churn { per_s: c.per_s * fraction });
-        PhasePlan { shape, churn, ..self.clone() }
-    }
-
-    /// What the phase does, in words, for test.log.
-    pub fn describe(&self) -> String {
-        let d = self.duration.as_secs_f64();
-        let what = match self.shape {
-            Shape::Ramp(r) => {
-                format!("{} -> {} connections over {:.1} s", r.from, r.to, r.ramp.as_secs_f64())
-            }
-            Shape::Wave(w) => {
-                format!("wave {} <-> {} connections every {:.1} s", w.from, w.to, w.period.as_secs_f64())
-            }
-            Shape::Arrivals(a) => format!(
-                "arrivals {} -> {}/s, each session {:.1} s, at most {} open",
-                a.from_rate,
-                a.rate,
-                a.session.as_secs_f64(),
-                a.max
-            ),
-        };
-        let churn = self.churn.map_or(String::new(), |c| format!(", churn {}/s", c.per_s));
-        let interval = self
-            .message_interval
-            .map_or(String::new(), |iv| format!(", message interval {:.3} s", iv.as_secs_f64()));
-        format!("{what}{churn}{interval}, lasts {d:.1} s")
-    }
-
-    /// The PhaseStart of each worker, `into` the phase (0 unless a worker
-    /// rejoined): counts split by capacity ([`split`], so the shares add
-    /// up to the fleet's), rates in proportion to each worker's share of the
-    /// count they go with, so the fleet's rates are the phase's.
-    pub fn commands(&self, index: usize, capacities: &[u64], into: Duration) -> Vec<PhaseStart> {
-        let shares = |total: u64| split(total, capacities).unwrap_or_else(|| capacities.to_vec());
-        let base = PhaseStart {
-            index: index as u32,
-            name: self.name.clone(),
-            duration_us: us(self.duration),
-            message_interval_us: us_or_zero(self.message_interval),
-            offset_us: us(into),
-            ..Default::default()
-        };
-        let part = |rate: f64, share: u64, total: u64| {
-            if total > 0 { rate * share as f64 / total as f64 } else { 0.0 }
-        };
-        match self.shape {
-            Shape::Ramp(r) => shares(r.to)
-                .into_iter()
-                .map(|share| PhaseStart {
-                    connections: share,
-                    ramp_us: us(r.ramp.saturating_sub(into)),
-                    churn_per_s: self.churn.map_or(0.0, |c| part(c.per_s, share, r.to)),
-                    ..base.clone()
-                })
-                .collect(),
-            Shape::Wave(w) => shares(w.from)
-                .into_iter()
-                .zip(shares(w.to))
-                .map(|(low, high)| PhaseStart {
-                    connections: high,
-                    wave_low: low,
-                    wave_period_us: us(w.period),
-                    ..base.clone()
-                })
-                .collect(),
-            Shape::Arrivals(a) => shares(a.max)
-                .into_iter()
-                .map(|max| PhaseStart {
-                    connections: max,
-                    arrival_from_per_s: part(a.from_rate, max, a.max),
-                    arrival_per_s: part(a.rate, max, a.max),
-                    session_us: us(a.session),
-                    duration_us: us(a.ramp),
-                    ..base.clone()
-                })
-                .collect(),
-        }
-    }
-}
 
 /// A validated scenario.
 #[derive(Debug, Clone)]
@@ -258,41 +86,7 @@ impl Plan {
         let table_at = |name: &str| source.find(&format!("[{name}]")).unwrap_or(0);
         let err = |at: usize, msg: String| ScenarioError::at(path, source, at, msg);
 
-        let target = match (&sc.target.url, sc.target.bundled) {
-            (Some(url), true) => {
-                return Err(err(
-                    url.span().start,
-                    "give either `url` or `bundled = true` in [target], not both".into(),
-                ));
-            }
-            (Some(url), false) => {
-                if let Some((key, at)) = fault_keys(&sc.target).into_iter().next() {
-                    return Err(err(
-                        at,
-                        format!(
-                            "{key} injects faults into the bundled relay: it needs `bundled = true`, \
-                             not a target url"
-                        ),
-                    ));
-                }
-                let u = crate::connect::Source { path, text: source }.expand(url)?;
-                TargetUrl::parse(&u).map_err(|e| err(url.span().start, e.to_string()))?;
-                TargetPlan::Url(u)
-            }
-            (None, true) => TargetPlan::Bundled {
-                delay: Duration::from_millis(sc.target.bundled_delay_ms),
-                processes: 0,
-                faults: faults(&sc.target),
-                max_connections: sc.target.bundled_max_connections.as_ref().map_or(0, |m| m.get_ref().0),
-                pubsub: pubsub(&sc.target, &err)?,
-            },
-            (None, false) => {
-                return Err(err(
-                    table_at("target"),
-                    "[target] needs `url = \"ws://HOST:PORT/PATH\"` or `bundled = true`".into(),
-                ));
-            }
-        };
+        let target = target::from_section(sc, path, source, &err)?;
 
         let target_metrics = match &sc.target.metrics_url {
             Some(url) if !crate::target_metrics::valid_url(url.get_ref()) => {
@@ -361,58 +155,7 @@ impl Plan {
         }
 
         let peak = phases.iter().map(PhasePlan::peak).max().unwrap_or(0);
-        let target = match target {
-            TargetPlan::Bundled { delay, faults, max_connections, pubsub, .. } => {
-                let auto = peak.div_ceil(CONNECTIONS_PER_RELAY);
-                if crate::messages::mode_of(sc).uses_channels() || !sc.flow.is_empty() {
-                    // A pair's two sides, or a channel's publishers and
-                    // subscribers, must meet in one relay process.
-                    if let Some(Count(n)) = sc.target.bundled_processes.filter(|c| c.0 > 1) {
-                        return Err(err(
-                            table_at("target"),
-                            format!(
-                                "bundled_processes = {n}: channels live in one relay process, and pairs, \
-                                 broadcast and flows use channels: leave bundled_processes out"
-                            ),
-                        ));
-                    }
-                    if auto > 1 {
-                        return Err(err(
-                            table_at("target"),
-                            format!(
-                                "{peak} connections: channels live in one relay process, which holds at most \
-                                 {CONNECTIONS_PER_RELAY} here; point [target] url at a relay that can hold more"
-                            ),
-                        ));
-                    }
-                }
-                let processes = match (sc.target.bundled_processes, &sc.target.bundled_max_connections) {
-                    (Some(_), Some(max)) => {
-                        return Err(err(
-                            max.span().start,
-                            "bundled_max_connections limits the one in-process relay: leave out bundled_processes"
-                                .into(),
-                        ));
-                    }
-                    // A limit counts one relay's connections; behind a
-                    // shared port each process would count its own.
-                    (None, Some(_)) => 0,
-                    (Some(Count(n)), None) => n,
-                    (None, None) if auto <= 1 => 0,
-                    (None, None) => auto,
-                };
-                TargetPlan::Bundled { delay, processes, faults, max_connections, pubsub }
-            }
-            url => {
-                if let Some(max) = &sc.target.bundled_max_connections {
-                    return Err(err(
-                        max.span().start,
-                        "bundled_max_connections limits the bundled relay: it needs `bundled = true`".into(),
-                    ));
-                }
-                url
-            }
-        };
+        let target = target::sized(target, sc, peak, &err, table_at("target"))?;
         let fleet = FleetPlan::new(&sc.fleet, peak, &|at, msg| err(at, msg), table_at("fleet"))?;
 
         // Under message_rate the run starts with its first phase's interval.
@@ -671,87 +414,6 @@ fn key_at(source: &str, key: &str) -> Option<usize> {
         at += line.len();
     }
     None
-}
-
-/// The fault keys present in `[target]`, with where their values start.
-fn fault_keys(t: &TargetSection) -> Vec<(&'static str, usize)> {
-    let mut keys = Vec::new();
-    if let Some(v) = &t.bundled_fault_slow {
-        keys.push(("bundled_fault_slow", v.span().start));
-    }
-    if let Some(v) = &t.bundled_fault_drop {
-        keys.push(("bundled_fault_drop", v.span().start));
-    }
-    if let Some(v) = &t.bundled_fault_leak_mb_per_min {
-        keys.push(("bundled_fault_leak_mb_per_min", v.span().start));
-    }
-    for (key, v) in [
-        ("bundled_fault_duplicate", &t.bundled_fault_duplicate),
-        ("bundled_fault_reorder", &t.bundled_fault_reorder),
-    ] {
-        if let Some(v) = v {
-            keys.push((key, v.span().start));
-        }
-    }
-    if let Some(v) = &t.bundled_history_messages {
-        keys.push(("bundled_history_messages", v.span().start));
-    }
-    if let Some(v) = &t.bundled_history_age {
-        keys.push(("bundled_history_age", v.span().start));
-    }
-    keys.sort_by_key(|(_, at)| *at);
-    keys
-}
-
-/// The bundled relay's channels as `[target]` configures them.
-fn pubsub(
-    t: &TargetSection,
-    err: &impl Fn(usize, String) -> ScenarioError,
-) -> Result<PubsubConfig, ScenarioError> {
-    let fraction = |v: &Option<Spanned<f64>>, key: &str| -> Result<Option<f64>, ScenarioError> {
-        match v {
-            Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
-                Err(err(f.span().start, format!("{key}: give a share from 0 to 1, e.g. 0.01")))
-            }
-            Some(f) => Ok(Some(*f.get_ref())),
-            None => Ok(None),
-        }
-    };
-    let mut config = PubsubConfig {
-        fault_duplicate: fraction(&t.bundled_fault_duplicate, "bundled_fault_duplicate")?,
-        fault_reorder: fraction(&t.bundled_fault_reorder, "bundled_fault_reorder")?,
-        ..PubsubConfig::default()
-    };
-    if let Some(n) = &t.bundled_history_messages {
-        config.history_messages = usize::try_from(*n.get_ref())
-            .ok()
-            .filter(|n| *n <= 1_000_000)
-            .ok_or_else(|| err(n.span().start, "bundled_history_messages: give 0 to 1000000".into()))?;
-    }
-    if let Some(age) = &t.bundled_history_age {
-        config.history_age = Duration::from_secs_f64(age.get_ref().0);
-    }
-    Ok(config)
-}
-
-/// The bundled relay's faults as `[target]` configures them.
-fn faults(t: &TargetSection) -> Faults {
-    Faults {
-        slow: t.bundled_fault_slow.as_ref().map(|s| {
-            let s = s.get_ref();
-            SlowWindow {
-                start: Duration::from_secs_f64(s.start_s.0),
-                length: Duration::from_secs_f64(s.length_s.0),
-                extra: Duration::from_secs_f64(s.extra_ms.0 / 1000.0),
-            }
-        }),
-        drop: t.bundled_fault_drop.as_ref().map(|d| {
-            let d = d.get_ref();
-            DropAt { at: Duration::from_secs_f64(d.at_s.0), fraction: d.fraction.0 }
-        }),
-        leak_mb_per_min: t.bundled_fault_leak_mb_per_min.as_ref().map(|l| l.get_ref().0),
-        external_clock: false,
-    }
 }
 
 #[cfg(test)]

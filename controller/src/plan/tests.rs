@@ -1,4 +1,5 @@
 use super::*;
+use stampede_relay::config::{DropAt, Faults, SlowWindow};
 
 /// The plan of scenario `text` (named `t.toml` in errors).
 pub(crate) fn plan(text: &str) -> Result<Plan, ScenarioError> {
