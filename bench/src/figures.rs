@@ -209,8 +209,9 @@ pub fn stampede_at(ctx: &Context, url: &str, rate: u64) -> Result<Shape> {
 /// (c) the generator's CPU per 10,000 msg/s and its latency percentiles,
 /// 100 connections against a Node `ws` echo server at four rates (the
 /// fastest: a message per connection per millisecond), each beside the
-/// yardstick's (the least a client can do, [`crate::yardstick`]) in the
-/// same minute against the same server: what this machine allows.
+/// yardstick's (a bare client that measures the same,
+/// [`crate::yardstick`]) in the same minute against the same server: what
+/// this machine allows.
 fn message_cost(ctx: &Context) -> Result<Vec<Figure>> {
     let server = NodeEcho::start(&ctx.node)?;
     let mut out = Vec::new();
